@@ -1,0 +1,1 @@
+"""corral.images: image building, content store, unpack and snapshots."""

@@ -1,0 +1,215 @@
+"""Every raw Linux system call the runtime makes, behind one object.
+
+The container init sequence calls the kernel only through a `Syscalls`
+instance.  Production code uses `LinuxSyscalls` (ctypes on libc); unit tests
+pass a recording fake to check the order of operations without root.
+
+Only calls that change the world live here.  Reading the filesystem (lstat,
+readlink) stays with `os`, because path resolution must see the real tree.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+
+# mount(2) flags
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_SYNCHRONOUS = 0x10
+MS_REMOUNT = 0x20
+MS_MANDLOCK = 0x40
+MS_DIRSYNC = 0x80
+MS_NOSYMFOLLOW = 0x100
+MS_NOATIME = 0x400
+MS_NODIRATIME = 0x800
+MS_BIND = 0x1000
+MS_MOVE = 0x2000
+MS_REC = 0x4000
+MS_SILENT = 0x8000
+MS_UNBINDABLE = 1 << 17
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_SHARED = 1 << 20
+MS_RELATIME = 1 << 21
+MS_STRICTATIME = 1 << 24
+MS_LAZYTIME = 1 << 25
+MS_PROPAGATION = MS_SHARED | MS_SLAVE | MS_PRIVATE | MS_UNBINDABLE
+
+MNT_DETACH = 0x2
+
+# clone(2) / unshare(2) / setns(2) namespace flags
+CLONE_NEWTIME = 0x00000080
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+# prctl(2) options
+PR_SET_PDEATHSIG = 1
+PR_GET_DUMPABLE = 3
+PR_SET_DUMPABLE = 4
+PR_SET_KEEPCAPS = 8
+PR_CAPBSET_READ = 23
+PR_CAPBSET_DROP = 24
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+_SYS_PIVOT_ROOT = 155  # x86_64
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+_libc = None
+
+
+def libc() -> ctypes.CDLL:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
+
+
+def _check(result: int, what: str, *paths: str | None) -> int:
+    if result == -1:
+        errno = ctypes.get_errno()
+        shown = [p for p in paths if p]
+        raise OSError(errno, f"{what}: {os.strerror(errno)}", *(shown[:1]))
+    return result
+
+
+def _b(value: str | None) -> bytes | None:
+    return None if value is None else os.fsencode(value)
+
+
+class Syscalls:
+    """The kernel, as the init sequence sees it.  Subclassed by fakes in tests."""
+
+    # --- mounts ---------------------------------------------------------
+    def mount(self, source: str | None, target: str, fstype: str | None,
+              flags: int = 0, data: str | None = None) -> None:
+        _check(libc().mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags),
+                            _b(data)), f"mount {source or fstype} on {target}", target)
+
+    def umount(self, target: str, flags: int = 0) -> None:
+        _check(libc().umount2(_b(target), flags), f"umount {target}", target)
+
+    def pivot_root(self, new_root: str, put_old: str) -> None:
+        _check(libc().syscall(_SYS_PIVOT_ROOT, _b(new_root), _b(put_old)), "pivot_root")
+
+    def chroot(self, path: str) -> None:
+        os.chroot(path)
+
+    def chdir(self, path: str) -> None:
+        os.chdir(path)
+
+    # --- files ------------------------------------------------------------
+    def mkdir(self, path: str, mode: int = 0o755) -> None:
+        os.mkdir(path, mode)
+
+    def mknod(self, path: str, mode: int, device: int) -> None:
+        os.mknod(path, mode, device)
+
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        os.chown(path, uid, gid, follow_symlinks=False)
+
+    def chmod(self, path: str, mode: int) -> None:
+        os.chmod(path, mode)
+
+    def symlink(self, target: str, link: str) -> None:
+        os.symlink(target, link)
+
+    def create_file(self, path: str, mode: int = 0o644) -> None:
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, mode))
+
+    def write_file(self, path: str, data: str) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            os.write(fd, data.encode())
+        finally:
+            os.close(fd)
+
+    # --- namespaces -------------------------------------------------------
+    def unshare(self, flags: int) -> None:
+        _check(libc().unshare(flags), "unshare")
+
+    def setns(self, fd: int, nstype: int) -> None:
+        _check(libc().setns(fd, nstype), "setns")
+
+    def sethostname(self, name: str) -> None:
+        raw = name.encode()
+        _check(libc().sethostname(raw, len(raw)), "sethostname")
+
+    def setdomainname(self, name: str) -> None:
+        raw = name.encode()
+        _check(libc().setdomainname(raw, len(raw)), "setdomainname")
+
+    # --- credentials and limits -------------------------------------------
+    def setgroups(self, gids: list[int]) -> None:
+        os.setgroups(gids)
+
+    def setresgid(self, gid: int) -> None:
+        os.setresgid(gid, gid, gid)
+
+    def setresuid(self, uid: int) -> None:
+        os.setresuid(uid, uid, uid)
+
+    def umask(self, mask: int) -> None:
+        os.umask(mask)
+
+    def setrlimit(self, which: int, soft: int, hard: int) -> None:
+        resource.setrlimit(which, (soft, hard))
+
+    def prctl(self, option: int, arg2: int = 0, arg3: int = 0) -> int:
+        return _check(libc().prctl(option, ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
+                                   ctypes.c_ulong(0), ctypes.c_ulong(0)), f"prctl({option})")
+
+    def capset(self, effective: int, permitted: int, inheritable: int) -> None:
+        header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+        data = (_CapData * 2)()
+        for i in range(2):
+            shift = 32 * i
+            data[i].effective = (effective >> shift) & 0xFFFFFFFF
+            data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
+            data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
+        _check(libc().capset(ctypes.byref(header), data), "capset")
+
+    # --- processes ----------------------------------------------------------
+    def execve(self, path: str, args: list[str], env: list[str]) -> None:
+        os.execve(path, args, dict(_split_env(env)))
+
+
+def _split_env(env: list[str]):
+    for entry in env:
+        key, _, value = entry.partition("=")
+        yield key, value
+
+
+class LinuxSyscalls(Syscalls):
+    """The real kernel.  `Syscalls` already talks to it; the name says so."""
+
+
+def capget_bounding_last() -> int:
+    """The highest capability number this kernel knows."""
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        return int(f.read())
