@@ -65,6 +65,8 @@ PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 _SYS_PIVOT_ROOT = 155  # x86_64
+_SYS_CLOSE_RANGE = 436
+_CLOSE_RANGE_CLOEXEC = 1 << 2
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 
@@ -117,6 +119,9 @@ class Syscalls:
     def pivot_root(self, new_root: str, put_old: str) -> None:
         _check(libc().syscall(_SYS_PIVOT_ROOT, _b(new_root), _b(put_old)), "pivot_root")
 
+    def fchdir(self, fd: int) -> None:
+        os.fchdir(fd)
+
     def chroot(self, path: str) -> None:
         os.chroot(path)
 
@@ -138,6 +143,9 @@ class Syscalls:
 
     def symlink(self, target: str, link: str) -> None:
         os.symlink(target, link)
+
+    def unlink(self, path: str) -> None:
+        os.unlink(path)
 
     def create_file(self, path: str, mode: int = 0o644) -> None:
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, mode))
@@ -195,6 +203,14 @@ class Syscalls:
         _check(libc().capset(ctypes.byref(header), data), "capset")
 
     # --- processes ----------------------------------------------------------
+    def setsid(self) -> None:
+        os.setsid()
+
+    def mark_fds_cloexec(self, first: int) -> None:
+        """Every fd from `first` up is closed by the coming execve (close_range(2))."""
+        _check(libc().syscall(_SYS_CLOSE_RANGE, first, ctypes.c_uint(0xFFFFFFFF),
+                              _CLOSE_RANGE_CLOEXEC), "close_range")
+
     def execve(self, path: str, args: list[str], env: list[str]) -> None:
         os.execve(path, args, dict(_split_env(env)))
 

@@ -1,0 +1,238 @@
+"""`Container`: the OCI lifecycle (create, start, state, kill, delete) as a library.
+
+Every operation either completes or leaves the world as it found it: a
+failed create removes its cgroup, its state directory and its processes.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import time
+
+from corral.runtime.errors import (
+    ConfigInvalid,
+    ContainerExists,
+    InvalidState,
+    RuntimeFailure,
+)
+from corral.runtime.state import ContainerState, check_id, now_rfc3339, owner_name
+from corral.runtime.syscalls import Syscalls
+from corral.spec.runtime import SpecError, load_config
+
+DEFAULT_ROOT = "/run/corral-runtime"
+_STOP_TIMEOUT = 10.0
+
+
+class Container:
+    def __init__(self, state: ContainerState):
+        self.state = state
+
+    @property
+    def id(self) -> str:
+        return self.state.id
+
+    # --- create -------------------------------------------------------------------
+    @classmethod
+    def create(cls, root: str, container_id: str, bundle: str, *, pid_file: str | None = None,
+               no_pivot: bool = False, preserve_fds: int = 0,
+               syscalls: Syscalls | None = None) -> Container:
+        from corral.runtime import validate
+        from corral.runtime.process.spawn import SpawnRequest, spawn_init
+        from corral.runtime.state import process_start_time
+
+        check_id(container_id)
+        bundle = os.path.abspath(bundle)
+        try:
+            spec = load_config(bundle)
+        except SpecError as e:
+            raise ConfigInvalid(str(e)) from None
+        rootfs = os.path.normpath(os.path.join(bundle, spec.root.path))
+        validate.check_spec(spec, rootfs)
+
+        os.makedirs(root, mode=0o711, exist_ok=True)
+        state_dir = os.path.join(root, container_id)
+        try:
+            os.mkdir(state_dir, 0o711)
+        except FileExistsError:
+            raise ContainerExists(container_id) from None
+        cgroup = None
+        init_pid = None
+        try:
+            cgroup = _make_cgroup(spec, container_id)
+            fifo = os.path.join(state_dir, "exec.fifo")
+            os.mkfifo(fifo)
+            # World-writable: the init may no longer be root when it opens it.
+            os.chmod(fifo, 0o622)
+            request = SpawnRequest(spec=spec, rootfs=rootfs, bundle=bundle,
+                                   state_dir=state_dir, cgroup=cgroup, no_pivot=no_pivot,
+                                   preserve_fds=preserve_fds)
+            init_pid = spawn_init(request, syscalls or Syscalls())
+            start_time = process_start_time(init_pid)
+            if start_time is None:
+                raise RuntimeFailure("container init exited during create")
+            state = ContainerState(
+                id=container_id, bundle=bundle, rootfs=rootfs, pid=init_pid,
+                pid_start=start_time, created=now_rfc3339(), owner=owner_name(),
+                oci_version=spec.oci_version, annotations=spec.annotations,
+                cgroup=cgroup.to_state() if cgroup else None, root=root)
+            state.save()
+            if pid_file:
+                write_pid_file(pid_file, init_pid)
+        except BaseException:
+            _undo_create(init_pid, cgroup, state_dir)
+            raise
+        return cls(state)
+
+    @classmethod
+    def load(cls, root: str, container_id: str) -> Container:
+        return cls(ContainerState.load(root, container_id))
+
+    # --- start --------------------------------------------------------------------
+    def start(self) -> None:
+        status = self.state.status()
+        if status == "stopped":
+            raise InvalidState("cannot start a container that has stopped")
+        if status != "created":
+            raise InvalidState(f"cannot start an already {status} container")
+        fifo = self.state.fifo_path
+        try:
+            fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise InvalidState("cannot start an already running container") from None
+        try:
+            # The init has the write end open (or is opening it); wait for its byte,
+            # giving up if the init dies meanwhile.
+            while not select.select([fd], [], [], 0.1)[0]:
+                if not self.state.init_alive():
+                    raise InvalidState("cannot start a container that has stopped")
+            if os.read(fd, 1) != b"0":
+                raise RuntimeFailure("container init exited before it was started")
+        finally:
+            os.close(fd)
+        try:
+            os.unlink(fifo)
+        except FileNotFoundError:
+            pass
+
+    # --- kill ---------------------------------------------------------------------
+    def kill(self, signum: int, all_processes: bool = False) -> None:
+        status = self.state.status()
+        if status == "stopped":
+            raise InvalidState("container not running")
+        if all_processes:
+            self._signal_all(signum)
+        else:
+            _send(self.state.pid, signum)
+
+    def _signal_all(self, signum: int) -> None:
+        cgroup = self._cgroup()
+        if cgroup is None:
+            _send(self.state.pid, signum)
+            return
+        # Frozen, nobody can fork past the signal.
+        cgroup.freeze()
+        try:
+            for pid in cgroup.pids():
+                _send(pid, signum)
+        finally:
+            cgroup.thaw()
+
+    # --- delete -------------------------------------------------------------------
+    def delete(self, force: bool = False) -> None:
+        status = self.state.status()
+        if status in ("running", "paused") and not force:
+            raise InvalidState(f"cannot delete container {self.id} that is not stopped: "
+                               f"{status}")
+        if status != "stopped":
+            self._kill_everything()
+        cgroup = self._cgroup()
+        if cgroup is not None:
+            # Without its own PID namespace, a container's children outlive its init.
+            for pid in cgroup.pids():
+                _send(pid, signal.SIGKILL)
+            cgroup.destroy()
+        shutil.rmtree(self.state.dir, ignore_errors=True)
+
+    def _kill_everything(self) -> None:
+        cgroup = self._cgroup()
+        if cgroup is not None:
+            self._signal_all(signal.SIGKILL)
+        _send(self.state.pid, signal.SIGKILL)
+        deadline = time.monotonic() + _STOP_TIMEOUT
+        while self.state.init_alive():
+            if time.monotonic() > deadline:
+                raise RuntimeFailure(f"container {self.id} did not die after SIGKILL")
+            time.sleep(0.005)
+
+    # --- helpers ------------------------------------------------------------------
+    def _cgroup(self):
+        if not self.state.cgroup:
+            return None
+        from corral.runtime.cgroups import load_manager
+
+        return load_manager(self.state.cgroup)
+
+
+def _make_cgroup(spec, container_id: str):
+    """The container's cgroup, made and configured; None when running rootless."""
+    from corral.runtime.cgroups import CgroupError, open_manager
+    from corral.runtime.devices import cgroup_device_rules
+
+    if os.geteuid() != 0 and not spec.linux.cgroups_path:
+        return None
+    resources = dict(spec.linux.resources)
+    resources["devices"] = cgroup_device_rules(resources.get("devices", []),
+                                               spec.linux.devices)
+    try:
+        manager = open_manager(spec.linux.cgroups_path, container_id)
+        manager.create(resources)
+    except CgroupError as e:
+        raise ConfigInvalid(str(e)) from None
+    return manager
+
+
+def _undo_create(init_pid: int | None, cgroup, state_dir: str) -> None:
+    if init_pid is not None:
+        _send(init_pid, signal.SIGKILL)
+    if cgroup is not None:
+        try:
+            if init_pid is not None:
+                for pid in cgroup.pids():
+                    _send(pid, signal.SIGKILL)
+            cgroup.destroy()
+        except Exception:  # noqa: BLE001 - the original error matters more
+            pass
+    shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def _send(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def write_pid_file(path: str, pid: int) -> None:
+    """Atomically, so a reader never sees an empty pid file (as runc does)."""
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), "." + os.path.basename(path))
+    with open(tmp, "w") as f:
+        f.write(str(pid))
+    os.rename(tmp, path)
+
+
+def wait_for_exit(pid: int) -> int:
+    """Reap children until `pid` exits (we are its subreaper); its status as a shell shows it."""
+    while True:
+        try:
+            reaped, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return 255
+        except InterruptedError:
+            continue
+        if reaped == pid:
+            return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else (
+                128 + os.WTERMSIG(status))
+

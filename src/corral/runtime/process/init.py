@@ -1,0 +1,187 @@
+"""The container's init process, from its birth in the new namespaces to execve.
+
+The sequence (the order matters, and unit tests check it with a recording
+`Syscalls`):
+
+  setsid → rootfs (mounts, devices, pivot_root) → hostname → sysctl,
+  read-only and masked paths, read-only root → rlimits → drop bounding
+  capabilities → groups, gid, uid → capabilities → umask, no_new_privs →
+  cwd → "ready" to the runtime → wait on exec.fifo for `start` → execve.
+
+Everything that can fail is done before "ready", so `create` reports it and
+cleans up; after "ready" only the wait and the execve remain.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+from dataclasses import dataclass
+
+from corral.runtime import syscalls as k
+from corral.runtime.capabilities import CapabilitySets
+from corral.runtime.mounts import MountContext
+from corral.runtime.process.sync import SyncChannel
+from corral.runtime.rlimits import apply_rlimits
+from corral.runtime.rootfs import enter_rootfs, harden_rootfs
+from corral.runtime.state import EXEC_FIFO
+from corral.runtime.syscalls import Syscalls
+from corral.spec.runtime import Process, Spec
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Signals that end the init while it waits for `start`; as PID 1 of its
+# namespace it would otherwise ignore them (default action, no handler).
+_WAITING_EXIT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
+                         signal.SIGUSR1, signal.SIGUSR2)
+
+
+class ExecutableNotFound(OSError):
+    pass
+
+
+@dataclass
+class InitContext:
+    spec: Spec
+    rootfs: str
+    bundle: str
+    state_dir_fd: int  # O_PATH handle on the state dir, to reach exec.fifo after pivot_root
+    cgroup_paths: dict[str, str]
+    user_namespace: bool
+    no_pivot: bool = False
+    preserve_fds: int = 0
+
+
+class InitSequence:
+    def __init__(self, ctx: InitContext, syscalls: Syscalls, last_cap: int):
+        self.ctx = ctx
+        self.sc = syscalls
+        self.last_cap = last_cap
+
+    def prepare(self) -> str:
+        """Everything up to "ready"; returns the resolved executable."""
+        ctx, sc, spec = self.ctx, self.sc, self.ctx.spec
+        process = spec.process
+        sc.setsid()
+        mounts = MountContext(rootfs=ctx.rootfs, bundle=ctx.bundle,
+                              cgroup_paths=ctx.cgroup_paths,
+                              cgroup_namespace=spec.has_new_namespace("cgroup"), syscalls=sc)
+        enter_rootfs(spec, mounts, user_namespace=ctx.user_namespace, no_pivot=ctx.no_pivot)
+        if spec.hostname:
+            sc.sethostname(spec.hostname)
+        if spec.domainname:
+            sc.setdomainname(spec.domainname)
+        harden_rootfs(spec, sc)
+        executable = find_executable(process)
+        apply_rlimits(process.rlimits, sc)
+        self._become_user(process)
+        sc.chdir(process.cwd)
+        return executable
+
+    def _become_user(self, process: Process) -> None:
+        sc = self.sc
+        caps = (CapabilitySets(process.capabilities, self.last_cap)
+                if process.capabilities is not None else None)
+        if caps:
+            caps.drop_bounding(sc)
+        # Keep the permitted set across the uid change; capset sets it exactly after.
+        sc.prctl(k.PR_SET_KEEPCAPS, 1)
+        user = process.user
+        if not (self.ctx.user_namespace and _setgroups_denied()):
+            sc.setgroups(user.additional_gids)
+        sc.setresgid(user.gid)
+        sc.setresuid(user.uid)
+        sc.prctl(k.PR_SET_KEEPCAPS, 0)
+        if caps:
+            caps.apply(sc)
+        if user.umask is not None:
+            sc.umask(user.umask)
+        if process.no_new_privileges:
+            sc.prctl(k.PR_SET_NO_NEW_PRIVS, 1)
+
+    def wait_for_start(self) -> None:
+        """Block until `start` opens exec.fifo for reading."""
+        for signum in _WAITING_EXIT_SIGNALS:
+            signal.signal(signum, lambda s, _f: os._exit(128 + s))
+        fd = os.open(EXEC_FIFO, os.O_WRONLY | os.O_CLOEXEC, dir_fd=self.ctx.state_dir_fd)
+        os.write(fd, b"0")
+        os.close(fd)
+        os.close(self.ctx.state_dir_fd)
+
+    def exec(self, executable: str) -> None:
+        process = self.ctx.spec.process
+        _reset_signals()
+        self.sc.mark_fds_cloexec(3 + self.ctx.preserve_fds)
+        self.sc.execve(executable, process.args, process.env)
+
+
+def run_init(ctx: InitContext, channel: SyncChannel, syscalls: Syscalls) -> None:
+    """The init's whole life; never returns (execs or exits)."""
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            last_cap = int(f.read())
+        sequence = InitSequence(ctx, syscalls, last_cap)
+        executable = sequence.prepare()
+    except BaseException as e:  # noqa: BLE001 - every failure is reported, none escapes
+        _report(channel, e)
+        os._exit(1)
+    channel.send("ready")
+    channel.close()
+    try:
+        sequence.wait_for_start()
+        sequence.exec(executable)
+    except BaseException as e:  # noqa: BLE001
+        os.write(2, f"corral-runtime init: {describe(e)}\n".encode())
+    os._exit(127)
+
+
+def find_executable(process: Process) -> str:
+    """Resolve args[0] as execvp would, with the container's PATH, before `start`."""
+    name = process.args[0]
+    if "/" in name:
+        candidates = [name if os.path.isabs(name) else os.path.join(process.cwd, name)]
+    else:
+        path = process.env_value("PATH")
+        candidates = [os.path.join(d or ".", name) for d in (path or DEFAULT_PATH).split(":")]
+    for candidate in candidates:
+        try:
+            st = os.stat(candidate)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            return candidate
+    raise ExecutableNotFound(2, f'exec: "{name}": executable file not found in $PATH'
+                             if "/" not in name else f'exec: "{name}": no such file')
+
+
+def describe(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror and not error.filename:
+        return error.strerror if error.args[1:] else str(error)
+    return str(error) or type(error).__name__
+
+
+def _report(channel: SyncChannel, error: BaseException) -> None:
+    try:
+        channel.send("error", message=describe(error))
+    except OSError:
+        pass
+
+
+def _setgroups_denied() -> bool:
+    try:
+        with open("/proc/self/setgroups") as f:
+            return f.read().strip() == "deny"
+    except OSError:
+        return False
+
+
+def _reset_signals() -> None:
+    """Python ignores SIGPIPE and SIGXFSZ; an ignored signal stays ignored across execve."""
+    for signum in range(1, signal.NSIG):
+        if signum in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(signum, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])

@@ -1,0 +1,185 @@
+"""How a container's init is born: runtime (parent) → bootstrap → init.
+
+    runtime ──fork──▶ bootstrap: join cgroup, setns(paths), unshare(user)
+       │                 │         [runtime writes uid/gid maps]
+       │                 │         oom_score_adj, unshare(the rest), time offsets
+       │                 └─fork──▶ init: PID 1 of the new PID namespace
+       │◀──── "init-pid" ─┘ (bootstrap exits)   │ rootfs, user, caps ...
+       │◀──────────────────────── "ready" ──────┘ then waits on exec.fifo
+
+Two forks because unshare(CLONE_NEWPID) only moves the caller's children,
+and a new user namespace must exist (and own the PID namespace) before the
+PID namespace is made.  Forking a small single-threaded Python process is
+cheap, and no interpreter is started for the container.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+from dataclasses import dataclass
+
+from corral.runtime import namespaces
+from corral.runtime.errors import InitFailed
+from corral.runtime.process.init import InitContext, describe, run_init
+from corral.runtime.process.sync import SyncChannel
+from corral.runtime.syscalls import CLONE_NEWUSER, Syscalls
+from corral.spec.runtime import IDMapping, Spec
+
+_INIT_EXIT_GRACE = 2.0  # seconds an init that reported an error gets to exit by itself
+
+
+@dataclass
+class SpawnRequest:
+    spec: Spec
+    rootfs: str
+    bundle: str
+    state_dir: str
+    cgroup: object | None  # a cgroups.Manager, joined by the bootstrap
+    no_pivot: bool = False
+    preserve_fds: int = 0
+
+
+def spawn_init(request: SpawnRequest, syscalls: Syscalls) -> int:
+    """Start the container's init and return its PID once it waits for `start`."""
+    spec = request.spec
+    ours, theirs = SyncChannel.pair()
+    join_targets = namespaces.open_join_targets(spec.linux.namespaces)
+    state_dir_fd = os.open(request.state_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        bootstrap_pid = os.fork()
+        if bootstrap_pid == 0:
+            ours.close()
+            _bootstrap_main(request, theirs, join_targets, state_dir_fd, syscalls)
+    finally:
+        theirs.close()
+        os.close(state_dir_fd)
+        for _, fd in join_targets:
+            os.close(fd)
+    init_pid = None
+    try:
+        init_pid = _converse(ours, bootstrap_pid, spec)
+        return init_pid
+    except BaseException as e:
+        _stop_failed_init(ours, getattr(e, "init_pid", init_pid))
+        raise
+    finally:
+        ours.close()
+        _reap(bootstrap_pid)
+
+
+def _converse(channel: SyncChannel, bootstrap_pid: int, spec: Spec) -> int:
+    init_pid = None
+    while True:
+        message = channel.receive()
+        if message is None:
+            raise InitFailed("container init exited before it was ready")
+        kind = message["type"]
+        if kind == "need-maps":
+            write_id_maps(bootstrap_pid, spec.linux.uid_mappings, spec.linux.gid_mappings)
+            channel.send("maps-done")
+        elif kind == "init-pid":
+            init_pid = message["pid"]
+        elif kind == "ready":
+            return init_pid
+        elif kind == "error":
+            error = InitFailed(message["message"])
+            error.init_pid = init_pid
+            raise error
+
+
+def write_id_maps(pid: int, uid_maps: list[IDMapping], gid_maps: list[IDMapping]) -> None:
+    def text(maps: list[IDMapping]) -> bytes:
+        return "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in maps).encode()
+
+    if os.geteuid() != 0:
+        # An unprivileged writer may map only its own gid, and only with setgroups denied.
+        with open(f"/proc/{pid}/setgroups", "wb") as f:
+            f.write(b"deny")
+    for name, maps in (("uid_map", uid_maps), ("gid_map", gid_maps)):
+        try:
+            with open(f"/proc/{pid}/{name}", "wb") as f:
+                f.write(text(maps))
+        except OSError as e:
+            field = "uidMappings" if name == "uid_map" else "gidMappings"
+            raise InitFailed(f"linux.{field}: cannot write {name}: {e.strerror}") from None
+
+
+def _stop_failed_init(channel: SyncChannel, init_pid: int | None) -> None:
+    """An init that failed exits by itself (closing its end); one that does not is killed."""
+    deadline = time.monotonic() + _INIT_EXIT_GRACE
+    while (left := deadline - time.monotonic()) > 0:
+        if not select.select([channel], [], [], left)[0]:
+            break
+        try:
+            message = channel.receive()
+        except (OSError, ValueError):
+            break
+        if message is None:
+            return
+        if message.get("type") == "init-pid":
+            init_pid = message["pid"]
+    if init_pid is not None:
+        try:
+            os.kill(init_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+# --- in the bootstrap process ---------------------------------------------------
+
+def _bootstrap_main(request: SpawnRequest, channel: SyncChannel,
+                    join_targets: list, state_dir_fd: int, sc: Syscalls) -> None:
+    """Runs in the forked child; never returns."""
+    try:
+        spec = request.spec
+        if request.cgroup is not None:
+            request.cgroup.join(0)
+        # Lowering needs CAP_SYS_RESOURCE in the host's user namespace: do it here.
+        if spec.process.oom_score_adj is not None:
+            _set_oom_score_adj(spec.process.oom_score_adj, sc)
+        namespaces.join(join_targets, sc)
+        user_ns = spec.linux.namespace("user")
+        if spec.has_new_namespace("user"):
+            sc.unshare(CLONE_NEWUSER)
+            channel.send("need-maps")
+            channel.expect("maps-done")
+            sc.setresgid(0)
+            sc.setresuid(0)
+        sc.unshare(namespaces.unshare_flags(spec.linux.namespaces))
+        if spec.linux.time_offsets:
+            sc.write_file("/proc/self/timens_offsets",
+                          namespaces.time_offsets_text(spec.linux.time_offsets))
+        init_pid = os.fork()
+        if init_pid == 0:
+            ctx = InitContext(spec=spec, rootfs=request.rootfs, bundle=request.bundle,
+                              state_dir_fd=state_dir_fd,
+                              cgroup_paths=request.cgroup.paths if request.cgroup else {},
+                              user_namespace=user_ns is not None, no_pivot=request.no_pivot,
+                              preserve_fds=request.preserve_fds)
+            run_init(ctx, channel, sc)
+        channel.send("init-pid", pid=init_pid)
+    except BaseException as e:  # noqa: BLE001 - reported to the runtime, never raised here
+        try:
+            channel.send("error", message=describe(e))
+        except OSError:
+            pass
+        os._exit(1)
+    os._exit(0)
+
+
+def _set_oom_score_adj(value: int, sc: Syscalls) -> None:
+    try:
+        sc.write_file("/proc/self/oom_score_adj", str(value))
+    except PermissionError:
+        raise InitFailed(f"process.oomScoreAdj: cannot set to {value}: permission denied "
+                         "(lowering it needs CAP_SYS_RESOURCE)") from None

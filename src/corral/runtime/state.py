@@ -1,0 +1,145 @@
+"""A container's on-disk record under the runtime root: `<root>/<id>/state.json`.
+
+The status is never stored; it is derived each time from the init process
+(alive? same start time, so a reused PID is not mistaken for it), the
+exec FIFO (present until `start`) and the cgroup freezer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import time
+from dataclasses import asdict, dataclass, field
+
+from corral.runtime.errors import ContainerNotFound, InvalidID
+
+STATE_FILE = "state.json"
+EXEC_FIFO = "exec.fifo"
+_VALID_ID = re.compile(r"^[\w+\-.]+$")
+
+
+def check_id(container_id: str) -> None:
+    """IDs name directories: refuse anything that could escape the root (as runc does)."""
+    if not _VALID_ID.match(container_id) or container_id in (".", ".."):
+        raise InvalidID(f"invalid container id format: {container_id!r}")
+
+
+def process_start_time(pid: int) -> int | None:
+    """The start time (clock ticks since boot) of a live process, or None if it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name may contain spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(b")") + 2:].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+def now_rfc3339() -> str:
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e9):09d}Z"
+
+
+@dataclass
+class ContainerState:
+    id: str
+    bundle: str
+    rootfs: str
+    pid: int
+    pid_start: int
+    created: str
+    owner: str
+    oci_version: str
+    annotations: dict[str, str] = field(default_factory=dict)
+    cgroup: dict | None = None
+    hooks: dict = field(default_factory=dict)
+    root: str = ""
+
+    # --- where it lives --------------------------------------------------------
+    @property
+    def dir(self) -> str:
+        return os.path.join(self.root, self.id)
+
+    @property
+    def fifo_path(self) -> str:
+        return os.path.join(self.dir, EXEC_FIFO)
+
+    # --- status ----------------------------------------------------------------
+    def init_alive(self) -> bool:
+        return self.pid > 0 and process_start_time(self.pid) == self.pid_start
+
+    def status(self) -> str:
+        if not self.init_alive():
+            return "stopped"
+        if os.path.exists(self.fifo_path):
+            return "created"
+        if self.cgroup and _frozen(self.cgroup):
+            return "paused"
+        return "running"
+
+    def oci_state(self) -> dict:
+        """The OCI state JSON (plus runc's `created` and `owner`)."""
+        status = self.status()
+        return {
+            "ociVersion": self.oci_version,
+            "id": self.id,
+            "pid": self.pid if status != "stopped" else 0,
+            "status": status,
+            "bundle": self.bundle,
+            "rootfs": self.rootfs,
+            "created": self.created,
+            "owner": self.owner,
+            "annotations": self.annotations,
+        }
+
+    # --- persistence -----------------------------------------------------------
+    def save(self) -> None:
+        """Write atomically: a crash leaves the old state or the new one, never half."""
+        data = asdict(self)
+        data.pop("root")
+        tmp = os.path.join(self.dir, STATE_FILE + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, os.path.join(self.dir, STATE_FILE))
+
+    @classmethod
+    def load(cls, root: str, container_id: str) -> ContainerState:
+        check_id(container_id)
+        try:
+            with open(os.path.join(root, container_id, STATE_FILE)) as f:
+                data = json.load(f)
+        except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+            raise ContainerNotFound(container_id) from None
+        return cls(root=root, **data)
+
+
+def list_ids(root: str) -> list[str]:
+    try:
+        names = sorted(os.listdir(root))
+    except FileNotFoundError:
+        return []
+    return [n for n in names if os.path.exists(os.path.join(root, n, STATE_FILE))]
+
+
+def owner_name() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
+def _frozen(saved_cgroup: dict) -> bool:
+    from corral.runtime.cgroups import load_manager
+
+    try:
+        return load_manager(saved_cgroup).frozen()
+    except Exception:
+        return False

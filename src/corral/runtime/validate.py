@@ -1,0 +1,55 @@
+"""Checks of a parsed config against what this runtime and host can do.
+
+Run before anything is created, so a config that cannot work fails with a
+clear message and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+
+from corral.runtime.capabilities import CapabilityError, CapabilitySets
+from corral.runtime.errors import ConfigInvalid
+from corral.runtime.rlimits import RlimitError, check_rlimits
+from corral.spec.runtime import Spec
+
+# sysctls that are namespaced, and the namespace that must be new to set them.
+_IPC_SYSCTLS = {"kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem",
+                "kernel.shmall", "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced"}
+
+
+def check_spec(spec: Spec, rootfs: str) -> None:
+    if spec.process is None:
+        raise ConfigInvalid("process: required to create a container")
+    if not os.path.isdir(rootfs):
+        raise ConfigInvalid(f"root.path: rootfs {rootfs} is not a directory")
+    if spec.process.terminal:
+        raise ConfigInvalid("process.terminal: a terminal needs --console-socket, "
+                            "which this version does not support yet")
+    if spec.linux.seccomp:
+        raise ConfigInvalid("linux.seccomp: not supported by this version of corral-runtime")
+    if spec.process.apparmor_profile:
+        raise ConfigInvalid("process.apparmorProfile: AppArmor is not supported on this host")
+    if spec.process.selinux_label:
+        raise ConfigInvalid("process.selinuxLabel: SELinux is not supported on this host")
+    try:
+        check_rlimits(spec.process.rlimits)
+        if spec.process.capabilities is not None:
+            CapabilitySets(spec.process.capabilities, last_cap=63)
+    except (RlimitError, CapabilityError) as e:
+        raise ConfigInvalid(e.strerror if isinstance(e, OSError) else str(e)) from None
+    for key in spec.linux.sysctl:
+        _check_sysctl(spec, key)
+
+
+def _check_sysctl(spec: Spec, key: str) -> None:
+    if key in _IPC_SYSCTLS or key.startswith("fs.mqueue."):
+        needed = "ipc"
+    elif key.startswith("net."):
+        needed = "network"
+    elif key in ("kernel.hostname", "kernel.domainname"):
+        needed = "uts"
+    else:
+        raise ConfigInvalid(f"linux.sysctl.{key}: not namespaced, so a container may not set it")
+    if spec.linux.namespace(needed) is None:
+        raise ConfigInvalid(f"linux.sysctl.{key}: needs a new {needed} namespace")
