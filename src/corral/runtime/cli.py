@@ -7,19 +7,23 @@ most of a short command's cost.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
-import time
 
-from corral.runtime.container import DEFAULT_ROOT
+from corral.runtime.cliargs import (
+    Command,
+    HelpRequested,
+    Option,
+    UsageError,
+    command_usage,
+    parse_command,
+    parse_options,
+    usage,
+)
+
+DEFAULT_ROOT = "/run/corral-runtime"
 
 _SIGNALS_NOT_FORWARDED = ("SIGCHLD", "SIGKILL", "SIGSTOP", "SIGURG", "SIGWINCH")
-
-
-class UsageError(Exception):
-    pass
 
 
 # --- logging (runc's format, so containerd can read our --log file) ------------------
@@ -31,10 +35,15 @@ class Log:
         self.debug = False
 
     def _line(self, level: str, message: str) -> str:
+        import time
+
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         if self.format == "json":
+            import json
+
             return json.dumps({"level": level, "msg": message, "time": stamp})
-        return f'time="{stamp}" level={level} msg={json.dumps(message)}'
+        quoted = message.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'time="{stamp}" level={level} msg="{quoted}"'
 
     def write(self, level: str, message: str) -> None:
         if level == "debug" and not self.debug:
@@ -56,6 +65,8 @@ LOG = Log()
 # --- commands --------------------------------------------------------------------------
 
 def cmd_spec(args) -> int:
+    import json
+
     from corral.spec.defaults import default_config
 
     path = os.path.join(args.bundle or ".", "config.json")
@@ -123,6 +134,8 @@ def _forward(pid: int, signum: int) -> None:
 
 
 def cmd_state(args) -> int:
+    import json
+
     from corral.runtime.container import Container
 
     state = Container.load(args.root, args.id).state.oci_state()
@@ -131,6 +144,8 @@ def cmd_state(args) -> int:
 
 
 def cmd_list(args) -> int:
+    import json
+
     from corral.runtime.errors import ContainerNotFound
     from corral.runtime.state import ContainerState, list_ids
 
@@ -151,14 +166,14 @@ def cmd_list(args) -> int:
                  for s in states]
         widths = [max(len(row[i]) for row in rows) for i in range(6)]
         for row in rows:
-            print("   ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+            print("   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return 0
 
 
 def cmd_kill(args) -> int:
     from corral.runtime.container import Container
 
-    signum = parse_signal(args.signal)
+    signum = parse_signal(args.signal or "SIGTERM")
     Container.load(args.root, args.id).kill(signum, all_processes=args.all)
     return 0
 
@@ -177,21 +192,28 @@ def cmd_delete(args) -> int:
     return 0
 
 
-def parse_signal(text: str) -> int:
-    import signal
+# Linux x86/arm signal numbers (real-time signals by number only), so that
+# parsing one does not import the signal module and its enums.
+SIGNALS = {
+    "HUP": 1, "INT": 2, "QUIT": 3, "ILL": 4, "TRAP": 5, "ABRT": 6, "IOT": 6, "BUS": 7,
+    "FPE": 8, "KILL": 9, "USR1": 10, "SEGV": 11, "USR2": 12, "PIPE": 13, "ALRM": 14,
+    "TERM": 15, "STKFLT": 16, "CHLD": 17, "CONT": 18, "STOP": 19, "TSTP": 20, "TTIN": 21,
+    "TTOU": 22, "URG": 23, "XCPU": 24, "XFSZ": 25, "VTALRM": 26, "PROF": 27, "WINCH": 28,
+    "IO": 29, "POLL": 29, "PWR": 30, "SYS": 31,
+}
+_NSIG = 65
 
+
+def parse_signal(text: str) -> int:
     if text.isdigit():
         number = int(text)
-        if not 0 < number < signal.NSIG:
+        if not 0 < number < _NSIG:
             raise UsageError(f"invalid signal: {text}")
         return number
-    name = text.upper()
-    if not name.startswith("SIG"):
-        name = "SIG" + name
-    value = getattr(signal, name, None)
-    if not isinstance(value, signal.Signals):
+    name = text.upper().removeprefix("SIG")
+    if name not in SIGNALS:
         raise UsageError(f"unknown signal {text!r}")
-    return int(value)
+    return SIGNALS[name]
 
 
 def _refuse_console_socket(args) -> None:
@@ -199,88 +221,104 @@ def _refuse_console_socket(args) -> None:
         raise UsageError("--console-socket is not supported by this version of corral-runtime")
 
 
-# --- argument parsing --------------------------------------------------------------------
+# --- command table ----------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="corral-runtime",
-        description="Open Container Initiative runtime (runc-compatible), written in Python.")
-    parser.add_argument("--root", default=DEFAULT_ROOT,
-                        help="root directory for storage of container state")
-    parser.add_argument("--log", help="log file path (errors are also written to stderr)")
-    parser.add_argument("--log-format", choices=("text", "json"), default="text")
-    parser.add_argument("--debug", action="store_true", help="enable debug logging")
-    parser.add_argument("--systemd-cgroup", action="store_true",
-                        help="use systemd cgroups (not supported yet)")
-    parser.add_argument("--rootless", default="auto", help="ignored; kept for runc compatibility")
-    parser.add_argument("-v", "--version", action="version",
-                        version="corral-runtime version 0.1.0\nspec: 1.2.0")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+def _container_options() -> list[Option]:
+    return [
+        Option("-b,--bundle", "path to the OCI bundle", value="DIR", default="."),
+        Option("--pid-file", "file to write the init process's PID to", value="FILE"),
+        Option("--console-socket", "unix socket to send the pty master to", value="PATH"),
+        Option("--no-pivot", "use MS_MOVE and chroot instead of pivot_root"),
+        Option("--no-new-keyring", "accepted for runc compatibility"),
+        Option("--preserve-fds", "pass N extra file descriptors (from fd 3) to the container",
+               value="N", default=0, convert=int),
+    ]
 
-    def command(name: str, handler, help: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=help)
-        sub.set_defaults(handler=handler)
-        return sub
 
-    def container_options(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("-b", "--bundle", default=".", help="path to the OCI bundle")
-        sub.add_argument("--pid-file", help="file to write the init process's PID to")
-        sub.add_argument("--console-socket", help="unix socket to send the pty master to")
-        sub.add_argument("--no-pivot", action="store_true",
-                         help="use MS_MOVE and chroot instead of pivot_root")
-        sub.add_argument("--no-new-keyring", action="store_true",
-                         help="accepted for runc compatibility")
-        sub.add_argument("--preserve-fds", type=int, default=0,
-                         help="pass N extra file descriptors (from fd 3) to the container")
-        sub.add_argument("id")
+GLOBAL_OPTIONS = [
+    Option("--root", "root directory for storage of container state", value="DIR",
+           default=DEFAULT_ROOT),
+    Option("--log", "log file path (errors are also written to stderr)", value="FILE"),
+    Option("--log-format", "text or json", value="FORMAT", default="text"),
+    Option("--debug", "enable debug logging"),
+    Option("--systemd-cgroup", "use systemd cgroups (not supported yet)"),
+    Option("--rootless", "ignored; kept for runc compatibility", value="MODE", default="auto"),
+    Option("-v,--version", "print the version"),
+]
 
-    sub = command("spec", cmd_spec, "create a new specification file (config.json)")
-    sub.add_argument("-b", "--bundle", help="directory to write config.json to")
-    sub.add_argument("--rootless", action="store_true", help="a spec for a rootless container")
+COMMANDS = [
+    Command("spec", "create a new specification file (config.json)", cmd_spec, [
+        Option("-b,--bundle", "directory to write config.json to", value="DIR"),
+        Option("--rootless", "a spec for a rootless container")]),
+    Command("create", "create a container", cmd_create, _container_options(), ("id",)),
+    Command("start", "run the user process of a created container", cmd_start, [], ("id",)),
+    Command("run", "create and run a container", cmd_run, [
+        *_container_options(),
+        Option("-d,--detach", "detach from the container"),
+        Option("--keep", "do not delete the container when it exits")], ("id",)),
+    Command("state", "output the state of a container", cmd_state, [], ("id",)),
+    Command("list", "list containers started with the given root", cmd_list, [
+        Option("-f,--format", "table or json", value="FORMAT", default="table"),
+        Option("-q,--quiet", "display only container IDs")]),
+    Command("kill", "send a signal to a container's init (default SIGTERM)", cmd_kill, [
+        Option("-a,--all", "send the signal to every process in the container")],
+        ("id",), optional=("signal",)),
+    Command("delete", "delete a container and everything it holds", cmd_delete, [
+        Option("-f,--force", "kill the container first if it is still running")], ("id",)),
+]
 
-    container_options(command("create", cmd_create, "create a container"))
-    command("start", cmd_start, "run the user process of a created container").add_argument("id")
-    sub = command("run", cmd_run, "create and run a container")
-    container_options(sub)
-    sub.add_argument("-d", "--detach", action="store_true", help="detach from the container")
-    sub.add_argument("--keep", action="store_true", help="do not delete the container on exit")
-    command("state", cmd_state, "output the state of a container").add_argument("id")
-    sub = command("list", cmd_list, "list containers started with the given root")
-    sub.add_argument("-f", "--format", choices=("table", "json"), default="table")
-    sub.add_argument("-q", "--quiet", action="store_true", help="display only container IDs")
-    sub = command("kill", cmd_kill, "send a signal to a container's init (default SIGTERM)")
-    sub.add_argument("-a", "--all", action="store_true",
-                     help="send the signal to every process in the container")
-    sub.add_argument("id")
-    sub.add_argument("signal", nargs="?", default="SIGTERM")
-    sub = command("delete", cmd_delete, "delete a container and everything it holds")
-    sub.add_argument("-f", "--force", action="store_true",
-                     help="kill the container first if it is still running")
-    sub.add_argument("id")
-    return parser
+PROG = "corral-runtime"
+VERSION = "corral-runtime version 0.1.0\nspec: 1.2.0"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    LOG.path, LOG.format, LOG.debug = args.log, args.log_format, args.debug
-    if args.command is None:
-        parser.print_help()
-        return 0
-    from corral.runtime.errors import RuntimeFailure
-
+    argv = sys.argv[1:] if argv is None else argv
+    command_name = "?"
     try:
-        if args.systemd_cgroup:
+        options, rest = parse_options(argv, GLOBAL_OPTIONS, stop_at_positional=True)
+        LOG.path, LOG.debug = options["log"], options["debug"]
+        LOG.format = "json" if options["log_format"] == "json" else "text"
+        if options["version"]:
+            print(VERSION)
+            return 0
+        if not rest:
+            print(usage(PROG, "an OCI runtime (runc-compatible) in Python", GLOBAL_OPTIONS,
+                        COMMANDS))
+            return 0
+        command_name = rest[0]
+        command = next((c for c in COMMANDS if c.name == command_name), None)
+        if command is None:
+            raise UsageError(f"No help topic for '{command_name}'")
+        try:
+            args = parse_command(command, rest[1:])
+        except HelpRequested:
+            print(command_usage(PROG, command))
+            return 0
+        args.root = options["root"]
+        if options["systemd_cgroup"]:
             raise UsageError("--systemd-cgroup is not supported yet: use the cgroupfs driver")
-        return args.handler(args)
-    except (RuntimeFailure, UsageError) as e:
+        return command.handler(args)
+    except HelpRequested:
+        print(usage(PROG, "an OCI runtime (runc-compatible) in Python", GLOBAL_OPTIONS,
+                    COMMANDS))
+        return 0
+    except UsageError as e:
         LOG.write("error", str(e))
-    except OSError as e:
-        LOG.write("error", f"{args.command}: {e.strerror or e}"
-                  + (f": {e.filename}" if e.filename else ""))
+        return 1
     except KeyboardInterrupt:
         LOG.write("error", "interrupted")
-    return 1
+        return 1
+    except Exception as e:  # noqa: BLE001 - the edge: one line, never a traceback
+        from corral.runtime.errors import RuntimeFailure
+
+        if isinstance(e, RuntimeFailure):
+            LOG.write("error", str(e))
+        elif isinstance(e, OSError):
+            LOG.write("error", f"{command_name}: {e.strerror or e}"
+                      + (f": {e.filename}" if e.filename else ""))
+        else:
+            LOG.write("error", f"{command_name}: internal error: {type(e).__name__}: {e}")
+        return 1
 
 
 if __name__ == "__main__":

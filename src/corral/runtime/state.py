@@ -7,23 +7,22 @@ exec FIFO (present until `start`) and the cgroup freezer.
 
 from __future__ import annotations
 
-import json
 import os
-import pwd
-import re
 import time
-from dataclasses import asdict, dataclass, field
 
+from corral.runtime import fastjson
 from corral.runtime.errors import ContainerNotFound, InvalidID
 
 STATE_FILE = "state.json"
 EXEC_FIFO = "exec.fifo"
-_VALID_ID = re.compile(r"^[\w+\-.]+$")
+_ID_CHARACTERS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+-.")
 
 
 def check_id(container_id: str) -> None:
     """IDs name directories: refuse anything that could escape the root (as runc does)."""
-    if not _VALID_ID.match(container_id) or container_id in (".", ".."):
+    if not container_id or not _ID_CHARACTERS.issuperset(container_id) or container_id in (
+            ".", ".."):
         raise InvalidID(f"invalid container id format: {container_id!r}")
 
 
@@ -46,20 +45,28 @@ def now_rfc3339() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e9):09d}Z"
 
 
-@dataclass
 class ContainerState:
-    id: str
-    bundle: str
-    rootfs: str
-    pid: int
-    pid_start: int
-    created: str
-    owner: str
-    oci_version: str
-    annotations: dict[str, str] = field(default_factory=dict)
-    cgroup: dict | None = None
-    hooks: dict = field(default_factory=dict)
-    root: str = ""
+    """What `create` records; everything else about a container is derived."""
+
+    FIELDS = ("id", "bundle", "rootfs", "pid", "pid_start", "created", "owner", "oci_version",
+              "annotations", "cgroup", "hooks")
+
+    def __init__(self, *, id: str, bundle: str, rootfs: str, pid: int, pid_start: int,
+                 created: str, owner: str, oci_version: str,
+                 annotations: dict[str, str] | None = None, cgroup: dict | None = None,
+                 hooks: dict | None = None, root: str = ""):
+        self.id = id
+        self.bundle = bundle
+        self.rootfs = rootfs
+        self.pid = pid
+        self.pid_start = pid_start  # start time of the init: a reused PID is not ours
+        self.created = created
+        self.owner = owner
+        self.oci_version = oci_version
+        self.annotations = annotations or {}
+        self.cgroup = cgroup  # the cgroup manager's to_state()
+        self.hooks = hooks or {}
+        self.root = root
 
     # --- where it lives --------------------------------------------------------
     @property
@@ -101,8 +108,9 @@ class ContainerState:
     # --- persistence -----------------------------------------------------------
     def save(self) -> None:
         """Write atomically: a crash leaves the old state or the new one, never half."""
-        data = asdict(self)
-        data.pop("root")
+        import json
+
+        data = {name: getattr(self, name) for name in self.FIELDS}
         tmp = os.path.join(self.dir, STATE_FILE + ".tmp")
         with open(tmp, "w") as f:
             json.dump(data, f)
@@ -114,9 +122,9 @@ class ContainerState:
     def load(cls, root: str, container_id: str) -> ContainerState:
         check_id(container_id)
         try:
-            with open(os.path.join(root, container_id, STATE_FILE)) as f:
-                data = json.load(f)
-        except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+            with open(os.path.join(root, container_id, STATE_FILE), "rb") as f:
+                data = fastjson.loads(f.read())
+        except (FileNotFoundError, NotADirectoryError, ValueError):
             raise ContainerNotFound(container_id) from None
         return cls(root=root, **data)
 
@@ -130,6 +138,8 @@ def list_ids(root: str) -> list[str]:
 
 
 def owner_name() -> str:
+    import pwd
+
     try:
         return pwd.getpwuid(os.geteuid()).pw_name
     except KeyError:

@@ -414,7 +414,7 @@ def validate_resources(res: dict, where: str) -> None:
     sections = {"memory": dict, "cpu": dict, "pids": dict, "blockIO": dict,
                 "hugepageLimits": list, "devices": list, "unified": dict, "network": dict,
                 "rdma": dict}
-    for key, value in res.items():
+    for key in res:
         kind = sections.get(key)
         if kind is None:
             raise SpecError(f"{where}.{key}: unknown resource")
