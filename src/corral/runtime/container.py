@@ -17,8 +17,6 @@ from corral.runtime.errors import (
     RuntimeFailure,
 )
 from corral.runtime.state import ContainerState, check_id, now_rfc3339, owner_name
-from corral.runtime.syscalls import Syscalls
-from corral.spec.runtime import SpecError, load_config
 
 DEFAULT_ROOT = "/run/corral-runtime"
 _STOP_TIMEOUT = 10.0
@@ -37,10 +35,12 @@ class Container:
     @classmethod
     def create(cls, root: str, container_id: str, bundle: str, *, pid_file: str | None = None,
                no_pivot: bool = False, preserve_fds: int = 0,
-               syscalls: Syscalls | None = None) -> Container:
+               syscalls=None) -> Container:
         from corral.runtime import validate
         from corral.runtime.process.spawn import SpawnRequest, spawn_init
         from corral.runtime.state import process_start_time
+        from corral.runtime.syscalls import Syscalls
+        from corral.spec.runtime import SpecError, load_config
 
         check_id(container_id)
         bundle = os.path.abspath(bundle)

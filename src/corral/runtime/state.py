@@ -27,7 +27,7 @@ def check_id(container_id: str) -> None:
 
 
 def process_start_time(pid: int) -> int | None:
-    """The start time (clock ticks since boot) of a live process, or None if it is gone or a zombie."""
+    """A live process's start time (clock ticks since boot); None if gone or a zombie."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
-from typing import Any
+
+from corral.spec.record import Factory, Record
 
 OCI_VERSION = "1.2.0"
 
@@ -30,13 +30,13 @@ class SpecError(ValueError):
 
 # --- small typed readers ------------------------------------------------------
 
-def _type_name(value: Any) -> str:
+def _type_name(value: object) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
             int: "an integer", float: "a number", type(None): "null"}.get(type(value), "?")
 
 
-def _get(obj: dict, key: str, where: str, kind: type | tuple, default: Any = None,
-         required: bool = False) -> Any:
+def _get(obj: dict, key: str, where: str, kind: type | tuple, default: object = None,
+         required: bool = False) -> object:
     if key not in obj or obj[key] is None:
         if required:
             raise SpecError(f"{where}.{key}: required")
@@ -91,12 +91,11 @@ def _uint(obj: dict, key: str, where: str, default: int | None = None,
 
 # --- the data classes -----------------------------------------------------------
 
-@dataclass
-class User:
+class User(Record):
     uid: int = 0
     gid: int = 0
     umask: int | None = None
-    additional_gids: list[int] = field(default_factory=list)
+    additional_gids: list[int] = []
 
     @classmethod
     def parse(cls, raw: dict, where: str) -> User:
@@ -105,8 +104,7 @@ class User:
                    additional_gids=_int_list(raw, "additionalGids", where))
 
 
-@dataclass
-class Rlimit:
+class Rlimit(Record):
     type: str
     soft: int
     hard: int
@@ -123,13 +121,12 @@ class Rlimit:
         return cls(kind, soft, hard)
 
 
-@dataclass
-class Capabilities:
-    bounding: list[str] = field(default_factory=list)
-    effective: list[str] = field(default_factory=list)
-    inheritable: list[str] = field(default_factory=list)
-    permitted: list[str] = field(default_factory=list)
-    ambient: list[str] = field(default_factory=list)
+class Capabilities(Record):
+    bounding: list[str] = []
+    effective: list[str] = []
+    inheritable: list[str] = []
+    permitted: list[str] = []
+    ambient: list[str] = []
 
     @classmethod
     def parse(cls, raw: dict, where: str) -> Capabilities:
@@ -137,16 +134,15 @@ class Capabilities:
                       ("bounding", "effective", "inheritable", "permitted", "ambient")})
 
 
-@dataclass
-class Process:
+class Process(Record):
     args: list[str]
-    env: list[str] = field(default_factory=list)
+    env: list[str] = []
     cwd: str = "/"
     terminal: bool = False
     console_size: tuple[int, int] | None = None
-    user: User = field(default_factory=User)
+    user: User = Factory(User)
     capabilities: Capabilities | None = None
-    rlimits: list[Rlimit] = field(default_factory=list)
+    rlimits: list[Rlimit] = []
     no_new_privileges: bool = False
     oom_score_adj: int | None = None
     apparmor_profile: str = ""
@@ -192,18 +188,16 @@ class Process:
         return None
 
 
-@dataclass
-class Root:
+class Root(Record):
     path: str
     readonly: bool = False
 
 
-@dataclass
-class Mount:
+class Mount(Record):
     destination: str
     type: str = ""
     source: str = ""
-    options: list[str] = field(default_factory=list)
+    options: list[str] = []
 
     @classmethod
     def parse(cls, raw: dict, where: str) -> Mount:
@@ -219,11 +213,10 @@ class Mount:
         return self.type == "bind" or "bind" in self.options or "rbind" in self.options
 
 
-@dataclass
-class Hook:
+class Hook(Record):
     path: str
-    args: list[str] = field(default_factory=list)
-    env: list[str] = field(default_factory=list)
+    args: list[str] = []
+    env: list[str] = []
     timeout: int | None = None
 
     @classmethod
@@ -237,8 +230,7 @@ class Hook:
         return cls(path, _str_list(raw, "args", where), _str_list(raw, "env", where), timeout)
 
 
-@dataclass
-class Namespace:
+class Namespace(Record):
     type: str
     path: str = ""
 
@@ -253,8 +245,7 @@ class Namespace:
         return cls(kind, path)
 
 
-@dataclass
-class IDMapping:
+class IDMapping(Record):
     container_id: int
     host_id: int
     size: int
@@ -266,8 +257,7 @@ class IDMapping:
                    _uint(raw, "size", where, required=True))
 
 
-@dataclass
-class Device:
+class Device(Record):
     path: str
     type: str
     major: int = 0
@@ -291,19 +281,18 @@ class Device:
                    _uint(raw, "gid", where))
 
 
-@dataclass
-class Linux:
-    namespaces: list[Namespace] = field(default_factory=list)
-    uid_mappings: list[IDMapping] = field(default_factory=list)
-    gid_mappings: list[IDMapping] = field(default_factory=list)
-    time_offsets: dict[str, dict] = field(default_factory=dict)
-    devices: list[Device] = field(default_factory=list)
+class Linux(Record):
+    namespaces: list[Namespace] = []
+    uid_mappings: list[IDMapping] = []
+    gid_mappings: list[IDMapping] = []
+    time_offsets: dict[str, dict] = {}
+    devices: list[Device] = []
     cgroups_path: str = ""
-    resources: dict = field(default_factory=dict)
+    resources: dict = {}
     rootfs_propagation: str = ""
-    masked_paths: list[str] = field(default_factory=list)
-    readonly_paths: list[str] = field(default_factory=list)
-    sysctl: dict[str, str] = field(default_factory=dict)
+    masked_paths: list[str] = []
+    readonly_paths: list[str] = []
+    sysctl: dict[str, str] = {}
     seccomp: dict | None = None
     mount_label: str = ""
 
@@ -344,20 +333,19 @@ class Linux:
         return next((ns for ns in self.namespaces if ns.type == kind), None)
 
 
-@dataclass
-class Spec:
+class Spec(Record):
     oci_version: str
     root: Root
     process: Process | None = None
     hostname: str = ""
     domainname: str = ""
-    mounts: list[Mount] = field(default_factory=list)
-    hooks: dict[str, list[Hook]] = field(default_factory=dict)
-    annotations: dict[str, str] = field(default_factory=dict)
-    linux: Linux = field(default_factory=Linux)
+    mounts: list[Mount] = []
+    hooks: dict[str, list[Hook]] = {}
+    annotations: dict[str, str] = {}
+    linux: Linux = Factory(Linux)
 
     @classmethod
-    def parse(cls, raw: Any) -> Spec:
+    def parse(cls, raw: object) -> Spec:
         if not isinstance(raw, dict):
             raise SpecError("config.json: expected a JSON object at the top level")
         version = _get(raw, "ociVersion", "config", str, required=True)
