@@ -1,0 +1,62 @@
+"""corral-runtime's command line: runc's flag forms, signals, usage errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from corral.runtime.cli import COMMANDS, GLOBAL_OPTIONS, main, parse_signal
+from corral.runtime.cliargs import UsageError, parse_command, parse_options
+
+
+def command(name):
+    return next(c for c in COMMANDS if c.name == name)
+
+
+def test_global_options_stop_at_the_command():
+    options, rest = parse_options(["--root", "/r", "--log=/l", "--log-format", "json", "create",
+                                   "--bundle", "b", "id"], GLOBAL_OPTIONS, True)
+    assert options["root"] == "/r" and options["log"] == "/l" and options["log_format"] == "json"
+    assert rest == ["create", "--bundle", "b", "id"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["--bundle", "/b", "--pid-file", "/p", "x"],
+    ["-b", "/b", "--pid-file=/p", "x"],
+    ["-bundle", "/b", "-pid-file", "/p", "x"],  # Go's single-dash long flags
+    ["x", "--bundle", "/b", "--pid-file", "/p"],
+])
+def test_create_flag_forms(argv):
+    args = parse_command(command("create"), argv)
+    assert (args.bundle, args.pid_file, args.id) == ("/b", "/p", "x")
+    assert args.no_pivot is False and args.preserve_fds == 0
+
+
+def test_kill_signal_is_optional_and_all_is_a_flag():
+    args = parse_command(command("kill"), ["--all", "x"])
+    assert args.all and args.signal is None
+    assert parse_command(command("kill"), ["x", "KILL"]).signal == "KILL"
+
+
+@pytest.mark.parametrize("text, number", [("9", 9), ("KILL", 9), ("SIGKILL", 9), ("kill", 9),
+                                          ("term", 15), ("SIGUSR1", 10), ("34", 34)])
+def test_signals_by_name_and_number(text, number):
+    assert parse_signal(text) == number
+
+
+@pytest.mark.parametrize("text", ["0", "65", "SIGNOPE", "-1"])
+def test_bad_signals(text):
+    with pytest.raises(UsageError):
+        parse_signal(text)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["create"], "requires the id argument"),
+    (["create", "--nope", "x"], "flag provided but not defined: --nope"),
+    (["create", "--preserve-fds", "many", "x"], "invalid value"),
+    (["frobnicate"], "No help topic"),
+    (["state", "a", "b"], "unexpected argument"),
+])
+def test_usage_errors_are_one_line_and_exit_1(capsys, argv, message):
+    assert main(["--root", "/nonexistent-root", *argv]) == 1
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
