@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -94,8 +95,15 @@ class Runtime:
 
     def __call__(self, *args: str, check: bool = True, timeout: float = 60,
                  **kwargs) -> subprocess.CompletedProcess:
-        result = subprocess.run(self.cmd(*args), capture_output=True, text=True,
-                                timeout=timeout, **kwargs)
+        # Output goes to files, not pipes: a created container's init inherits the
+        # runtime's stdio and keeps it open long after the runtime has exited.
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            done = subprocess.run(self.cmd(*args), stdout=out, stderr=err, timeout=timeout,
+                                  **kwargs)
+            out.seek(0)
+            err.seek(0)
+            result = subprocess.CompletedProcess(done.args, done.returncode, out.read(),
+                                                 err.read())
         if check and result.returncode != 0:
             raise AssertionError(f"corral-runtime {' '.join(args)} failed "
                                  f"({result.returncode}): {result.stderr.strip()}")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import errno
 import os
 import time
-from dataclasses import dataclass
 
 from corral.runtime.errors import RuntimeFailure
+from corral.spec.record import Record
 
 DEFAULT_ROOT = "/sys/fs/cgroup"
 MOUNTINFO = "/proc/self/mountinfo"
@@ -20,7 +20,12 @@ OWN_CGROUP = "/proc/self/cgroup"
 
 
 class CgroupError(RuntimeFailure, RuntimeError):
-    """A cgroup could not be made, configured, joined or removed (one-line message)."""
+    """A cgroup could not be made, configured, joined or removed (one-line message).
+
+    `errno` is the kernel's answer when a file write failed, else None.
+    """
+
+    errno: int | None = None
 
 
 def field_error(field: str, message: str) -> CgroupError:
@@ -30,15 +35,13 @@ def field_error(field: str, message: str) -> CgroupError:
 # --- discovering the hierarchies ---------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(Record):
     mountpoint: str
     root: str  # the cgroup this mount shows at its mountpoint (mountinfo field 4)
     controllers: tuple[str, ...]  # empty for cgroup2
 
 
-@dataclass(frozen=True)
-class Hierarchies:
+class Hierarchies(Record):
     """What this host mounts: v1 controller → mount, and the cgroup2 mount if any."""
 
     v1: dict[str, Mount]
@@ -200,7 +203,9 @@ def write(dirpath: str, name: str, value: str, field: str) -> None:
             os.close(fd)
     except OSError as e:
         shown = value if value.strip() else repr(value)
-        raise field_error(field, f"cannot write {shown} to {path}: {e.strerror}") from None
+        err = field_error(field, f"cannot write {shown} to {path}: {e.strerror}")
+        err.errno = e.errno
+        raise err from None
 
 
 def read(dirpath: str, name: str) -> str:

@@ -7,12 +7,9 @@ the same limits under either runtime.
 
 from __future__ import annotations
 
-import re
-
 MIN_SHARES, MAX_SHARES = 2, 262144  # the kernel's bounds for cpu.shares
 DEFAULT_CFS_PERIOD = 100000  # µs; the kernel's default cfs period
 
-_PAGE_SIZE = re.compile(r"[1-9][0-9]*[KMGTP]B")
 
 
 def shares_to_weight(shares: int) -> int:
@@ -85,6 +82,8 @@ def pids_limit(limit: int) -> str:
 
 def check_page_size(size: str) -> str:
     """A hugetlb page size as the kernel names its files ("2MB", "1GB", "64KB")."""
-    if not _PAGE_SIZE.fullmatch(size):
+    number, unit = size[:-2], size[-2:]
+    if not (number.isascii() and number.isdigit() and number[0] != "0" and unit[:1] in "KMGTP"
+            and unit.endswith("B") and len(unit) == 2):
         raise ValueError(f"page size {size!r} is not like 2MB or 1GB")
     return size

@@ -14,7 +14,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import struct
 
 from corral.runtime.cgroups.common import field_error
@@ -42,6 +41,7 @@ _ALU32_AND_K = 0x54
 _ALU32_RSH_K = 0x74
 _ALU32_MOV_K = 0xB4
 _ALU32_MOV_X = 0xBC
+_JEQ_K = 0x15
 _JNE_K = 0x55
 _JNE_X = 0x5D
 _EXIT = 0x95
@@ -61,10 +61,15 @@ def _block(rule: Rule) -> bytes:
     checks.append((_JNE_K, 2, 0, _TYPE_BITS[rule.type]))
     access = sum(_ACCESS_BITS[c] for c in rule.access)
     if access != ACC_MKNOD | ACC_READ | ACC_WRITE:
-        # The request's access bits must all be in the rule's: (r3 & access) == r3.
-        checks.append((_ALU32_MOV_X, 1, 3, 0))
+        checks.append((_ALU32_MOV_X, 1, 3, 0))  # r1 = requested & rule's access
         checks.append((_ALU32_AND_K, 1, 0, access))
-        checks.append((_JNE_X, 1, 3, 0))
+        if rule.allow:
+            # An allow matches when it grants everything asked: r1 == r3 (v1's match_exception).
+            checks.append((_JNE_X, 1, 3, 0))
+        else:
+            # A deny matches when it touches anything asked: r1 != 0, as v1's
+            # match_exception_partial (so "w" denied also denies an O_RDWR open).
+            checks.append((_JEQ_K, 1, 0, 0))
     if rule.major != WILDCARD:
         checks.append((_JNE_K, 4, 0, rule.major))
     if rule.minor != WILDCARD:
@@ -73,7 +78,7 @@ def _block(rule: Rule) -> bytes:
     length = len(checks) + len(tail)
     out = []
     for i, (code, dst, src, imm) in enumerate(checks):
-        is_jump = code in (_JNE_K, _JNE_X)
+        is_jump = code in (_JEQ_K, _JNE_K, _JNE_X)
         out.append(_insn(code, dst, src, length - i - 1 if is_jump else 0, imm))
     return b"".join(out + tail)
 
@@ -105,9 +110,9 @@ def _bpf(cmd: int, attr: ctypes.Array) -> int:
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
         _libc.syscall.restype = ctypes.c_long
-    number = _SYS_BPF.get(platform.machine())
+    number = _SYS_BPF.get(os.uname().machine)
     if number is None:
-        raise OSError(errno.ENOSYS, f"bpf(2) syscall number unknown on {platform.machine()}")
+        raise OSError(errno.ENOSYS, f"bpf(2) syscall number unknown on {os.uname().machine}")
     ret = _libc.syscall(ctypes.c_long(number), ctypes.c_long(cmd), attr,
                         ctypes.c_uint(ctypes.sizeof(attr)))
     if ret < 0:

@@ -15,16 +15,14 @@ The state starts as deny-all, so a list of allow rules means "only these".
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from corral.runtime.cgroups.common import field_error
+from corral.spec.record import Factory, Record
 
 WILDCARD = -1
 _ACCESS_ORDER = "rwm"
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(Record):
     type: str  # "a" (all), "b" (block) or "c" (char)
     major: int  # WILDCARD for any
     minor: int
@@ -74,10 +72,9 @@ def parse_rules(items: list) -> list[Rule]:
 Key = tuple[str, int, int]
 
 
-@dataclass
-class Emulator:
+class Emulator(Record):
     default_allow: bool = False
-    exceptions: dict[Key, frozenset[str]] = field(default_factory=dict)
+    exceptions: dict[Key, frozenset[str]] = Factory(dict)
 
     @classmethod
     def from_rules(cls, rules: list[Rule]) -> Emulator:
