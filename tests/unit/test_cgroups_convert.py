@@ -283,3 +283,82 @@ def test_bpf_program_for_deny_list():
     assert _run(program, "c", 1, 3, "r") == 1
     assert _run(program, "c", 1, 3, "rw") == 0
     assert _run(program, "b", 7, 0, "rw") == 1
+
+
+# --- what lands in which v2 file ---------------------------------------------------------
+# A plain directory with the interface files a cgroup2 dir would have: this checks
+# the mapping from OCI fields to files and values; the kernel's side is covered by
+# tests/integration/test_cgroups.py.
+
+V2_FILES = ("memory.max", "memory.swap.max", "memory.low", "memory.current", "cpu.max",
+            "cpu.weight", "cpu.idle", "cpu.max.burst", "cpuset.cpus", "cpuset.mems", "pids.max",
+            "io.stat", "io.weight", "io.max", "hugetlb.2MB.max")
+
+
+@pytest.fixture
+def v2dir(tmp_path):
+    for name in V2_FILES:
+        (tmp_path / name).write_text("")
+    return tmp_path
+
+
+def _files(path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted(path.iterdir()) if p.read_text()}
+
+
+def test_v2_files_for_oci_resources(v2dir):
+    from corral.runtime.cgroups import v2
+
+    resources = {"memory": {"limit": 64 << 20, "swap": 96 << 20, "reservation": 1 << 20,
+                            "swappiness": 10, "kernel": 5, "disableOOMKiller": True},
+                 "cpu": {"shares": 1024, "quota": 20000, "period": 50000, "cpus": "0-1",
+                         "idle": 1, "burst": 1000},
+                 "pids": {"limit": 0},
+                 "blockIO": {"weight": 500, "throttleReadBpsDevice": [
+                     {"major": 8, "minor": 0, "rate": 1048576}]},
+                 "hugepageLimits": [{"pageSize": "2MB", "limit": 2 << 20}]}
+    for setter in (v2.set_memory, v2.set_cpu, v2.set_cpuset, v2.set_pids, v2.set_io,
+                   v2.set_hugetlb):
+        setter(str(v2dir), resources)
+    assert _files(v2dir) == {
+        "memory.max": str(64 << 20), "memory.swap.max": str(32 << 20),
+        "memory.low": str(1 << 20), "cpu.weight": "39", "cpu.max": "20000 50000",
+        "cpu.idle": "1", "cpu.max.burst": "1000", "cpuset.cpus": "0-1", "pids.max": "max",
+        "io.weight": "4950", "io.max": "8:0 rbps=1048576", "hugetlb.2MB.max": str(2 << 20)}
+
+
+def test_v2_unlimited_memory_and_swap(v2dir):
+    from corral.runtime.cgroups import v2
+
+    v2.set_memory(str(v2dir), {"memory": {"limit": -1}})
+    assert _files(v2dir) == {"memory.max": "max", "memory.swap.max": "max"}
+
+
+def test_v2_swap_equal_to_limit_means_no_swap(v2dir):
+    from corral.runtime.cgroups import v2
+
+    v2.set_memory(str(v2dir), {"memory": {"limit": 8 << 20, "swap": 8 << 20}})
+    assert _files(v2dir) == {"memory.max": str(8 << 20), "memory.swap.max": "0"}
+
+
+def test_v2_errors_name_the_field(v2dir):
+    from corral.runtime.cgroups import v2
+
+    cases = [
+        (v2.set_memory, {"memory": {"limit": 4 << 20, "swap": 2 << 20}},
+         r"^linux\.resources\.memory\.swap: memory\+swap limit .* is below"),
+        (v2.set_memory, {"memory": {"limit": "64m"}},
+         r"^linux\.resources\.memory\.limit: expected an integer"),
+        (v2.set_io, {"blockIO": {"weight": 5}}, r"^linux\.resources\.blockIO\.weight: "),
+        (v2.set_hugetlb, {"hugepageLimits": [{"pageSize": "3MB", "limit": 1}]},
+         r"^linux\.resources\.hugepageLimits\[0\]\.pageSize: page size 3MB is not supported"),
+        (v2.set_hugetlb, {"hugepageLimits": [{"pageSize": "../x", "limit": 1}]},
+         r"^linux\.resources\.hugepageLimits\[0\]\.pageSize: "),
+        (v2.set_cpu, {"cpu": {"realtimePeriod": 1000}},
+         r"^linux\.resources\.cpu\.realtimePeriod: cgroup v2 has no realtime"),
+        (v2.set_rdma, {"rdma": {"mlx5_1": {"hcaHandles": 3}}},
+         r"^linux\.resources\.rdma\.mlx5_1: the rdma controller is not available"),
+    ]
+    for setter, resources, message in cases:
+        with pytest.raises(CgroupError, match=message):
+            setter(str(v2dir), resources)

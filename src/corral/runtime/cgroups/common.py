@@ -192,6 +192,8 @@ def check_saved_dir(path: object, what: str) -> str:
 def write(dirpath: str, name: str, value: str, field: str) -> None:
     """Write `value` in one write(2), as cgroupfs parses one value per call.
 
+    `field` (as "memory.limit") names the OCI resource in the error; "" for none.
+
     Never O_CREAT: a missing file means a missing controller, not a file to make.
     """
     path = os.path.join(dirpath, name)
@@ -203,7 +205,8 @@ def write(dirpath: str, name: str, value: str, field: str) -> None:
             os.close(fd)
     except OSError as e:
         shown = value if value.strip() else repr(value)
-        err = field_error(field, f"cannot write {shown} to {path}: {e.strerror}")
+        message = f"cannot write {shown} to {path}: {e.strerror}"
+        err = field_error(field, message) if field else CgroupError(message)
         err.errno = e.errno
         raise err from None
 

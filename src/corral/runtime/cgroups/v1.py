@@ -178,12 +178,12 @@ def set_blkio(path: str, resources: dict) -> None:
         write(path, "blkio.leaf_weight", str(leaf), "blockIO.leafWeight")
     field = "blockIO.weightDevice"
     entries = section(blkio, "weightDevice", list)
-    for i, (dev, value) in enumerate(v2._device_lines(entries, field, "weight")):
+    for i, (dev, value) in enumerate(v2.device_lines(entries, field, "weight")):
         write(path, weight_file + "_device", f"{dev} {value}", f"{field}[{i}].weight")
-    for i, (dev, value) in enumerate(v2._device_lines(entries, field, "leafWeight")):
+    for i, (dev, value) in enumerate(v2.device_lines(entries, field, "leafWeight")):
         write(path, "blkio.leaf_weight_device", f"{dev} {value}", f"{field}[{i}].leafWeight")
     for key, _, name in v2.THROTTLES:
-        for i, (dev, rate) in enumerate(v2._device_lines(section(blkio, key, list),
+        for i, (dev, rate) in enumerate(v2.device_lines(section(blkio, key, list),
                                                           f"blockIO.{key}", "rate")):
             write(path, f"blkio.throttle.{name}", f"{dev} {rate}", f"blockIO.{key}[{i}]")
 
@@ -241,16 +241,16 @@ def _freeze(path: str) -> None:
     while time.monotonic() < deadline:
         attempt += 1
         if attempt % 50 == 0:  # an occasional thaw lets a fork storm settle
-            write(path, "freezer.state", "THAWED", "freezer")
+            write(path, "freezer.state", "THAWED", "")
             time.sleep(0.01)
-        write(path, "freezer.state", "FROZEN", "freezer")
+        write(path, "freezer.state", "FROZEN", "")
         state = read(path, "freezer.state")
         if state == "FROZEN":
             return
         if state != "FREEZING":
             raise CgroupError(f"cannot freeze {path}: freezer.state is {state}")
         time.sleep(0.001 if attempt < 25 else 0.01)
-    write(path, "freezer.state", "THAWED", "freezer")  # never leave it half frozen
+    write(path, "freezer.state", "THAWED", "")  # never leave it half frozen
     raise CgroupError(f"cannot freeze {path}: still FREEZING after {FREEZE_TIMEOUT:g}s")
 
 
@@ -323,7 +323,7 @@ class V1Manager(Manager):
         net = section(resources, "network")
         # section → (controller, is it set?, v1 writer, v2 writer), in runc's order
         steps = [
-            ("cpuset", "cpu", any(cpu.get(k) for k in ("cpus", "mems")) or (
+            ("cpuset", "cpu.cpus", any(cpu.get(k) for k in ("cpus", "mems")) or (
                 creating and "cpuset" in self.paths), set_cpuset, v2.set_cpuset),
             ("devices", "devices", bool(section(resources, "devices", list)), set_devices,
              v2.set_devices),
@@ -360,7 +360,7 @@ class V1Manager(Manager):
 
     def thaw(self) -> None:
         if "freezer" in self.paths:
-            write(self.paths["freezer"], "freezer.state", "THAWED", "freezer")
+            write(self.paths["freezer"], "freezer.state", "THAWED", "")
         elif self.unified:
             v2.thaw(self.unified)
 

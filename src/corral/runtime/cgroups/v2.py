@@ -91,7 +91,7 @@ def set_memory(path: str, resources: dict) -> None:
     limit_str = _conv("memory.limit", convert.v2_limit, limit)
     if limit > 0:
         usage = read_or_none(path, "memory.current")
-        if usage is not None and int(usage) > limit:
+        if usage and int(usage) > limit:
             raise field_error("memory.limit", f"{limit} is below the current usage {usage} "
                                               f"of {path}")
     if limit_str:
@@ -146,7 +146,7 @@ def set_pids(path: str, resources: dict) -> None:
         write(path, "pids.max", convert.pids_limit(limit), "pids.limit")
 
 
-def _device_lines(entries: list, field: str, value_key: str) -> list[tuple[str, int]]:
+def device_lines(entries: list, field: str, value_key: str) -> list[tuple[str, int]]:
     """("major:minor", value) for blockIO device lists."""
     out = []
     for i, entry in enumerate(entries):
@@ -175,7 +175,7 @@ def set_io(path: str, resources: dict) -> None:
         return
     weight = get_int(blkio, "weight", "blockIO.weight") or 0
     # leafWeight has no v2 counterpart (runc ignores it there too).
-    devices = _device_lines(section(blkio, "weightDevice", list), "blockIO.weightDevice",
+    devices = device_lines(section(blkio, "weightDevice", list), "blockIO.weightDevice",
                             "weight")
     bfq = has_file(path, "io.bfq.weight")
     if weight:
@@ -193,7 +193,7 @@ def set_io(path: str, resources: dict) -> None:
             converted = _conv(field, convert.blkio_weight_to_io_weight, value)
             write(path, "io.weight", f"{dev} {converted}", field)
     for key, name, _ in THROTTLES:
-        for i, (dev, rate) in enumerate(_device_lines(section(blkio, key, list),
+        for i, (dev, rate) in enumerate(device_lines(section(blkio, key, list),
                                                        f"blockIO.{key}", "rate")):
             write(path, "io.max", f"{dev} {name}={rate}", f"blockIO.{key}[{i}]")
 
@@ -282,12 +282,12 @@ def check_network(resources: dict) -> None:
 
 
 def freeze(path: str) -> None:
-    write(path, "cgroup.freeze", "1", "freezer")
+    write(path, "cgroup.freeze", "1", "")
     deadline = time.monotonic() + FREEZE_TIMEOUT
     # The write only asks; cgroup.events says when every task has stopped.
     while read_keyed(path, "cgroup.events", "frozen") != 1:
         if time.monotonic() > deadline:
-            write(path, "cgroup.freeze", "0", "freezer")
+            write(path, "cgroup.freeze", "0", "")
             raise CgroupError(f"cannot freeze {path}: still not frozen after "
                               f"{FREEZE_TIMEOUT:g}s")
         time.sleep(0.002)
@@ -295,7 +295,7 @@ def freeze(path: str) -> None:
 
 def thaw(path: str) -> None:
     if has_file(path, "cgroup.freeze"):
-        write(path, "cgroup.freeze", "0", "freezer")
+        write(path, "cgroup.freeze", "0", "")
 
 
 def frozen(path: str) -> bool:
