@@ -5,16 +5,15 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass
 
 from corral.runtime import syscalls as k
 from corral.runtime.paths import make_dirs_inside, secure_join
 from corral.runtime.syscalls import Syscalls
+from corral.spec.record import Record
 from corral.spec.runtime import Device
 
 
-@dataclass(frozen=True)
-class DefaultDevice:
+class DefaultDevice(Record):
     path: str
     major: int
     minor: int

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
 
 from corral.runtime import syscalls as k
 from corral.runtime.paths import make_dirs_inside, secure_join
 from corral.runtime.syscalls import Syscalls
+from corral.spec.record import Record
 from corral.spec.runtime import Mount
 
 # option → (flags to set, flags to clear)
@@ -45,8 +45,7 @@ class MountError(OSError):
     pass
 
 
-@dataclass
-class MountOptions:
+class MountOptions(Record):
     flags: int = 0
     propagation: list[int] | None = None
     data: str = ""
@@ -67,8 +66,7 @@ class MountOptions:
         return cls(flags, propagation, ",".join(data))
 
 
-@dataclass
-class MountContext:
+class MountContext(Record):
     """What mounting needs to know beyond the mount itself."""
 
     rootfs: str

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import time
 
-from corral.runtime import fastjson
 from corral.runtime.errors import ContainerNotFound, InvalidID
+from corral.spec import fastjson
 
 STATE_FILE = "state.json"
 EXEC_FIFO = "exec.fifo"
@@ -108,12 +108,10 @@ class ContainerState:
     # --- persistence -----------------------------------------------------------
     def save(self) -> None:
         """Write atomically: a crash leaves the old state or the new one, never half."""
-        import json
-
         data = {name: getattr(self, name) for name in self.FIELDS}
         tmp = os.path.join(self.dir, STATE_FILE + ".tmp")
         with open(tmp, "w") as f:
-            json.dump(data, f)
+            f.write(fastjson.dumps(data))
             f.flush()
             os.fsync(f.fileno())
         os.rename(tmp, os.path.join(self.dir, STATE_FILE))

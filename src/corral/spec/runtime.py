@@ -10,9 +10,9 @@ managers, `update --resources` and the CRI layer all speak that same JSON.
 
 from __future__ import annotations
 
-import json
 import os
 
+from corral.spec import fastjson
 from corral.spec.record import Factory, Record
 
 OCI_VERSION = "1.2.0"
@@ -46,7 +46,7 @@ def _get(obj: dict, key: str, where: str, kind: type | tuple, default: object = 
     bad_bool = isinstance(value, bool) and kind in (int, (int, float))
     if bad_bool or not isinstance(value, kind):
         want = _type_name(kind() if isinstance(kind, type) else kind[0]())
-        raise SpecError(f"{where}.{key}: expected {want}, got {json.dumps(value)[:60]}")
+        raise SpecError(f"{where}.{key}: expected {want}, got {fastjson.dumps(value)[:60]}")
     return value
 
 
@@ -434,10 +434,10 @@ def load_config(bundle: str) -> Spec:
     path = os.path.join(bundle, "config.json")
     try:
         with open(path, "rb") as f:
-            raw = json.load(f)
+            raw = fastjson.loads(f.read())
     except FileNotFoundError:
         raise SpecError(f"{path}: no such file (is {bundle} a bundle?)") from None
-    except json.JSONDecodeError as e:
+    except (ValueError, UnicodeDecodeError) as e:
         raise SpecError(f"{path}: invalid JSON: {e}") from None
     except OSError as e:
         raise SpecError(f"{path}: {e.strerror}") from None

@@ -15,9 +15,7 @@ cleans up; after "ready" only the wait and the execve remain.
 from __future__ import annotations
 
 import os
-import signal
 import stat
-from dataclasses import dataclass
 
 from corral.runtime import syscalls as k
 from corral.runtime.capabilities import CapabilitySets
@@ -27,21 +25,20 @@ from corral.runtime.rlimits import apply_rlimits
 from corral.runtime.rootfs import enter_rootfs, harden_rootfs
 from corral.runtime.state import EXEC_FIFO
 from corral.runtime.syscalls import Syscalls
+from corral.spec.record import Record
 from corral.spec.runtime import Process, Spec
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# Signals that end the init while it waits for `start`; as PID 1 of its
-# namespace it would otherwise ignore them (default action, no handler).
-_WAITING_EXIT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
-                         signal.SIGUSR1, signal.SIGUSR2)
+# Signals that end the init while it waits for `start` (TERM, INT, HUP, QUIT,
+# USR1, USR2); as PID 1 of its namespace it would otherwise ignore them.
+_WAITING_EXIT_SIGNALS = (15, 2, 1, 3, 10, 12)
 
 
 class ExecutableNotFound(OSError):
     pass
 
 
-@dataclass
-class InitContext:
+class InitContext(Record):
     spec: Spec
     rootfs: str
     bundle: str
@@ -101,6 +98,8 @@ class InitSequence:
 
     def wait_for_start(self) -> None:
         """Block until `start` opens exec.fifo for reading."""
+        import signal  # here, after "ready": off the path `create` waits for
+
         for signum in _WAITING_EXIT_SIGNALS:
             signal.signal(signum, lambda s, _f: os._exit(128 + s))
         fd = os.open(EXEC_FIFO, os.O_WRONLY | os.O_CLOEXEC, dir_fd=self.ctx.state_dir_fd)
@@ -177,6 +176,8 @@ def _setgroups_denied() -> bool:
 
 def _reset_signals() -> None:
     """Python ignores SIGPIPE and SIGXFSZ; an ignored signal stays ignored across execve."""
+    import signal
+
     for signum in range(1, signal.NSIG):
         if signum in (signal.SIGKILL, signal.SIGSTOP):
             continue

@@ -17,22 +17,20 @@ from __future__ import annotations
 
 import os
 import select
-import signal
 import time
-from dataclasses import dataclass
 
 from corral.runtime import namespaces
 from corral.runtime.errors import InitFailed
 from corral.runtime.process.init import InitContext, describe, run_init
 from corral.runtime.process.sync import SyncChannel
 from corral.runtime.syscalls import CLONE_NEWUSER, Syscalls
+from corral.spec.record import Record
 from corral.spec.runtime import IDMapping, Spec
 
 _INIT_EXIT_GRACE = 2.0  # seconds an init that reported an error gets to exit by itself
 
 
-@dataclass
-class SpawnRequest:
+class SpawnRequest(Record):
     spec: Spec
     rootfs: str
     bundle: str
@@ -123,7 +121,7 @@ def _stop_failed_init(channel: SyncChannel, init_pid: int | None) -> None:
             init_pid = message["pid"]
     if init_pid is not None:
         try:
-            os.kill(init_pid, signal.SIGKILL)
+            os.kill(init_pid, 9)  # SIGKILL
         except ProcessLookupError:
             pass
 

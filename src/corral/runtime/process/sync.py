@@ -7,8 +7,9 @@ is close-on-exec, so the container program never sees them.
 
 from __future__ import annotations
 
-import json
 import os
+
+from corral.spec import fastjson
 
 
 class SyncChannel:
@@ -26,7 +27,7 @@ class SyncChannel:
 
     def send(self, kind: str, **fields) -> None:
         fields["type"] = kind
-        data = json.dumps(fields).encode() + b"\n"
+        data = fastjson.dumps(fields).encode() + b"\n"
         while data:
             data = data[os.write(self.write_fd, data):]
 
@@ -38,7 +39,7 @@ class SyncChannel:
                 return None
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
-        return json.loads(line)
+        return fastjson.loads(line)
 
     def expect(self, kind: str) -> dict:
         message = self.receive()

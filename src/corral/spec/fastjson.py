@@ -1,9 +1,9 @@
-"""Read JSON without importing the `json` package.
+"""JSON without importing the `json` package.
 
 `json.decoder` imports `re`, which imports `enum`: about 11 ms, a third of
-a `corral-runtime start` or `kill`.  The C scanner that `json` itself uses
-needs neither; this is the few lines that drive it.  Writing still uses
-`json` (only `create` writes, and it pays for much more anyway).
+a `corral-runtime start` or `kill`.  The C scanner and encoder that `json`
+itself uses need neither; this is the few lines that drive them.  Output
+meant for people (indented) still goes through `json`.
 """
 
 from __future__ import annotations
@@ -37,3 +37,16 @@ def loads(text: str | bytes):
     if end != len(text):
         raise ValueError(f"invalid JSON: extra data at character {end}")
     return value
+
+
+def _unserializable(value):
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+# Compact separators, keys in insertion order, NaN allowed: json.dumps's defaults.
+_encode = _json.make_encoder(None, _unserializable, _json.encode_basestring_ascii, None,
+                             ": ", ", ", False, False, True)
+
+
+def dumps(value) -> str:
+    return "".join(_encode(value, 0))
