@@ -14,6 +14,10 @@ cleans up; after "ready" only the wait and the execve remain.
 
 from __future__ import annotations
 
+# `_signal`, not `signal`: it is built into the interpreter, so it imports in no
+# time and needs no file, and the init runs after pivot_root, where the host's
+# Python library is out of reach.
+import _signal
 import os
 import stat
 
@@ -98,10 +102,8 @@ class InitSequence:
 
     def wait_for_start(self) -> None:
         """Block until `start` opens exec.fifo for reading."""
-        import signal  # here, after "ready": off the path `create` waits for
-
         for signum in _WAITING_EXIT_SIGNALS:
-            signal.signal(signum, lambda s, _f: os._exit(128 + s))
+            _signal.signal(signum, lambda s, _f: os._exit(128 + s))
         fd = os.open(EXEC_FIFO, os.O_WRONLY | os.O_CLOEXEC, dir_fd=self.ctx.state_dir_fd)
         os.write(fd, b"0")
         os.close(fd)
@@ -176,13 +178,11 @@ def _setgroups_denied() -> bool:
 
 def _reset_signals() -> None:
     """Python ignores SIGPIPE and SIGXFSZ; an ignored signal stays ignored across execve."""
-    import signal
-
-    for signum in range(1, signal.NSIG):
-        if signum in (signal.SIGKILL, signal.SIGSTOP):
+    for signum in range(1, _signal.NSIG):
+        if signum in (_signal.SIGKILL, _signal.SIGSTOP):
             continue
         try:
-            signal.signal(signum, signal.SIG_DFL)
+            _signal.signal(signum, _signal.SIG_DFL)
         except (OSError, ValueError):
             pass
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, [])
