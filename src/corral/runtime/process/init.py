@@ -122,7 +122,13 @@ def run_init(ctx: InitContext, channel: SyncChannel, syscalls: Syscalls) -> None
         with open("/proc/sys/kernel/cap_last_cap") as f:
             last_cap = int(f.read())
         sequence = InitSequence(ctx, syscalls, last_cap)
-        executable = sequence.prepare()
+        if ctx.spec.has_new_namespace("cgroup"):
+            channel.expect("cgroup-joined")
+            syscalls.unshare(k.CLONE_NEWCGROUP)
+            executable = sequence.prepare()
+        else:
+            executable = sequence.prepare()  # while the runtime moves us into our cgroup
+            channel.expect("cgroup-joined")
     except BaseException as e:  # noqa: BLE001 - every failure is reported, none escapes
         _report(channel, e)
         os._exit(1)

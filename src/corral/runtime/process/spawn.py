@@ -1,16 +1,25 @@
 """How a container's init is born: runtime (parent) → bootstrap → init.
 
-    runtime ──fork──▶ bootstrap: join cgroup, setns(paths), unshare(user)
+    runtime ──fork──▶ bootstrap: setns(paths), unshare(user)
        │                 │         [runtime writes uid/gid maps]
        │                 │         oom_score_adj, unshare(the rest), time offsets
        │                 └─fork──▶ init: PID 1 of the new PID namespace
        │◀──── "init-pid" ─┘ (bootstrap exits)   │ rootfs, user, caps ...
+       │ moves init into its cgroup             │
+       │──── "cgroup-joined" ──────────────────▶│ (unshare cgroup ns)
        │◀──────────────────────── "ready" ──────┘ then waits on exec.fifo
 
 Two forks because unshare(CLONE_NEWPID) only moves the caller's children,
 and a new user namespace must exist (and own the PID namespace) before the
 PID namespace is made.  Forking a small single-threaded Python process is
 cheap, and no interpreter is started for the container.
+
+The runtime moves the init into its cgroup while the init sets up its root
+filesystem: on cgroup v1 the first move waits for an RCU grace period
+(~15 ms here), time better spent in parallel.  The init waits for the move
+before "ready" (nothing of the container runs outside its cgroup), or before
+anything else when it makes a cgroup namespace, whose root is the cgroup
+the init is in when it makes it.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from corral.runtime import namespaces
 from corral.runtime.errors import InitFailed
 from corral.runtime.process.init import InitContext, describe, run_init
 from corral.runtime.process.sync import SyncChannel
-from corral.runtime.syscalls import CLONE_NEWUSER, Syscalls
+from corral.runtime.syscalls import CLONE_NEWCGROUP, CLONE_NEWUSER, Syscalls
 from corral.spec.record import Record
 from corral.spec.runtime import IDMapping, Spec
 
@@ -58,7 +67,7 @@ def spawn_init(request: SpawnRequest, syscalls: Syscalls) -> int:
             os.close(fd)
     init_pid = None
     try:
-        init_pid = _converse(ours, bootstrap_pid, spec)
+        init_pid = _converse(ours, bootstrap_pid, spec, request.cgroup)
         return init_pid
     except BaseException as e:
         _stop_failed_init(ours, getattr(e, "init_pid", init_pid))
@@ -68,7 +77,7 @@ def spawn_init(request: SpawnRequest, syscalls: Syscalls) -> int:
         _reap(bootstrap_pid)
 
 
-def _converse(channel: SyncChannel, bootstrap_pid: int, spec: Spec) -> int:
+def _converse(channel: SyncChannel, bootstrap_pid: int, spec: Spec, cgroup) -> int:
     init_pid = None
     while True:
         message = channel.receive()
@@ -80,6 +89,16 @@ def _converse(channel: SyncChannel, bootstrap_pid: int, spec: Spec) -> int:
             channel.send("maps-done")
         elif kind == "init-pid":
             init_pid = message["pid"]
+            try:
+                if cgroup is not None:
+                    cgroup.join(init_pid)
+            except BaseException as e:
+                e.init_pid = init_pid
+                raise
+            try:
+                channel.send("cgroup-joined")
+            except BrokenPipeError:
+                pass  # the init already failed; its error message is on its way
         elif kind == "ready":
             return init_pid
         elif kind == "error":
@@ -140,8 +159,6 @@ def _bootstrap_main(request: SpawnRequest, channel: SyncChannel,
     """Runs in the forked child; never returns."""
     try:
         spec = request.spec
-        if request.cgroup is not None:
-            request.cgroup.join(0)
         # Lowering needs CAP_SYS_RESOURCE in the host's user namespace: do it here.
         if spec.process.oom_score_adj is not None:
             _set_oom_score_adj(spec.process.oom_score_adj, sc)
@@ -153,7 +170,8 @@ def _bootstrap_main(request: SpawnRequest, channel: SyncChannel,
             channel.expect("maps-done")
             sc.setresgid(0)
             sc.setresuid(0)
-        sc.unshare(namespaces.unshare_flags(spec.linux.namespaces))
+        # The cgroup namespace is the init's to make, once it is in its cgroup.
+        sc.unshare(namespaces.unshare_flags(spec.linux.namespaces) & ~CLONE_NEWCGROUP)
         if spec.linux.time_offsets:
             sc.write_file("/proc/self/timens_offsets",
                           namespaces.time_offsets_text(spec.linux.time_offsets))
