@@ -288,3 +288,28 @@ def _is_zombie(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_create_leaves_nothing(runtime, bundle, tmp_path, signum):
+    # Joining a "namespace" that is a FIFO blocks create after its state dir and
+    # cgroup exist: the worst time for a signal to arrive.
+    fifo = tmp_path / "not-a-namespace"
+    os.mkfifo(fifo)
+    bundle.linux["namespaces"] = [ns for ns in bundle.linux["namespaces"]
+                                  if ns["type"] != "network"]
+    bundle.linux["namespaces"].append({"type": "network", "path": str(fifo)})
+    bundle.write(["true"])
+    cid = runtime.new_id()
+    proc = subprocess.Popen(runtime.cmd("create", "--bundle", str(bundle.path), cid),
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: cgroup_dirs(cid))
+        time.sleep(0.05)  # let it reach the blocking open
+        proc.send_signal(signum)
+        assert proc.wait(timeout=20) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "interrupted" in proc.stderr.read()
+    assert_nothing_left(runtime, cid)

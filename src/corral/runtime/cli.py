@@ -77,10 +77,28 @@ def cmd_spec(args) -> int:
     return 0
 
 
+def _undo_on_signals() -> None:
+    """Turn TERM, INT and HUP into an exception, so a create cut short cleans up.
+
+    `_signal` is built in (no import cost); the forked init inherits the
+    handlers until it replaces them before exec.
+    """
+    import _signal
+
+    from corral.runtime.errors import Interrupted
+
+    def interrupt(signum, _frame):
+        raise Interrupted(signum)
+
+    for signum in (1, 2, 15):  # HUP, INT, TERM
+        _signal.signal(signum, interrupt)
+
+
 def cmd_create(args) -> int:
     from corral.runtime.container import Container
 
     _refuse_console_socket(args)
+    _undo_on_signals()
     Container.create(args.root, args.id, args.bundle, pid_file=args.pid_file,
                      no_pivot=args.no_pivot, preserve_fds=args.preserve_fds)
     return 0
@@ -100,6 +118,7 @@ def cmd_run(args) -> int:
     from corral.runtime.container import Container, wait_for_exit
 
     _refuse_console_socket(args)
+    _undo_on_signals()
     if not args.detach:
         # The init is reparented to us when its bootstrap exits, so we can wait for it.
         syscalls.Syscalls().prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)

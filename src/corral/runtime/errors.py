@@ -32,3 +32,11 @@ class ConfigInvalid(RuntimeFailure):
 
 class InitFailed(RuntimeFailure):
     """The container's init process reported an error while setting up."""
+
+
+class Interrupted(RuntimeFailure):
+    """A signal asked the runtime to stop; what it had begun is undone."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"interrupted by signal {signum}; nothing was left behind")
+        self.signum = signum
