@@ -64,7 +64,10 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
-_SYS_PIVOT_ROOT = 155  # x86_64
+# glibc has no pivot_root wrapper; its number differs by architecture
+# (close_range is 436 on every architecture since the unified table).
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203,
+                   "s390x": 217}.get(os.uname().machine, 155)
 _SYS_CLOSE_RANGE = 436
 _CLOSE_RANGE_CLOEXEC = 1 << 2
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
