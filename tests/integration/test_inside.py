@@ -302,3 +302,19 @@ def test_the_init_waits_between_create_and_start(runtime, bundle, tmp_path):
     runtime.wait_stopped(cid)
     assert (marker / "started").exists()
     runtime("delete", cid)
+
+
+def test_mount_propagation_options(runtime, bundle, tmp_path):
+    shared = tmp_path / "prop"
+    shared.mkdir()
+    bundle.linux["rootfsPropagation"] = "rshared"
+    bundle.config["mounts"] += [
+        {"destination": "/shared", "type": "bind", "source": str(shared),
+         "options": ["rbind", "rshared"]},
+        {"destination": "/private", "type": "bind", "source": str(shared),
+         "options": ["rbind", "rprivate"]},
+    ]
+    out = output(runtime, bundle, "grep -E ' /(shared|private) ' /proc/self/mountinfo")
+    fields = {line.split()[4]: line.split(" - ")[0].split()[6:] for line in out.splitlines()}
+    assert any(f.startswith("shared:") for f in fields["/shared"])
+    assert not any(f.startswith(("shared:", "master:")) for f in fields["/private"])

@@ -31,6 +31,7 @@ def enter_rootfs(spec: Spec, ctx: MountContext, *, user_namespace: bool,
     sc = ctx.syscalls
     rootfs = ctx.rootfs
     # Stop mount events from leaking back to the host (unless asked to share).
+    # Set once, first: the mounts below inherit it and may set their own.
     propagation = PROPAGATION_OPTIONS.get(spec.linux.rootfs_propagation,
                                           k.MS_SLAVE | k.MS_REC)
     sc.mount(None, "/", None, propagation)
@@ -56,8 +57,6 @@ def enter_rootfs(spec: Spec, ctx: MountContext, *, user_namespace: bool,
         _move_root(rootfs, sc)
     else:
         _pivot_root(rootfs, sc)
-    if spec.linux.rootfs_propagation:
-        sc.mount(None, "/", None, propagation)
 
 
 def harden_rootfs(spec: Spec, sc: Syscalls) -> None:
