@@ -107,7 +107,7 @@ def cmd_create(args) -> int:
 def cmd_start(args) -> int:
     from corral.runtime.container import Container
 
-    Container.load(args.root, args.id).start()
+    Container.load(args.root, args.id).start(warn=_warn)
     return 0
 
 
@@ -207,7 +207,7 @@ def cmd_delete(args) -> int:
         if args.force:
             return 0  # runc: delete --force of a missing container succeeds
         raise
-    container.delete(force=args.force)
+    container.delete(force=args.force, warn=_warn)
     return 0
 
 
@@ -221,6 +221,10 @@ SIGNALS = {
     "IO": 29, "POLL": 29, "PWR": 30, "SYS": 31,
 }
 _NSIG = 65
+
+
+def _warn(message: str) -> None:
+    LOG.write("warning", message)
 
 
 def parse_signal(text: str) -> int:

@@ -37,6 +37,7 @@ class Container:
                no_pivot: bool = False, preserve_fds: int = 0,
                syscalls=None) -> Container:
         from corral.runtime import validate
+        from corral.runtime.hooks import hooks_to_state
         from corral.runtime.process.spawn import SpawnRequest, spawn_init
         from corral.runtime.state import process_start_time
         from corral.runtime.syscalls import Syscalls
@@ -65,9 +66,11 @@ class Container:
             os.mkfifo(fifo)
             # World-writable: the init may no longer be root when it opens it.
             os.chmod(fifo, 0o622)
+            hook_state = {"ociVersion": spec.oci_version, "id": container_id,
+                          "bundle": bundle, "annotations": spec.annotations}
             request = SpawnRequest(spec=spec, rootfs=rootfs, bundle=bundle,
                                    state_dir=state_dir, cgroup=cgroup, no_pivot=no_pivot,
-                                   preserve_fds=preserve_fds)
+                                   preserve_fds=preserve_fds, hook_state=hook_state)
             init_pid = spawn_init(request, syscalls or Syscalls())
             start_time = process_start_time(init_pid)
             if start_time is None:
@@ -76,7 +79,8 @@ class Container:
                 id=container_id, bundle=bundle, rootfs=rootfs, pid=init_pid,
                 pid_start=start_time, created=now_rfc3339(), owner=owner_name(),
                 oci_version=spec.oci_version, annotations=spec.annotations,
-                cgroup=cgroup.to_state() if cgroup else None, root=root)
+                cgroup=cgroup.to_state() if cgroup else None,
+                hooks=hooks_to_state(spec.hooks), root=root)
             state.save()
             if pid_file:
                 write_pid_file(pid_file, init_pid)
@@ -90,7 +94,8 @@ class Container:
         return cls(ContainerState.load(root, container_id))
 
     # --- start --------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, warn=None) -> None:
+        """Release the init to exec the program; then the poststart hooks."""
         status = self.state.status()
         if status == "stopped":
             raise InvalidState("cannot start a container that has stopped")
@@ -115,6 +120,7 @@ class Container:
             os.unlink(fifo)
         except FileNotFoundError:
             pass
+        self._run_hooks("poststart", warn)
 
     # --- kill ---------------------------------------------------------------------
     def kill(self, signum: int, all_processes: bool = False) -> None:
@@ -140,7 +146,7 @@ class Container:
             cgroup.thaw()
 
     # --- delete -------------------------------------------------------------------
-    def delete(self, force: bool = False) -> None:
+    def delete(self, force: bool = False, warn=None) -> None:
         status = self.state.status()
         if status in ("running", "paused") and not force:
             raise InvalidState(f"cannot delete container {self.id} that is not stopped: "
@@ -154,6 +160,7 @@ class Container:
                 _send(pid, SIGKILL)
             cgroup.destroy()
         remove_state_dir(self.state.dir)
+        self._run_hooks("poststop", warn)
 
     def _kill_everything(self) -> None:
         cgroup = self._cgroup()
@@ -167,6 +174,15 @@ class Container:
             time.sleep(0.005)
 
     # --- helpers ------------------------------------------------------------------
+    def _run_hooks(self, kind: str, warn) -> None:
+        """poststart and poststop: a failure is a warning, as the OCI spec says."""
+        if not self.state.hooks.get(kind):
+            return
+        from corral.runtime.hooks import hooks_from_state, run_hooks_warning
+
+        state = self.state.oci_state()
+        run_hooks_warning(kind, hooks_from_state(self.state.hooks, kind), state,
+                          warn or (lambda message: os.write(2, f"warning: {message}\n".encode())))
     def _cgroup(self):
         if not self.state.cgroup:
             return None

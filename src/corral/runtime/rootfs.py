@@ -27,7 +27,7 @@ class RootfsError(OSError):
 
 
 def enter_rootfs(spec: Spec, ctx: MountContext, *, user_namespace: bool,
-                 no_pivot: bool) -> None:
+                 no_pivot: bool, before_pivot=None) -> None:
     sc = ctx.syscalls
     rootfs = ctx.rootfs
     # Stop mount events from leaking back to the host (unless asked to share).
@@ -53,6 +53,8 @@ def enter_rootfs(spec: Spec, ctx: MountContext, *, user_namespace: bool,
         if not os.path.lexists(cwd):
             make_dirs_inside(rootfs, cwd, sc.mkdir)
 
+    if before_pivot is not None:
+        before_pivot()  # the createRuntime and createContainer hooks
     if no_pivot:
         _move_root(rootfs, sc)
     else:

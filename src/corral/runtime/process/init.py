@@ -23,6 +23,7 @@ import stat
 
 from corral.runtime import syscalls as k
 from corral.runtime.capabilities import CapabilitySets
+from corral.runtime.hooks import run_hooks
 from corral.runtime.mounts import MountContext
 from corral.runtime.process.sync import SyncChannel
 from corral.runtime.rlimits import apply_rlimits
@@ -54,10 +55,12 @@ class InitContext(Record):
 
 
 class InitSequence:
-    def __init__(self, ctx: InitContext, syscalls: Syscalls, last_cap: int):
+    def __init__(self, ctx: InitContext, syscalls: Syscalls, last_cap: int,
+                 before_pivot=None):
         self.ctx = ctx
         self.sc = syscalls
         self.last_cap = last_cap
+        self.before_pivot = before_pivot
 
     def prepare(self) -> str:
         """Everything up to "ready"; returns the resolved executable."""
@@ -67,7 +70,8 @@ class InitSequence:
         mounts = MountContext(rootfs=ctx.rootfs, bundle=ctx.bundle,
                               cgroup_paths=ctx.cgroup_paths,
                               cgroup_namespace=spec.has_new_namespace("cgroup"), syscalls=sc)
-        enter_rootfs(spec, mounts, user_namespace=ctx.user_namespace, no_pivot=ctx.no_pivot)
+        enter_rootfs(spec, mounts, user_namespace=ctx.user_namespace, no_pivot=ctx.no_pivot,
+                     before_pivot=self.before_pivot)
         if spec.hostname:
             sc.sethostname(spec.hostname)
         if spec.domainname:
@@ -121,7 +125,8 @@ def run_init(ctx: InitContext, channel: SyncChannel, syscalls: Syscalls) -> None
     try:
         with open("/proc/sys/kernel/cap_last_cap") as f:
             last_cap = int(f.read())
-        sequence = InitSequence(ctx, syscalls, last_cap)
+        hooks = HookRunner(ctx.spec, channel)
+        sequence = InitSequence(ctx, syscalls, last_cap, before_pivot=hooks.before_pivot)
         if ctx.spec.has_new_namespace("cgroup"):
             channel.expect("cgroup-joined")
             syscalls.unshare(k.CLONE_NEWCGROUP)
@@ -136,10 +141,33 @@ def run_init(ctx: InitContext, channel: SyncChannel, syscalls: Syscalls) -> None
     channel.close()
     try:
         sequence.wait_for_start()
+        hooks.start_container()
         sequence.exec(executable)
     except BaseException as e:  # noqa: BLE001
         os.write(2, f"corral-runtime init: {describe(e)}\n".encode())
     os._exit(127)
+
+
+class HookRunner:
+    """The hooks the init has a part in (see corral.runtime.hooks)."""
+
+    def __init__(self, spec: Spec, channel: SyncChannel):
+        self.hooks = spec.hooks
+        self.channel = channel
+        self.state: dict | None = None  # the runtime sends it: we do not know our host PID
+
+    def before_pivot(self) -> None:
+        if not any(self.hooks.get(k) for k in ("prestart", "createRuntime", "createContainer",
+                                                 "startContainer")):
+            return
+        self.channel.send("run-hooks")
+        self.state = self.channel.expect("hooks-done")["state"]
+        run_hooks("createContainer", self.hooks.get("createContainer", []), self.state)
+
+    def start_container(self) -> None:
+        if self.hooks.get("startContainer"):
+            run_hooks("startContainer", self.hooks["startContainer"],
+                      dict(self.state, status="created"))
 
 
 def find_executable(process: Process) -> str:

@@ -30,6 +30,7 @@ import time
 
 from corral.runtime import namespaces
 from corral.runtime.errors import InitFailed
+from corral.runtime.hooks import run_hooks
 from corral.runtime.process.init import InitContext, describe, run_init
 from corral.runtime.process.sync import SyncChannel
 from corral.runtime.syscalls import CLONE_NEWCGROUP, CLONE_NEWUSER, Syscalls
@@ -47,6 +48,7 @@ class SpawnRequest(Record):
     cgroup: object | None  # a cgroups.Manager, joined by the bootstrap
     no_pivot: bool = False
     preserve_fds: int = 0
+    hook_state: dict = {}  # the OCI state for hooks, less status and pid
 
 
 def spawn_init(request: SpawnRequest, syscalls: Syscalls) -> int:
@@ -67,7 +69,7 @@ def spawn_init(request: SpawnRequest, syscalls: Syscalls) -> int:
             os.close(fd)
     init_pid = None
     try:
-        init_pid = _converse(ours, bootstrap_pid, spec, request.cgroup)
+        init_pid = _converse(ours, bootstrap_pid, request)
         return init_pid
     except BaseException as e:
         _stop_failed_init(ours, getattr(e, "init_pid", init_pid))
@@ -77,7 +79,8 @@ def spawn_init(request: SpawnRequest, syscalls: Syscalls) -> int:
         _reap(bootstrap_pid)
 
 
-def _converse(channel: SyncChannel, bootstrap_pid: int, spec: Spec, cgroup) -> int:
+def _converse(channel: SyncChannel, bootstrap_pid: int, request: SpawnRequest) -> int:
+    spec, cgroup = request.spec, request.cgroup
     init_pid = None
     while True:
         message = channel.receive()
@@ -95,16 +98,29 @@ def _converse(channel: SyncChannel, bootstrap_pid: int, spec: Spec, cgroup) -> i
             except BaseException as e:
                 e.init_pid = init_pid
                 raise
+            _tell(channel, "cgroup-joined")
+        elif kind == "run-hooks":
+            state = dict(request.hook_state, status="creating", pid=init_pid)
             try:
-                channel.send("cgroup-joined")
-            except BrokenPipeError:
-                pass  # the init already failed; its error message is on its way
+                for hook_kind in ("prestart", "createRuntime"):
+                    run_hooks(hook_kind, spec.hooks.get(hook_kind, []), state)
+            except BaseException as e:
+                e.init_pid = init_pid
+                raise
+            _tell(channel, "hooks-done", state=state)
         elif kind == "ready":
             return init_pid
         elif kind == "error":
             error = InitFailed(message["message"])
             error.init_pid = init_pid
             raise error
+
+
+def _tell(channel: SyncChannel, kind: str, **fields) -> None:
+    try:
+        channel.send(kind, **fields)
+    except BrokenPipeError:
+        pass  # the init already failed; its error message is on its way
 
 
 def write_id_maps(pid: int, uid_maps: list[IDMapping], gid_maps: list[IDMapping]) -> None:

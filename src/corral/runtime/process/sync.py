@@ -17,6 +17,7 @@ class SyncChannel:
         self.read_fd = read_fd
         self.write_fd = write_fd
         self._buffer = b""
+        self._early: list[dict] = []  # arrived before they were expected
 
     @classmethod
     def pair(cls) -> tuple[SyncChannel, SyncChannel]:
@@ -42,10 +43,15 @@ class SyncChannel:
         return fastjson.loads(line)
 
     def expect(self, kind: str) -> dict:
-        message = self.receive()
-        if message is None or message.get("type") != kind:
-            raise ConnectionError(f"expected {kind!r} from the runtime, got {message!r}")
-        return message
+        """The next message of this kind; others that come first are kept for later."""
+        for i, message in enumerate(self._early):
+            if message["type"] == kind:
+                return self._early.pop(i)
+        while (message := self.receive()) is not None:
+            if message.get("type") == kind:
+                return message
+            self._early.append(message)
+        raise ConnectionError(f"expected {kind!r} from the runtime, which went away")
 
     def fileno(self) -> int:
         return self.read_fd
