@@ -20,6 +20,7 @@ from corral.runtime.cliargs import (
     parse_options,
     usage,
 )
+from corral.spec import fastjson
 
 DEFAULT_ROOT = "/run/corral-runtime"
 
@@ -223,6 +224,124 @@ SIGNALS = {
 _NSIG = 65
 
 
+def cmd_pause(args) -> int:
+    from corral.runtime.container import Container
+
+    Container.load(args.root, args.id).pause()
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from corral.runtime.container import Container
+
+    Container.load(args.root, args.id).resume()
+    return 0
+
+
+def cmd_ps(args) -> int:
+    """runc's ps: the container's PIDs as JSON, or the host's `ps` lines for them."""
+    import subprocess
+
+    from corral.runtime.container import Container
+
+    pids = Container.load(args.root, args.id).processes()
+    if args.format == "json":
+        print(fastjson.dumps(pids))
+        return 0
+    if args.format != "table":
+        raise UsageError(f"invalid format option {args.format!r}")
+    listing = subprocess.run(["ps", *(args.ps_options or ["-ef"])], capture_output=True,
+                             text=True)
+    if listing.returncode != 0:
+        raise UsageError(f"ps {' '.join(args.ps_options)}: {listing.stderr.strip()}")
+    header, *lines = listing.stdout.splitlines()
+    try:
+        column = header.split().index("PID")
+    except ValueError:
+        raise UsageError("couldn't find PID field in ps output") from None
+    wanted = set(pids)
+    print(header)
+    for line in lines:
+        fields = line.split()
+        if len(fields) > column and fields[column].isdigit() and int(fields[column]) in wanted:
+            print(line)
+    return 0
+
+
+def cmd_update(args) -> int:
+    from corral.runtime.container import Container
+
+    resources: dict = {}
+    if args.resources:
+        text = sys.stdin.read() if args.resources == "-" else _read(args.resources)
+        try:
+            resources = fastjson.loads(text)
+        except ValueError as e:
+            raise UsageError(f"--resources: invalid JSON: {e}") from None
+        if not isinstance(resources, dict):
+            raise UsageError("--resources: expected a JSON object (linux.resources)")
+    for flag, (section, key, parse) in UPDATE_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            resources.setdefault(section, {})[key] = parse(value, flag)
+    Container.load(args.root, args.id).update(resources)
+    return 0
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _bytes(text: str, flag: str) -> int:
+    """Sizes as runc takes them: 1024, 100k, 64m, 2g, 1GiB (binary units); -1 unlimited."""
+    units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+    lowered = text.strip().lower().removesuffix("ib").removesuffix("b")
+    scale = units.get(lowered[-1:], 1)
+    digits = lowered[:-1] if lowered[-1:] in units else lowered
+    try:
+        return int(digits) * scale
+    except ValueError:
+        raise UsageError(f"--{flag.replace('_', '-')}: invalid size {text!r}") from None
+
+
+def _int(text: str, flag: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"--{flag.replace('_', '-')}: not a number: {text!r}") from None
+
+
+def _text(text: str, _flag: str) -> str:
+    return text
+
+
+# runc update's flags → (linux.resources section, key, parser)
+UPDATE_FLAGS = {
+    "memory": ("memory", "limit", _bytes),
+    "memory_reservation": ("memory", "reservation", _bytes),
+    "memory_swap": ("memory", "swap", _bytes),
+    "cpu_shares": ("cpu", "shares", _int),
+    "cpu_quota": ("cpu", "quota", _int),
+    "cpu_period": ("cpu", "period", _int),
+    "cpu_rt_period": ("cpu", "realtimePeriod", _int),
+    "cpu_rt_runtime": ("cpu", "realtimeRuntime", _int),
+    "cpuset_cpus": ("cpu", "cpus", _text),
+    "cpuset_mems": ("cpu", "mems", _text),
+    "blkio_weight": ("blockIO", "weight", _int),
+    "pids_limit": ("pids", "limit", _int),
+}
+
+
+def cmd_features(args) -> int:
+    import json
+
+    from corral.runtime.features import features
+
+    print(json.dumps(features(), indent=4))
+    return 0
+
+
 def _warn(message: str) -> None:
     LOG.write("warning", message)
 
@@ -286,6 +405,29 @@ COMMANDS = [
     Command("kill", "send a signal to a container's init (default SIGTERM)", cmd_kill, [
         Option("-a,--all", "send the signal to every process in the container")],
         ("id",), optional=("signal",)),
+    Command("pause", "suspend every process in the container (cgroup freezer)", cmd_pause,
+            [], ("id",)),
+    Command("resume", "resume the processes of a paused container", cmd_resume, [], ("id",)),
+    Command("ps", "show the container's processes", cmd_ps, [
+        Option("-f,--format", "table or json", value="FORMAT", default="table")],
+        ("id",), rest="ps_options"),
+    Command("update", "change the resource limits of a running container", cmd_update, [
+        Option("-r,--resources", "a linux.resources JSON file ('-' for stdin)", value="FILE"),
+        Option("--memory", "memory limit (e.g. 64m)", value="SIZE"),
+        Option("--memory-reservation", "memory soft limit", value="SIZE"),
+        Option("--memory-swap", "memory plus swap limit", value="SIZE"),
+        Option("--kernel-memory", "ignored, as by runc", value="SIZE"),
+        Option("--kernel-memory-tcp", "ignored, as by runc", value="SIZE"),
+        Option("--cpu-shares", "CPU shares (relative weight)", value="N"),
+        Option("--cpu-quota", "CPU CFS quota in microseconds", value="N"),
+        Option("--cpu-period", "CPU CFS period in microseconds", value="N"),
+        Option("--cpu-rt-period", "CPU realtime period", value="N"),
+        Option("--cpu-rt-runtime", "CPU realtime runtime", value="N"),
+        Option("--cpuset-cpus", "CPUs to use (e.g. 0-1)", value="LIST"),
+        Option("--cpuset-mems", "memory nodes to use", value="LIST"),
+        Option("--blkio-weight", "block IO weight (10-1000)", value="N"),
+        Option("--pids-limit", "maximum number of processes", value="N")], ("id",)),
+    Command("features", "show what this runtime supports (OCI features JSON)", cmd_features),
     Command("delete", "delete a container and everything it holds", cmd_delete, [
         Option("-f,--force", "kill the container first if it is still running")], ("id",)),
 ]

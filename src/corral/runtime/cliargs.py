@@ -27,13 +27,15 @@ class Option:
 
 class Command:
     def __init__(self, name: str, help: str, handler, options: list[Option] = (),
-                 positionals: tuple[str, ...] = (), optional: tuple[str, ...] = ()):
+                 positionals: tuple[str, ...] = (), optional: tuple[str, ...] = (),
+                 rest: str | None = None):
         self.name = name
         self.help = help
         self.handler = handler
         self.options = list(options)
         self.positionals = positionals
         self.optional = optional  # positionals that may be left out (after the required)
+        self.rest = rest  # collects everything after the positionals, flags included
 
 
 class Args:
@@ -91,8 +93,12 @@ class HelpRequested(Exception):
 
 
 def parse_command(command: Command, argv: list[str]) -> Args:
-    values, positionals = parse_options(argv, command.options, stop_at_positional=False)
+    values, positionals = parse_options(argv, command.options,
+                                        stop_at_positional=command.rest is not None)
     needed = len(command.positionals)
+    if command.rest is not None:
+        values[command.rest] = positionals[needed:]
+        positionals = positionals[:needed]
     if len(positionals) < needed:
         missing = command.positionals[len(positionals)]
         raise UsageError(f'"{command.name}" requires the {missing} argument')
@@ -114,6 +120,7 @@ def usage(prog: str, about: str, global_options: list[Option], commands: list[Co
 def command_usage(prog: str, command: Command) -> str:
     args = " ".join(f"<{p}>" for p in command.positionals)
     args += "".join(f" [{p}]" for p in command.optional)
+    args += f" [{command.rest}...]" if command.rest else ""
     lines = [f"usage: {prog} {command.name} [options] {args}".rstrip(), "", command.help]
     if command.options:
         lines += ["", "options:"] + [_option_line(o) for o in command.options]

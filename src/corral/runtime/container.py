@@ -122,6 +122,42 @@ class Container:
             pass
         self._run_hooks("poststart", warn)
 
+    # --- pause, resume, processes, update ------------------------------------------
+    def pause(self) -> None:
+        status = self.state.status()
+        if status not in ("running", "created"):
+            raise InvalidState(f"container not running or created: {status}")
+        self._require_cgroup("pause").freeze()
+
+    def resume(self) -> None:
+        if self.state.status() != "paused":
+            raise InvalidState("container not paused")
+        self._require_cgroup("resume").thaw()
+
+    def processes(self) -> list[int]:
+        """Every process of the container (its cgroup), in the host's PID namespace."""
+        if self.state.status() == "stopped":
+            return []
+        return sorted(self._require_cgroup("ps").pids())
+
+    def update(self, resources: dict) -> None:
+        """Change the live cgroup (the OCI linux.resources JSON, or part of it)."""
+        from corral.spec.runtime import SpecError, validate_resources
+
+        if self.state.status() == "stopped":
+            raise InvalidState("container not running")
+        try:
+            validate_resources(resources, "linux.resources")
+        except SpecError as e:
+            raise ConfigInvalid(str(e)) from None
+        self._require_cgroup("update").apply(resources)
+
+    def _require_cgroup(self, what: str):
+        cgroup = self._cgroup()
+        if cgroup is None:
+            raise InvalidState(f"cannot {what}: the container has no cgroup (rootless)")
+        return cgroup
+
     # --- kill ---------------------------------------------------------------------
     def kill(self, signum: int, all_processes: bool = False) -> None:
         status = self.state.status()

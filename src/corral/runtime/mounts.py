@@ -12,7 +12,7 @@ from corral.spec.record import Record
 from corral.spec.runtime import Mount
 
 # option → (flags to set, flags to clear)
-_FLAG_OPTIONS: dict[str, tuple[int, int]] = {
+FLAG_OPTIONS: dict[str, tuple[int, int]] = {
     "defaults": (0, 0),
     "ro": (k.MS_RDONLY, 0), "rw": (0, k.MS_RDONLY),
     "nosuid": (k.MS_NOSUID, 0), "suid": (0, k.MS_NOSUID),
@@ -56,8 +56,8 @@ class MountOptions(Record):
         propagation = []
         data = []
         for option in options:
-            if option in _FLAG_OPTIONS:
-                set_flags, clear_flags = _FLAG_OPTIONS[option]
+            if option in FLAG_OPTIONS:
+                set_flags, clear_flags = FLAG_OPTIONS[option]
                 flags = (flags | set_flags) & ~clear_flags
             elif option in PROPAGATION_OPTIONS:
                 propagation.append(PROPAGATION_OPTIONS[option])
