@@ -7,7 +7,8 @@ import os
 import pytest
 
 from corral.runtime import syscalls as k
-from corral.runtime.process.init import ExecutableNotFound, InitContext, InitSequence
+from corral.runtime.process.identity import ExecutableNotFound
+from corral.runtime.process.init import InitContext, InitSequence
 from corral.runtime.syscalls import Syscalls
 from corral.spec.defaults import default_config
 from corral.spec.runtime import Spec

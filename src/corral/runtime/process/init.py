@@ -14,33 +14,32 @@ cleans up; after "ready" only the wait and the execve remain.
 
 from __future__ import annotations
 
-# `_signal`, not `signal`: it is built into the interpreter, so it imports in no
-# time and needs no file, and the init runs after pivot_root, where the host's
-# Python library is out of reach.
+# `_signal`, not `signal`: built in, so it needs no file after pivot_root.
 import _signal
 import os
-import stat
 
 from corral.runtime import syscalls as k
-from corral.runtime.capabilities import CapabilitySets
 from corral.runtime.hooks import run_hooks
 from corral.runtime.mounts import MountContext
+from corral.runtime.process.identity import (
+    become,
+    describe,
+    find_executable,
+    last_capability,
+    reset_signals,
+    setgroups_allowed,
+)
 from corral.runtime.process.sync import SyncChannel
 from corral.runtime.rlimits import apply_rlimits
 from corral.runtime.rootfs import enter_rootfs, harden_rootfs
 from corral.runtime.state import EXEC_FIFO
 from corral.runtime.syscalls import Syscalls
 from corral.spec.record import Record
-from corral.spec.runtime import Process, Spec
+from corral.spec.runtime import Spec
 
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Signals that end the init while it waits for `start` (TERM, INT, HUP, QUIT,
 # USR1, USR2); as PID 1 of its namespace it would otherwise ignore them.
 _WAITING_EXIT_SIGNALS = (15, 2, 1, 3, 10, 12)
-
-
-class ExecutableNotFound(OSError):
-    pass
 
 
 class InitContext(Record):
@@ -79,30 +78,10 @@ class InitSequence:
         harden_rootfs(spec, sc)
         executable = find_executable(process)
         apply_rlimits(process.rlimits, sc)
-        self._become_user(process)
+        become(process, sc, self.last_cap,
+               may_setgroups=not ctx.user_namespace or setgroups_allowed())
         sc.chdir(process.cwd)
         return executable
-
-    def _become_user(self, process: Process) -> None:
-        sc = self.sc
-        caps = (CapabilitySets(process.capabilities, self.last_cap)
-                if process.capabilities is not None else None)
-        if caps:
-            caps.drop_bounding(sc)
-        # Keep the permitted set across the uid change; capset sets it exactly after.
-        sc.prctl(k.PR_SET_KEEPCAPS, 1)
-        user = process.user
-        if not (self.ctx.user_namespace and _setgroups_denied()):
-            sc.setgroups(user.additional_gids)
-        sc.setresgid(user.gid)
-        sc.setresuid(user.uid)
-        sc.prctl(k.PR_SET_KEEPCAPS, 0)
-        if caps:
-            caps.apply(sc)
-        if user.umask is not None:
-            sc.umask(user.umask)
-        if process.no_new_privileges:
-            sc.prctl(k.PR_SET_NO_NEW_PRIVS, 1)
 
     def wait_for_start(self) -> None:
         """Block until `start` opens exec.fifo for reading."""
@@ -115,7 +94,7 @@ class InitSequence:
 
     def exec(self, executable: str) -> None:
         process = self.ctx.spec.process
-        _reset_signals()
+        reset_signals()
         self.sc.mark_fds_cloexec(3 + self.ctx.preserve_fds)
         self.sc.execve(executable, process.args, process.env)
 
@@ -123,8 +102,7 @@ class InitSequence:
 def run_init(ctx: InitContext, channel: SyncChannel, syscalls: Syscalls) -> None:
     """The init's whole life; never returns (execs or exits)."""
     try:
-        with open("/proc/sys/kernel/cap_last_cap") as f:
-            last_cap = int(f.read())
+        last_cap = last_capability()
         hooks = HookRunner(ctx.spec, channel)
         sequence = InitSequence(ctx, syscalls, last_cap, before_pivot=hooks.before_pivot)
         if ctx.spec.has_new_namespace("cgroup"):
@@ -170,53 +148,8 @@ class HookRunner:
                       dict(self.state, status="created"))
 
 
-def find_executable(process: Process) -> str:
-    """Resolve args[0] as execvp would, with the container's PATH, before `start`."""
-    name = process.args[0]
-    if "/" in name:
-        candidates = [name if os.path.isabs(name) else os.path.join(process.cwd, name)]
-    else:
-        path = process.env_value("PATH")
-        candidates = [os.path.join(d or ".", name) for d in (path or DEFAULT_PATH).split(":")]
-    for candidate in candidates:
-        try:
-            st = os.stat(candidate)
-        except OSError:
-            continue
-        if stat.S_ISREG(st.st_mode):
-            return candidate
-    raise ExecutableNotFound(2, f'exec: "{name}": executable file not found in $PATH'
-                             if "/" not in name else f'exec: "{name}": no such file')
-
-
-def describe(error: BaseException) -> str:
-    if isinstance(error, OSError) and error.strerror and not error.filename:
-        return error.strerror if error.args[1:] else str(error)
-    return str(error) or type(error).__name__
-
-
 def _report(channel: SyncChannel, error: BaseException) -> None:
     try:
         channel.send("error", message=describe(error))
     except OSError:
         pass
-
-
-def _setgroups_denied() -> bool:
-    try:
-        with open("/proc/self/setgroups") as f:
-            return f.read().strip() == "deny"
-    except OSError:
-        return False
-
-
-def _reset_signals() -> None:
-    """Python ignores SIGPIPE and SIGXFSZ; an ignored signal stays ignored across execve."""
-    for signum in range(1, _signal.NSIG):
-        if signum in (_signal.SIGKILL, _signal.SIGSTOP):
-            continue
-        try:
-            _signal.signal(signum, _signal.SIG_DFL)
-        except (OSError, ValueError):
-            pass
-    _signal.pthread_sigmask(_signal.SIG_SETMASK, [])

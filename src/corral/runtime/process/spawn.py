@@ -31,7 +31,8 @@ import time
 from corral.runtime import namespaces
 from corral.runtime.errors import InitFailed
 from corral.runtime.hooks import run_hooks
-from corral.runtime.process.init import InitContext, describe, run_init
+from corral.runtime.process.identity import describe
+from corral.runtime.process.init import InitContext, run_init
 from corral.runtime.process.sync import SyncChannel
 from corral.runtime.syscalls import CLONE_NEWCGROUP, CLONE_NEWUSER, Syscalls
 from corral.spec.record import Record

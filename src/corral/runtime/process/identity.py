@@ -1,0 +1,99 @@
+"""The last steps before execve, shared by a container's init and `exec` processes:
+resolve the program, take on the user, groups and capabilities, reset signals.
+"""
+
+from __future__ import annotations
+
+# `_signal`, not `signal`: built into the interpreter, so it imports in no time
+# and needs no file (these steps run after pivot_root or setns into the
+# container's mount namespace, where the host's Python library is out of reach).
+import _signal
+import os
+import stat
+
+from corral.runtime import syscalls as k
+from corral.runtime.capabilities import CapabilitySets
+from corral.runtime.syscalls import Syscalls
+from corral.spec.runtime import Process
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class ExecutableNotFound(OSError):
+    pass
+
+
+def find_executable(process: Process) -> str:
+    """Resolve args[0] as execvp would, with the process's PATH, before committing."""
+    name = process.args[0]
+    if "/" in name:
+        candidates = [name if os.path.isabs(name) else os.path.join(process.cwd, name)]
+    else:
+        path = process.env_value("PATH")
+        candidates = [os.path.join(d or ".", name) for d in (path or DEFAULT_PATH).split(":")]
+    for candidate in candidates:
+        try:
+            st = os.stat(candidate)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            return candidate
+    raise ExecutableNotFound(2, f'exec: "{name}": executable file not found in $PATH'
+                             if "/" not in name else f'exec: "{name}": no such file')
+
+
+def become(process: Process, sc: Syscalls, last_cap: int, *, may_setgroups: bool) -> None:
+    """Drop to the process's user, groups and capabilities (in that order)."""
+    caps = (CapabilitySets(process.capabilities, last_cap)
+            if process.capabilities is not None else None)
+    if caps:
+        caps.drop_bounding(sc)  # needs CAP_SETPCAP: while still root
+    # Keep the permitted set across the uid change; capset sets it exactly after.
+    sc.prctl(k.PR_SET_KEEPCAPS, 1)
+    user = process.user
+    if may_setgroups:
+        sc.setgroups(user.additional_gids)
+    sc.setresgid(user.gid)
+    sc.setresuid(user.uid)
+    sc.prctl(k.PR_SET_KEEPCAPS, 0)
+    if caps:
+        caps.apply(sc)
+    if user.umask is not None:
+        sc.umask(user.umask)
+    if process.no_new_privileges:
+        sc.prctl(k.PR_SET_NO_NEW_PRIVS, 1)
+
+
+def setgroups_allowed(pid: str | int = "self") -> bool:
+    """False in a user namespace whose setgroups was denied (rootless maps)."""
+    try:
+        with open(f"/proc/{pid}/setgroups") as f:
+            return f.read().strip() != "deny"
+    except OSError:
+        return True
+
+
+def last_capability() -> int:
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        return int(f.read())
+
+
+def reset_signals() -> None:
+    """Python ignores SIGPIPE and SIGXFSZ; an ignored signal stays ignored across execve."""
+    for signum in range(1, _signal.NSIG):
+        if signum in (_signal.SIGKILL, _signal.SIGSTOP):
+            continue
+        try:
+            _signal.signal(signum, _signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, [])
+
+
+def describe(error: BaseException) -> str:
+    """An exception as one line for the user."""
+    if isinstance(error, OSError) and error.strerror:
+        extra = f": {error.filename}" if error.filename and error.filename not in \
+            error.strerror else ""
+        return error.strerror + extra
+    return str(error) or type(error).__name__
