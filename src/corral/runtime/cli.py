@@ -113,7 +113,6 @@ def cmd_start(args) -> int:
 
 
 def cmd_run(args) -> int:
-    import signal
 
     from corral.runtime import syscalls
     from corral.runtime.container import Container, wait_for_exit
@@ -133,13 +132,7 @@ def cmd_run(args) -> int:
     if args.detach:
         return 0
     pid = container.state.pid
-    for name in dir(signal):
-        if name.startswith("SIG") and not name.startswith("SIG_") and (
-                name not in _SIGNALS_NOT_FORWARDED):
-            try:
-                signal.signal(getattr(signal, name), lambda s, _f: _forward(pid, s))
-            except (OSError, ValueError):
-                pass
+    _forward_signals_to(pid)
     status = wait_for_exit(pid)
     if not args.keep:
         container.delete(force=True)
@@ -222,6 +215,81 @@ SIGNALS = {
     "IO": 29, "POLL": 29, "PWR": 30, "SYS": 31,
 }
 _NSIG = 65
+
+
+def cmd_exec(args) -> int:
+    """runc exec: another process in a running container; its exit status passes through."""
+    from corral.runtime import syscalls
+    from corral.runtime.container import Container, wait_for_exit, write_pid_file
+
+    _refuse_console_socket(args)
+    container = Container.load(args.root, args.id)
+    process = exec_process(args, container.state.process)
+    if not args.detach:
+        # The process is the bootstrap's child; orphaned, it comes to us to be reaped.
+        syscalls.Syscalls().prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
+    pid = container.exec(process, preserve_fds=args.preserve_fds)
+    if args.pid_file:
+        write_pid_file(args.pid_file, pid)
+    if args.detach:
+        return 0
+    _forward_signals_to(pid)
+    return wait_for_exit(pid)
+
+
+def exec_process(args, container_process: dict):
+    """The exec'd process: --process JSON, or the container's process changed by the flags."""
+    from corral.spec.runtime import Process, SpecError
+
+    if args.process:
+        try:
+            raw = fastjson.loads(_read(args.process))
+        except ValueError as e:
+            raise UsageError(f"--process {args.process}: invalid JSON: {e}") from None
+        if args.command:
+            raise UsageError("give either --process or a command, not both")
+    else:
+        if not args.command:
+            raise UsageError("exec needs a command to run (or --process)")
+        raw = dict(container_process, args=args.command, terminal=args.tty)
+        raw["env"] = [*raw.get("env", []), *args.env]
+        if args.cwd:
+            raw["cwd"] = args.cwd
+        if args.user:
+            uid, _, gid = args.user.partition(":")
+            raw["user"] = {"uid": _int(uid, "user"), "gid": _int(gid or "0", "user")}
+        if args.additional_gids:
+            user = dict(raw.get("user", {}))
+            user["additionalGids"] = [_int(g, "additional_gids") for g in args.additional_gids]
+            raw["user"] = user
+        if args.cap:
+            caps = {k: list(v) for k, v in raw.get("capabilities", {}).items()}
+            for name in ("bounding", "effective", "permitted"):
+                caps[name] = [*caps.get(name, []), *args.cap]
+            raw["capabilities"] = caps
+        if args.no_new_privs:
+            raw["noNewPrivileges"] = True
+        if args.apparmor:
+            raw["apparmorProfile"] = args.apparmor
+        if args.process_label:
+            raw["selinuxLabel"] = args.process_label
+    try:
+        return Process.parse(raw, "process")
+    except SpecError as e:
+        raise UsageError(str(e)) from None
+
+
+def _forward_signals_to(pid: int) -> None:
+    """Pass every catchable signal the runtime gets on to the container's process."""
+    import signal
+
+    for name in dir(signal):
+        if name.startswith("SIG") and not name.startswith("SIG_") and (
+                name not in _SIGNALS_NOT_FORWARDED):
+            try:
+                signal.signal(getattr(signal, name), lambda s, _f: _forward(pid, s))
+            except (OSError, ValueError):
+                pass
 
 
 def cmd_pause(args) -> int:
@@ -405,6 +473,25 @@ COMMANDS = [
     Command("kill", "send a signal to a container's init (default SIGTERM)", cmd_kill, [
         Option("-a,--all", "send the signal to every process in the container")],
         ("id",), optional=("signal",)),
+    Command("exec", "run another process in a running container", cmd_exec, [
+        Option("-p,--process", "a process.json describing the process", value="FILE"),
+        Option("-t,--tty", "allocate a pseudo-TTY"),
+        Option("-d,--detach", "detach from the process"),
+        Option("--pid-file", "file to write the process's PID to", value="FILE"),
+        Option("-e,--env", "set an environment variable (KEY=VALUE)", value="ENV",
+               multiple=True),
+        Option("--cwd", "working directory in the container", value="DIR"),
+        Option("-u,--user", "UID[:GID] to run as", value="USER"),
+        Option("-g,--additional-gids", "an additional group ID", value="GID", multiple=True),
+        Option("-c,--cap", "add a capability (e.g. CAP_NET_ADMIN)", value="CAP",
+               multiple=True),
+        Option("--no-new-privs", "set no_new_privs for the process"),
+        Option("--preserve-fds", "pass N extra file descriptors (from fd 3)", value="N",
+               default=0, convert=int),
+        Option("--console-socket", "unix socket to send the pty master to", value="PATH"),
+        Option("--process-label", "SELinux label (not supported)", value="LABEL"),
+        Option("--apparmor", "AppArmor profile (not supported)", value="PROFILE")],
+        ("id",), rest="command"),
     Command("pause", "suspend every process in the container (cgroup freezer)", cmd_pause,
             [], ("id",)),
     Command("resume", "resume the processes of a paused container", cmd_resume, [], ("id",)),

@@ -16,11 +16,14 @@ class UsageError(Exception):
 
 class Option:
     def __init__(self, names: str, help: str, *, value: str | None = None,
-                 default=None, convert=str):
+                 default=None, convert=str, multiple: bool = False):
         self.names = names.split(",")
         self.dest = self.names[-1].lstrip("-").replace("-", "_")
         self.help = help
         self.value = value  # the metavar; None for a boolean flag
+        self.multiple = multiple  # may be given again: the values collect in a list
+        if multiple:
+            default = []
         self.default = default if value is not None else bool(default)
         self.convert = convert
 
@@ -52,7 +55,8 @@ def parse_options(argv: list[str], options: list[Option], stop_at_positional: bo
     for option in options:
         for name in option.names:
             by_name[name.lstrip("-")] = option
-    values = {option.dest: option.default for option in options}
+    values = {option.dest: list(option.default) if option.multiple else option.default
+              for option in options}
     positionals: list[str] = []
     i = 0
     while i < len(argv):
@@ -82,7 +86,10 @@ def parse_options(argv: list[str], options: list[Option], stop_at_positional: bo
             inline = argv[i]
             i += 1
         try:
-            values[option.dest] = option.convert(inline)
+            if option.multiple:
+                values[option.dest].append(option.convert(inline))
+            else:
+                values[option.dest] = option.convert(inline)
         except ValueError:
             raise UsageError(f"invalid value {inline!r} for flag {arg}") from None
     return values, positionals

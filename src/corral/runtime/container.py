@@ -80,7 +80,8 @@ class Container:
                 pid_start=start_time, created=now_rfc3339(), owner=owner_name(),
                 oci_version=spec.oci_version, annotations=spec.annotations,
                 cgroup=cgroup.to_state() if cgroup else None,
-                hooks=hooks_to_state(spec.hooks), root=root)
+                hooks=hooks_to_state(spec.hooks), process=spec.source.get("process"),
+                root=root)
             state.save()
             if pid_file:
                 write_pid_file(pid_file, init_pid)
@@ -151,6 +152,22 @@ class Container:
         except SpecError as e:
             raise ConfigInvalid(str(e)) from None
         self._require_cgroup("update").apply(resources)
+
+    def exec(self, process, *, preserve_fds: int = 0, syscalls=None) -> int:
+        """Start `process` (a spec Process) in the running container; its PID."""
+        from corral.runtime import validate
+        from corral.runtime.process.enter import ExecRequest, spawn_exec
+        from corral.runtime.process.identity import last_capability, setgroups_allowed
+        from corral.runtime.syscalls import Syscalls
+
+        status = self.state.status()
+        if status != "running":
+            raise InvalidState(f"cannot exec in a {status} container")
+        validate.check_process(process)
+        request = ExecRequest(init_pid=self.state.pid, process=process, cgroup=self._cgroup(),
+                              may_setgroups=setgroups_allowed(self.state.pid),
+                              preserve_fds=preserve_fds, last_cap=last_capability())
+        return spawn_exec(request, syscalls or Syscalls())
 
     def _require_cgroup(self, what: str):
         cgroup = self._cgroup()

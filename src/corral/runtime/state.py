@@ -49,12 +49,12 @@ class ContainerState:
     """What `create` records; everything else about a container is derived."""
 
     FIELDS = ("id", "bundle", "rootfs", "pid", "pid_start", "created", "owner", "oci_version",
-              "annotations", "cgroup", "hooks")
+              "annotations", "cgroup", "hooks", "process")
 
     def __init__(self, *, id: str, bundle: str, rootfs: str, pid: int, pid_start: int,
                  created: str, owner: str, oci_version: str,
                  annotations: dict[str, str] | None = None, cgroup: dict | None = None,
-                 hooks: dict | None = None, root: str = ""):
+                 hooks: dict | None = None, process: dict | None = None, root: str = ""):
         self.id = id
         self.bundle = bundle
         self.rootfs = rootfs
@@ -66,6 +66,7 @@ class ContainerState:
         self.annotations = annotations or {}
         self.cgroup = cgroup  # the cgroup manager's to_state()
         self.hooks = hooks or {}
+        self.process = process or {}  # config.json's process: what `exec` starts from
         self.root = root
 
     # --- where it lives --------------------------------------------------------

@@ -11,7 +11,7 @@ import os
 from corral.runtime.capabilities import CapabilityError, CapabilitySets
 from corral.runtime.errors import ConfigInvalid
 from corral.runtime.rlimits import RlimitError, check_rlimits
-from corral.spec.runtime import Spec
+from corral.spec.runtime import Process, Spec
 
 # sysctls that are namespaced, and the namespace that must be new to set them.
 _IPC_SYSCTLS = {"kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem",
@@ -23,23 +23,28 @@ def check_spec(spec: Spec, rootfs: str) -> None:
         raise ConfigInvalid("process: required to create a container")
     if not os.path.isdir(rootfs):
         raise ConfigInvalid(f"root.path: rootfs {rootfs} is not a directory")
-    if spec.process.terminal:
-        raise ConfigInvalid("process.terminal: a terminal needs --console-socket, "
-                            "which this version does not support yet")
     if spec.linux.seccomp:
         raise ConfigInvalid("linux.seccomp: not supported by this version of corral-runtime")
-    if spec.process.apparmor_profile:
-        raise ConfigInvalid("process.apparmorProfile: AppArmor is not supported on this host")
-    if spec.process.selinux_label:
-        raise ConfigInvalid("process.selinuxLabel: SELinux is not supported on this host")
-    try:
-        check_rlimits(spec.process.rlimits)
-        if spec.process.capabilities is not None:
-            CapabilitySets(spec.process.capabilities, last_cap=63)
-    except (RlimitError, CapabilityError) as e:
-        raise ConfigInvalid(e.strerror if isinstance(e, OSError) else str(e)) from None
+    check_process(spec.process)
     for key in spec.linux.sysctl:
         _check_sysctl(spec, key)
+
+
+def check_process(process: Process) -> None:
+    """What a process (the init's or an exec's) may ask for on this runtime and host."""
+    if process.terminal:
+        raise ConfigInvalid("process.terminal: a terminal needs --console-socket, "
+                            "which this version does not support yet")
+    if process.apparmor_profile:
+        raise ConfigInvalid("process.apparmorProfile: AppArmor is not supported on this host")
+    if process.selinux_label:
+        raise ConfigInvalid("process.selinuxLabel: SELinux is not supported on this host")
+    try:
+        check_rlimits(process.rlimits)
+        if process.capabilities is not None:
+            CapabilitySets(process.capabilities, last_cap=63)
+    except (RlimitError, CapabilityError) as e:
+        raise ConfigInvalid(e.strerror if isinstance(e, OSError) else str(e)) from None
 
 
 def _check_sysctl(spec: Spec, key: str) -> None:

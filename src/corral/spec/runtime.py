@@ -343,6 +343,7 @@ class Spec(Record):
     hooks: dict[str, list[Hook]] = {}
     annotations: dict[str, str] = {}
     linux: Linux = Factory(Linux)
+    source: dict = {}  # the JSON it was parsed from (exec takes its process defaults)
 
     @classmethod
     def parse(cls, raw: object) -> Spec:
@@ -372,7 +373,7 @@ class Spec(Record):
             hostname=_get(raw, "hostname", "config", str, ""),
             domainname=_get(raw, "domainname", "config", str, ""),
             mounts=[Mount.parse(m, w) for m, w in _objs(raw, "mounts", "config")],
-            hooks=hooks, annotations=dict(annotations), linux=linux,
+            hooks=hooks, annotations=dict(annotations), linux=linux, source=raw,
         )
         spec._check_consistency()
         return spec

@@ -1,0 +1,141 @@
+"""`exec`: start another process inside a running container (runc's "setns" process).
+
+    runtime ──fork──▶ bootstrap  [runtime moves it into the container's cgroup]
+       │                 │  setns: user, then ipc, uts, net, pid, cgroup, time, mount
+       │                 └─fork──▶ process: in the container's PID namespace
+       │◀────── "pid" ───┘ exits     │ rlimits, user, groups, caps, cwd
+       │◀──────────────── EOF ───────┘ execve (the channel is close-on-exec)
+
+The namespaces to join are those the init lives in that differ from the
+runtime's own: exactly the container's, whether it made them or joined them.
+"""
+
+from __future__ import annotations
+
+import os
+
+from corral.runtime.errors import InitFailed
+from corral.runtime.namespaces import CLONE_FLAGS, PROC_NAMES
+from corral.runtime.process.identity import (
+    become,
+    describe,
+    find_executable,
+    reset_signals,
+)
+from corral.runtime.process.sync import SyncChannel
+from corral.runtime.rlimits import apply_rlimits
+from corral.runtime.syscalls import Syscalls
+from corral.spec.record import Record
+from corral.spec.runtime import Process
+
+# The user namespace first (it grants the right to join the rest), mount last.
+_JOIN_ORDER = ("user", "ipc", "uts", "network", "pid", "cgroup", "time", "mount")
+
+
+class ExecRequest(Record):
+    init_pid: int
+    process: Process
+    cgroup: object | None = None  # a cgroups.Manager
+    may_setgroups: bool = True
+    preserve_fds: int = 0
+    last_cap: int = 40  # read on the host: the container may have no /proc
+
+
+def container_namespaces(init_pid: int) -> list[tuple[str, int]]:
+    """Open the init's namespaces that are not ours, in the order to join them."""
+    opened = []
+    try:
+        for kind in _JOIN_ORDER:
+            name = PROC_NAMES[kind]
+            try:
+                if os.stat(f"/proc/{init_pid}/ns/{name}").st_ino == os.stat(
+                        f"/proc/self/ns/{name}").st_ino:
+                    continue
+            except FileNotFoundError:
+                continue  # a namespace type this kernel lacks
+            opened.append((kind, os.open(f"/proc/{init_pid}/ns/{name}",
+                                         os.O_RDONLY | os.O_CLOEXEC)))
+    except BaseException:
+        for _, fd in opened:
+            os.close(fd)
+        raise
+    return opened
+
+
+def spawn_exec(request: ExecRequest, syscalls: Syscalls) -> int:
+    """Start the process; return its PID once it has called execve."""
+    ours, theirs = SyncChannel.pair()
+    targets = container_namespaces(request.init_pid)
+    try:
+        bootstrap = os.fork()
+        if bootstrap == 0:
+            ours.close()
+            _bootstrap_main(request, theirs, targets, syscalls)
+    finally:
+        theirs.close()
+        for _, fd in targets:
+            os.close(fd)
+    pid = None
+    try:
+        if request.cgroup is not None:
+            request.cgroup.join(bootstrap)
+        ours.send("go")
+        while (message := ours.receive()) is not None:
+            if message["type"] == "pid":
+                pid = message["pid"]
+            elif message["type"] == "error":
+                raise InitFailed(message["message"])
+        if pid is None:
+            raise InitFailed("the exec process exited before it started")
+        return pid
+    except BaseException:
+        if pid is not None:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        raise
+    finally:
+        ours.close()
+        try:
+            os.waitpid(bootstrap, 0)
+        except ChildProcessError:
+            pass
+
+
+def _bootstrap_main(request: ExecRequest, channel: SyncChannel, targets, sc: Syscalls) -> None:
+    """In the forked bootstrap: join, fork the process, report its PID; never returns."""
+    try:
+        channel.expect("go")  # now in the container's cgroup
+        for kind, fd in targets:
+            sc.setns(fd, CLONE_FLAGS[kind])
+        pid = os.fork()
+        if pid == 0:
+            _process_main(request, channel, sc)
+        channel.send("pid", pid=pid)
+    except BaseException as e:  # noqa: BLE001 - reported, never raised here
+        _report(channel, e)
+        os._exit(1)
+    os._exit(0)
+
+
+def _process_main(request: ExecRequest, channel: SyncChannel, sc: Syscalls) -> None:
+    process = request.process
+    try:
+        executable = find_executable(process)
+        apply_rlimits(process.rlimits, sc)
+        become(process, sc, request.last_cap, may_setgroups=request.may_setgroups)
+        sc.chdir(process.cwd)
+        reset_signals()
+        sc.mark_fds_cloexec(3 + request.preserve_fds)
+        sc.execve(executable, process.args, process.env)
+    except BaseException as e:  # noqa: BLE001
+        _report(channel, e)
+    os._exit(127)
+
+
+def _report(channel: SyncChannel, error: BaseException) -> None:
+    try:
+        channel.send("error", message=describe(error))
+    except OSError:
+        pass
