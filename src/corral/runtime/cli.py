@@ -98,10 +98,10 @@ def _undo_on_signals() -> None:
 def cmd_create(args) -> int:
     from corral.runtime.container import Container
 
-    _refuse_console_socket(args)
     _undo_on_signals()
     Container.create(args.root, args.id, args.bundle, pid_file=args.pid_file,
-                     no_pivot=args.no_pivot, preserve_fds=args.preserve_fds)
+                     no_pivot=args.no_pivot, preserve_fds=args.preserve_fds,
+                     console_socket=args.console_socket)
     return 0
 
 
@@ -117,13 +117,13 @@ def cmd_run(args) -> int:
     from corral.runtime import syscalls
     from corral.runtime.container import Container, wait_for_exit
 
-    _refuse_console_socket(args)
     _undo_on_signals()
     if not args.detach:
         # The init is reparented to us when its bootstrap exits, so we can wait for it.
         syscalls.Syscalls().prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
     container = Container.create(args.root, args.id, args.bundle, pid_file=args.pid_file,
-                                 no_pivot=args.no_pivot, preserve_fds=args.preserve_fds)
+                                 no_pivot=args.no_pivot, preserve_fds=args.preserve_fds,
+                                 console_socket=args.console_socket)
     try:
         container.start()
     except BaseException:
@@ -222,13 +222,13 @@ def cmd_exec(args) -> int:
     from corral.runtime import syscalls
     from corral.runtime.container import Container, wait_for_exit, write_pid_file
 
-    _refuse_console_socket(args)
     container = Container.load(args.root, args.id)
     process = exec_process(args, container.state.process)
     if not args.detach:
         # The process is the bootstrap's child; orphaned, it comes to us to be reaped.
         syscalls.Syscalls().prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
-    pid = container.exec(process, preserve_fds=args.preserve_fds)
+    pid = container.exec(process, preserve_fds=args.preserve_fds,
+                         console_socket=args.console_socket)
     if args.pid_file:
         write_pid_file(args.pid_file, pid)
     if args.detach:
@@ -424,11 +424,6 @@ def parse_signal(text: str) -> int:
     if name not in SIGNALS:
         raise UsageError(f"unknown signal {text!r}")
     return SIGNALS[name]
-
-
-def _refuse_console_socket(args) -> None:
-    if getattr(args, "console_socket", None):
-        raise UsageError("--console-socket is not supported by this version of corral-runtime")
 
 
 # --- command table ----------------------------------------------------------------------

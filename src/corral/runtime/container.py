@@ -35,7 +35,7 @@ class Container:
     @classmethod
     def create(cls, root: str, container_id: str, bundle: str, *, pid_file: str | None = None,
                no_pivot: bool = False, preserve_fds: int = 0,
-               syscalls=None) -> Container:
+               console_socket: str | None = None, syscalls=None) -> Container:
         from corral.runtime import validate
         from corral.runtime.hooks import hooks_to_state
         from corral.runtime.process.spawn import SpawnRequest, spawn_init
@@ -51,6 +51,7 @@ class Container:
             raise ConfigInvalid(str(e)) from None
         rootfs = os.path.normpath(os.path.join(bundle, spec.root.path))
         validate.check_spec(spec, rootfs)
+        validate.check_console(spec.process, console_socket)
 
         os.makedirs(root, mode=0o711, exist_ok=True)
         state_dir = os.path.join(root, container_id)
@@ -60,17 +61,23 @@ class Container:
             raise ContainerExists(container_id) from None
         cgroup = None
         init_pid = None
+        console_fd = None
         try:
             cgroup = _make_cgroup(spec, container_id)
             fifo = os.path.join(state_dir, "exec.fifo")
             os.mkfifo(fifo)
             # World-writable: the init may no longer be root when it opens it.
             os.chmod(fifo, 0o622)
+            if console_socket:
+                from corral.runtime import console
+
+                console_fd = console.connect(console_socket)
             hook_state = {"ociVersion": spec.oci_version, "id": container_id,
                           "bundle": bundle, "annotations": spec.annotations}
             request = SpawnRequest(spec=spec, rootfs=rootfs, bundle=bundle,
                                    state_dir=state_dir, cgroup=cgroup, no_pivot=no_pivot,
-                                   preserve_fds=preserve_fds, hook_state=hook_state)
+                                   preserve_fds=preserve_fds, hook_state=hook_state,
+                                   console_fd=console_fd)
             init_pid = spawn_init(request, syscalls or Syscalls())
             start_time = process_start_time(init_pid)
             if start_time is None:
@@ -88,6 +95,9 @@ class Container:
         except BaseException:
             _undo_create(init_pid, cgroup, state_dir)
             raise
+        finally:
+            if console_fd is not None:
+                os.close(console_fd)
         return cls(state)
 
     @classmethod
@@ -153,7 +163,8 @@ class Container:
             raise ConfigInvalid(str(e)) from None
         self._require_cgroup("update").apply(resources)
 
-    def exec(self, process, *, preserve_fds: int = 0, syscalls=None) -> int:
+    def exec(self, process, *, preserve_fds: int = 0, console_socket: str | None = None,
+             syscalls=None) -> int:
         """Start `process` (a spec Process) in the running container; its PID."""
         from corral.runtime import validate
         from corral.runtime.process.enter import ExecRequest, spawn_exec
@@ -164,10 +175,21 @@ class Container:
         if status != "running":
             raise InvalidState(f"cannot exec in a {status} container")
         validate.check_process(process)
+        validate.check_console(process, console_socket)
+        console_fd = None
+        if console_socket:
+            from corral.runtime import console
+
+            console_fd = console.connect(console_socket)
         request = ExecRequest(init_pid=self.state.pid, process=process, cgroup=self._cgroup(),
                               may_setgroups=setgroups_allowed(self.state.pid),
-                              preserve_fds=preserve_fds, last_cap=last_capability())
-        return spawn_exec(request, syscalls or Syscalls())
+                              preserve_fds=preserve_fds, last_cap=last_capability(),
+                              console_fd=console_fd)
+        try:
+            return spawn_exec(request, syscalls or Syscalls())
+        finally:
+            if console_fd is not None:
+                os.close(console_fd)
 
     def _require_cgroup(self, what: str):
         cgroup = self._cgroup()

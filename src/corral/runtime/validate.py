@@ -32,9 +32,6 @@ def check_spec(spec: Spec, rootfs: str) -> None:
 
 def check_process(process: Process) -> None:
     """What a process (the init's or an exec's) may ask for on this runtime and host."""
-    if process.terminal:
-        raise ConfigInvalid("process.terminal: a terminal needs --console-socket, "
-                            "which this version does not support yet")
     if process.apparmor_profile:
         raise ConfigInvalid("process.apparmorProfile: AppArmor is not supported on this host")
     if process.selinux_label:
@@ -45,6 +42,14 @@ def check_process(process: Process) -> None:
             CapabilitySets(process.capabilities, last_cap=63)
     except (RlimitError, CapabilityError) as e:
         raise ConfigInvalid(e.strerror if isinstance(e, OSError) else str(e)) from None
+
+
+def check_console(process: Process, console_socket: str | None) -> None:
+    """A terminal and a console socket come together (as runc insists)."""
+    if process.terminal and not console_socket:
+        raise ConfigInvalid("process.terminal: a terminal needs --console-socket")
+    if console_socket and not process.terminal:
+        raise ConfigInvalid("--console-socket given, but process.terminal is false")
 
 
 def _check_sysctl(spec: Spec, key: str) -> None:

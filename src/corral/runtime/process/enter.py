@@ -39,6 +39,7 @@ class ExecRequest(Record):
     may_setgroups: bool = True
     preserve_fds: int = 0
     last_cap: int = 40  # read on the host: the container may have no /proc
+    console_fd: int | None = None  # connected --console-socket, for process.terminal
 
 
 def container_namespaces(init_pid: int) -> list[tuple[str, int]]:
@@ -122,6 +123,12 @@ def _bootstrap_main(request: ExecRequest, channel: SyncChannel, targets, sc: Sys
 def _process_main(request: ExecRequest, channel: SyncChannel, sc: Syscalls) -> None:
     process = request.process
     try:
+        if request.console_fd is not None:
+            from corral.runtime import console  # loaded by the runtime before it forked
+
+            os.setsid()  # a terminal needs a session of its own
+            console.take_terminal(request.console_fd, process.console_size, process.user.uid,
+                                  process.user.gid)
         executable = find_executable(process)
         apply_rlimits(process.rlimits, sc)
         become(process, sc, request.last_cap, may_setgroups=request.may_setgroups)

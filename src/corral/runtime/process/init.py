@@ -51,6 +51,7 @@ class InitContext(Record):
     user_namespace: bool
     no_pivot: bool = False
     preserve_fds: int = 0
+    console_fd: int | None = None
 
 
 class InitSequence:
@@ -76,6 +77,11 @@ class InitSequence:
         if spec.domainname:
             sc.setdomainname(spec.domainname)
         harden_rootfs(spec, sc)
+        if ctx.console_fd is not None:
+            from corral.runtime import console  # loaded by the runtime before it forked
+
+            console.take_terminal(ctx.console_fd, process.console_size, process.user.uid,
+                                  process.user.gid)
         executable = find_executable(process)
         apply_rlimits(process.rlimits, sc)
         become(process, sc, self.last_cap,

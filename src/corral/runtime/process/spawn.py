@@ -50,6 +50,7 @@ class SpawnRequest(Record):
     no_pivot: bool = False
     preserve_fds: int = 0
     hook_state: dict = {}  # the OCI state for hooks, less status and pid
+    console_fd: int | None = None  # connected --console-socket, for process.terminal
 
 
 def spawn_init(request: SpawnRequest, syscalls: Syscalls) -> int:
@@ -198,7 +199,8 @@ def _bootstrap_main(request: SpawnRequest, channel: SyncChannel,
                               state_dir_fd=state_dir_fd,
                               cgroup_paths=request.cgroup.paths if request.cgroup else {},
                               user_namespace=user_ns is not None, no_pivot=request.no_pivot,
-                              preserve_fds=request.preserve_fds)
+                              preserve_fds=request.preserve_fds,
+                              console_fd=request.console_fd)
             run_init(ctx, channel, sc)
         channel.send("init-pid", pid=init_pid)
     except BaseException as e:  # noqa: BLE001 - reported to the runtime, never raised here

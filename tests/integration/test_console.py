@@ -1,0 +1,109 @@
+"""process.terminal with --console-socket: the pty master arrives over SCM_RIGHTS, as from runc."""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import subprocess
+import time
+
+import pytest
+
+pytestmark = pytest.mark.root
+
+
+class ConsoleReceiver:
+    """What containerd and podman do: listen, accept, receive the pty master."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(self.path)
+        self.listener.listen(1)
+        self.listener.settimeout(20)
+
+    def receive(self) -> int:
+        conn, _ = self.listener.accept()
+        with conn:
+            name, fds, _, _ = socket.recv_fds(conn, 1024, 1)
+        assert name == b"/dev/ptmx" and len(fds) == 1
+        return fds[0]
+
+    def close(self):
+        self.listener.close()
+
+
+@pytest.fixture
+def receiver(tmp_path):
+    r = ConsoleReceiver(tmp_path / "console.sock")
+    yield r
+    r.close()
+
+
+def read_until(master: int, text: bytes, timeout: float = 20) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while text not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {text!r} in {seen!r}"
+        if select.select([master], [], [], left)[0]:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the other side closed
+                break
+            if not chunk:
+                break
+            seen += chunk
+    assert text in seen, seen
+    return seen
+
+
+def test_create_sends_the_pty_master_and_the_container_uses_it(runtime, bundle, receiver):
+    bundle.config["process"]["terminal"] = True
+    bundle.config["process"]["consoleSize"] = {"height": 33, "width": 111}
+    bundle.write(["sh"])
+    cid = runtime.new_id()
+    runtime("create", "--console-socket", receiver.path, "--bundle", str(bundle.path), cid)
+    master = receiver.receive()
+    try:
+        runtime("start", cid)
+        os.write(master, b"tty; stty size; echo answer=$((6*7))\n")
+        out = read_until(master, b"answer=42")
+        assert b"/dev/pts/0" in out and b"33 111" in out
+        os.write(master, b"exit 3\n")
+        runtime.wait_stopped(cid)
+    finally:
+        os.close(master)
+    runtime("delete", cid)
+
+
+def test_exec_with_a_tty(runtime, bundle, receiver):
+    bundle.write(["sleep", "1000"])
+    cid = runtime.new_id()
+    runtime("run", "--detach", "--bundle", str(bundle.path), cid)
+    proc = subprocess.Popen(runtime.cmd("exec", "--tty", "--console-socket", receiver.path,
+                                        cid, "sh", "-c", "tty; echo done"))
+    master = receiver.receive()
+    try:
+        out = read_until(master, b"done")
+        assert b"/dev/pts/" in out
+        assert proc.wait(timeout=20) == 0
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+    runtime("delete", "--force", cid)
+
+
+def test_terminal_without_console_socket_is_a_clear_error(runtime, bundle, receiver):
+    bundle.config["process"]["terminal"] = True
+    bundle.write(["sh"])
+    cid = runtime.new_id()
+    result = runtime("create", "--bundle", str(bundle.path), cid, check=False)
+    assert result.returncode == 1 and "--console-socket" in result.stderr
+    bundle.config["process"]["terminal"] = False
+    bundle.write()
+    result = runtime("create", "--console-socket", receiver.path, "--bundle", str(bundle.path),
+                     cid, check=False)
+    assert result.returncode == 1 and "terminal is false" in result.stderr
