@@ -72,12 +72,13 @@ class Container:
                 from corral.runtime import console
 
                 console_fd = console.connect(console_socket)
+            seccomp_filter = _compile_seccomp(spec.linux.seccomp)
             hook_state = {"ociVersion": spec.oci_version, "id": container_id,
                           "bundle": bundle, "annotations": spec.annotations}
             request = SpawnRequest(spec=spec, rootfs=rootfs, bundle=bundle,
                                    state_dir=state_dir, cgroup=cgroup, no_pivot=no_pivot,
                                    preserve_fds=preserve_fds, hook_state=hook_state,
-                                   console_fd=console_fd)
+                                   console_fd=console_fd, seccomp=seccomp_filter)
             init_pid = spawn_init(request, syscalls or Syscalls())
             start_time = process_start_time(init_pid)
             if start_time is None:
@@ -88,7 +89,7 @@ class Container:
                 oci_version=spec.oci_version, annotations=spec.annotations,
                 cgroup=cgroup.to_state() if cgroup else None,
                 hooks=hooks_to_state(spec.hooks), process=spec.source.get("process"),
-                root=root)
+                seccomp=spec.linux.seccomp, root=root)
             state.save()
             if pid_file:
                 write_pid_file(pid_file, init_pid)
@@ -184,7 +185,8 @@ class Container:
         request = ExecRequest(init_pid=self.state.pid, process=process, cgroup=self._cgroup(),
                               may_setgroups=setgroups_allowed(self.state.pid),
                               preserve_fds=preserve_fds, last_cap=last_capability(),
-                              console_fd=console_fd)
+                              console_fd=console_fd,
+                              seccomp=_compile_seccomp(self.state.seccomp))
         try:
             return spawn_exec(request, syscalls or Syscalls())
         finally:
@@ -264,6 +266,14 @@ class Container:
         from corral.runtime.cgroups import load_manager
 
         return load_manager(self.state.cgroup)
+
+
+def _compile_seccomp(profile: dict | None):
+    if not profile:
+        return None
+    from corral.runtime.seccomp import compile_filter
+
+    return compile_filter(profile)
 
 
 def _make_cgroup(spec, container_id: str):

@@ -49,12 +49,13 @@ class ContainerState:
     """What `create` records; everything else about a container is derived."""
 
     FIELDS = ("id", "bundle", "rootfs", "pid", "pid_start", "created", "owner", "oci_version",
-              "annotations", "cgroup", "hooks", "process")
+              "annotations", "cgroup", "hooks", "process", "seccomp")
 
     def __init__(self, *, id: str, bundle: str, rootfs: str, pid: int, pid_start: int,
                  created: str, owner: str, oci_version: str,
                  annotations: dict[str, str] | None = None, cgroup: dict | None = None,
-                 hooks: dict | None = None, process: dict | None = None, root: str = ""):
+                 hooks: dict | None = None, process: dict | None = None,
+                 seccomp: dict | None = None, root: str = ""):
         self.id = id
         self.bundle = bundle
         self.rootfs = rootfs
@@ -67,6 +68,7 @@ class ContainerState:
         self.cgroup = cgroup  # the cgroup manager's to_state()
         self.hooks = hooks or {}
         self.process = process or {}  # config.json's process: what `exec` starts from
+        self.seccomp = seccomp  # linux.seccomp: exec'd processes get it too
         self.root = root
 
     # --- where it lives --------------------------------------------------------

@@ -23,8 +23,6 @@ def check_spec(spec: Spec, rootfs: str) -> None:
         raise ConfigInvalid("process: required to create a container")
     if not os.path.isdir(rootfs):
         raise ConfigInvalid(f"root.path: rootfs {rootfs} is not a directory")
-    if spec.linux.seccomp:
-        raise ConfigInvalid("linux.seccomp: not supported by this version of corral-runtime")
     check_process(spec.process)
     for key in spec.linux.sysctl:
         _check_sysctl(spec, key)

@@ -20,6 +20,8 @@ from corral.runtime.process.identity import (
     become,
     describe,
     find_executable,
+    load_seccomp_early,
+    load_seccomp_late,
     reset_signals,
 )
 from corral.runtime.process.sync import SyncChannel
@@ -40,6 +42,7 @@ class ExecRequest(Record):
     preserve_fds: int = 0
     last_cap: int = 40  # read on the host: the container may have no /proc
     console_fd: int | None = None  # connected --console-socket, for process.terminal
+    seccomp: object | None = None  # the container's compiled seccomp.SyscallFilter
 
 
 def container_namespaces(init_pid: int) -> list[tuple[str, int]]:
@@ -131,10 +134,12 @@ def _process_main(request: ExecRequest, channel: SyncChannel, sc: Syscalls) -> N
                                   process.user.gid)
         executable = find_executable(process)
         apply_rlimits(process.rlimits, sc)
+        load_seccomp_early(request.seccomp, process)
         become(process, sc, request.last_cap, may_setgroups=request.may_setgroups)
         sc.chdir(process.cwd)
         reset_signals()
         sc.mark_fds_cloexec(3 + request.preserve_fds)
+        load_seccomp_late(request.seccomp, process)
         sc.execve(executable, process.args, process.env)
     except BaseException as e:  # noqa: BLE001
         _report(channel, e)

@@ -64,6 +64,22 @@ def become(process: Process, sc: Syscalls, last_cap: int, *, may_setgroups: bool
         sc.prctl(k.PR_SET_NO_NEW_PRIVS, 1)
 
 
+def load_seccomp_early(fltr, process: Process) -> None:
+    """Without no_new_privs, loading needs CAP_SYS_ADMIN: before the user change."""
+    if fltr is not None and not process.no_new_privileges:
+        from corral.runtime.seccomp import load  # loaded by the runtime before it forked
+
+        load(fltr)
+
+
+def load_seccomp_late(fltr, process: Process) -> None:
+    """With no_new_privs, as late as can be: only execve follows (fewer syscalls to allow)."""
+    if fltr is not None and process.no_new_privileges:
+        from corral.runtime.seccomp import load
+
+        load(fltr)
+
+
 def setgroups_allowed(pid: str | int = "self") -> bool:
     """False in a user namespace whose setgroups was denied (rootless maps)."""
     try:

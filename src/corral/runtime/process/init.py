@@ -26,6 +26,8 @@ from corral.runtime.process.identity import (
     describe,
     find_executable,
     last_capability,
+    load_seccomp_early,
+    load_seccomp_late,
     reset_signals,
     setgroups_allowed,
 )
@@ -52,6 +54,7 @@ class InitContext(Record):
     no_pivot: bool = False
     preserve_fds: int = 0
     console_fd: int | None = None
+    seccomp: object | None = None  # a compiled seccomp.SyscallFilter
 
 
 class InitSequence:
@@ -84,6 +87,7 @@ class InitSequence:
                                   process.user.gid)
         executable = find_executable(process)
         apply_rlimits(process.rlimits, sc)
+        load_seccomp_early(ctx.seccomp, process)
         become(process, sc, self.last_cap,
                may_setgroups=not ctx.user_namespace or setgroups_allowed())
         sc.chdir(process.cwd)
@@ -102,6 +106,7 @@ class InitSequence:
         process = self.ctx.spec.process
         reset_signals()
         self.sc.mark_fds_cloexec(3 + self.ctx.preserve_fds)
+        load_seccomp_late(self.ctx.seccomp, process)
         self.sc.execve(executable, process.args, process.env)
 
 

@@ -51,6 +51,7 @@ class SpawnRequest(Record):
     preserve_fds: int = 0
     hook_state: dict = {}  # the OCI state for hooks, less status and pid
     console_fd: int | None = None  # connected --console-socket, for process.terminal
+    seccomp: object | None = None  # a compiled seccomp.SyscallFilter
 
 
 def spawn_init(request: SpawnRequest, syscalls: Syscalls) -> int:
@@ -200,7 +201,7 @@ def _bootstrap_main(request: SpawnRequest, channel: SyncChannel,
                               cgroup_paths=request.cgroup.paths if request.cgroup else {},
                               user_namespace=user_ns is not None, no_pivot=request.no_pivot,
                               preserve_fds=request.preserve_fds,
-                              console_fd=request.console_fd)
+                              console_fd=request.console_fd, seccomp=request.seccomp)
             run_init(ctx, channel, sc)
         channel.send("init-pid", pid=init_pid)
     except BaseException as e:  # noqa: BLE001 - reported to the runtime, never raised here
