@@ -26,7 +26,7 @@ from corral.runtime.process.identity import (
 )
 from corral.runtime.process.sync import SyncChannel
 from corral.runtime.rlimits import apply_rlimits
-from corral.runtime.syscalls import Syscalls
+from corral.runtime.syscalls import PR_SET_DUMPABLE, Syscalls
 from corral.spec.record import Record
 from corral.spec.runtime import Process
 
@@ -111,6 +111,8 @@ def _bootstrap_main(request: ExecRequest, channel: SyncChannel, targets, sc: Sys
     """In the forked bootstrap: join, fork the process, report its PID; never returns."""
     try:
         channel.expect("go")  # now in the container's cgroup
+        # Not reachable from the container through /proc or ptrace until execve.
+        sc.prctl(PR_SET_DUMPABLE, 0)
         for kind, fd in targets:
             sc.setns(fd, CLONE_FLAGS[kind])
         pid = os.fork()

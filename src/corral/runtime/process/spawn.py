@@ -34,7 +34,12 @@ from corral.runtime.hooks import run_hooks
 from corral.runtime.process.identity import describe
 from corral.runtime.process.init import InitContext, run_init
 from corral.runtime.process.sync import SyncChannel
-from corral.runtime.syscalls import CLONE_NEWCGROUP, CLONE_NEWUSER, Syscalls
+from corral.runtime.syscalls import (
+    CLONE_NEWCGROUP,
+    CLONE_NEWUSER,
+    PR_SET_DUMPABLE,
+    Syscalls,
+)
 from corral.spec.record import Record
 from corral.spec.runtime import IDMapping, Spec
 
@@ -189,6 +194,10 @@ def _bootstrap_main(request: SpawnRequest, channel: SyncChannel,
             channel.expect("maps-done")
             sc.setresgid(0)
             sc.setresuid(0)
+        # Until execve, no process of the container may ptrace or open us through
+        # /proc (runc's defence for CVE-2019-5736); after the maps, which an
+        # unprivileged runtime writes only while we are dumpable.
+        sc.prctl(PR_SET_DUMPABLE, 0)
         # The cgroup namespace is the init's to make, once it is in its cgroup.
         sc.unshare(namespaces.unshare_flags(spec.linux.namespaces) & ~CLONE_NEWCGROUP)
         if spec.linux.time_offsets:
