@@ -313,3 +313,31 @@ def test_a_signal_during_create_leaves_nothing(runtime, bundle, tmp_path, signum
             proc.kill()
     assert "interrupted" in proc.stderr.read()
     assert_nothing_left(runtime, cid)
+
+
+def test_preserve_fds_and_socket_activation_fds_reach_the_container(runtime, bundle):
+    bundle.write(["sh", "-c", 'echo "$LISTEN_FDS $LISTEN_PID" >&3; echo preserved >&4; '
+                              'ls /proc/self/fd | wc -l >&4'])
+    listen_r, listen_w = os.pipe()
+    extra_r, extra_w = os.pipe()
+
+    def hand_over_fds():
+        # fd 3: a socket-activation fd (LISTEN_PID names the runtime's own PID);
+        # fd 4: one more, kept by --preserve-fds 1.
+        os.dup2(listen_w, 3)
+        os.dup2(extra_w, 4)
+        os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()))
+
+    cid = runtime.new_id()
+    result = subprocess.run(runtime.cmd("run", "--preserve-fds", "1", "--bundle",
+                                        str(bundle.path), cid),
+                            preexec_fn=hand_over_fds, pass_fds=(3, 4), timeout=60)
+    os.close(listen_w)
+    os.close(extra_w)
+    assert result.returncode == 0
+    assert os.read(listen_r, 100) == b"1 1\n"
+    lines = os.read(extra_r, 100).decode().split()
+    assert lines[0] == "preserved"
+    assert int(lines[1]) == 5 + 1  # 0-4, and the directory ls reads
+    os.close(listen_r)
+    os.close(extra_r)

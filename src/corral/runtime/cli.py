@@ -101,7 +101,7 @@ def cmd_create(args) -> int:
     _undo_on_signals()
     Container.create(args.root, args.id, args.bundle, pid_file=args.pid_file,
                      no_pivot=args.no_pivot, preserve_fds=args.preserve_fds,
-                     console_socket=args.console_socket)
+                     console_socket=args.console_socket, listen_fds=_listen_fds())
     return 0
 
 
@@ -123,7 +123,7 @@ def cmd_run(args) -> int:
         syscalls.Syscalls().prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
     container = Container.create(args.root, args.id, args.bundle, pid_file=args.pid_file,
                                  no_pivot=args.no_pivot, preserve_fds=args.preserve_fds,
-                                 console_socket=args.console_socket)
+                                 console_socket=args.console_socket, listen_fds=_listen_fds())
     try:
         container.start()
     except BaseException:
@@ -137,6 +137,16 @@ def cmd_run(args) -> int:
     if not args.keep:
         container.delete(force=True)
     return status
+
+
+def _listen_fds() -> int:
+    """Socket-activation fds meant for us (LISTEN_PID is our PID), as sd_listen_fds counts."""
+    try:
+        if int(os.environ.get("LISTEN_PID", "0")) != os.getpid():
+            return 0
+        return max(int(os.environ.get("LISTEN_FDS", "0")), 0)
+    except ValueError:
+        return 0
 
 
 def _forward(pid: int, signum: int) -> None:

@@ -35,7 +35,8 @@ class Container:
     @classmethod
     def create(cls, root: str, container_id: str, bundle: str, *, pid_file: str | None = None,
                no_pivot: bool = False, preserve_fds: int = 0,
-               console_socket: str | None = None, syscalls=None) -> Container:
+               console_socket: str | None = None, listen_fds: int = 0,
+               syscalls=None) -> Container:
         from corral.runtime import validate
         from corral.runtime.hooks import hooks_to_state
         from corral.runtime.process.spawn import SpawnRequest, spawn_init
@@ -52,6 +53,10 @@ class Container:
         rootfs = os.path.normpath(os.path.join(bundle, spec.root.path))
         validate.check_spec(spec, rootfs)
         validate.check_console(spec.process, console_socket)
+        if listen_fds:
+            # systemd socket activation, passed on as runc does: fds 3.., then --preserve-fds.
+            spec.process.env += [f"LISTEN_FDS={listen_fds}", "LISTEN_PID=1"]
+            preserve_fds += listen_fds
 
         os.makedirs(root, mode=0o711, exist_ok=True)
         state_dir = os.path.join(root, container_id)
