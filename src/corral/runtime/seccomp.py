@@ -74,8 +74,12 @@ def compile_filter(profile: dict, where: str = "linux.seccomp"):
                                                 f"{here}.errnoRet"), f"{here}.action")
         if action_name == profile.get("defaultAction") and "errnoRet" not in rule:
             continue
-        args = [_argument(lib, a, f"{here}.args[{j}]") for j, a in enumerate(rule.get("args")
-                                                                             or [])]
+        raw_args = rule.get("args") or []
+        args = [_argument(lib, a, f"{here}.args[{j}]") for j, a in enumerate(raw_args)]
+        # libseccomp takes one comparison per argument in a rule; with two on the
+        # same argument (docker's profile has them), each becomes its own rule, as runc does.
+        indexes = [a.get("index") for a in raw_args]
+        rule_args = [[a] for a in args] if len(set(indexes)) < len(indexes) else [args]
         for name in rule.get("names") or []:
             try:
                 known = lib.resolve_syscall(lib.Arch.NATIVE, name) >= 0
@@ -83,11 +87,18 @@ def compile_filter(profile: dict, where: str = "linux.seccomp"):
                 known = False
             if not known:
                 continue  # not a syscall libseccomp knows here: skipped, as runc does
-            try:
-                fltr.add_rule(action, name, *args)
-            except (RuntimeError, ValueError, OSError) as e:
-                raise ConfigInvalid(f"{here}: cannot add a rule for {name}: {e}") from None
+            for conditions in rule_args:
+                _add_rule(fltr, action, name, conditions, here)
     return fltr
+
+
+def _add_rule(fltr, action, name: str, conditions: list, where: str) -> None:
+    try:
+        fltr.add_rule(action, name, *conditions)
+    except (RuntimeError, ValueError, OSError) as e:
+        if "-17" in str(e) or getattr(e, "errno", None) == errno.EEXIST:
+            return  # the same rule twice
+        raise ConfigInvalid(f"{where}: cannot add a rule for {name}: {e}") from None
 
 
 def load(fltr, where: str = "linux.seccomp") -> None:
