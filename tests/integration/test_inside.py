@@ -318,3 +318,13 @@ def test_mount_propagation_options(runtime, bundle, tmp_path):
     fields = {line.split()[4]: line.split(" - ")[0].split()[6:] for line in out.splitlines()}
     assert any(f.startswith("shared:") for f in fields["/shared"])
     assert not any(f.startswith(("shared:", "master:")) for f in fields["/private"])
+
+
+def test_without_cap_net_raw_raw_sockets_are_refused(runtime, make_bundle):
+    script = "ping -c 1 -W 1 127.0.0.1 2>&1; true"
+    bundle = make_bundle()
+    assert "permission denied" in output(runtime, bundle, script).lower()
+    bundle = make_bundle()
+    for kind in ("bounding", "effective", "permitted"):
+        bundle.config["process"]["capabilities"][kind].append("CAP_NET_RAW")
+    assert "permission denied" not in output(runtime, bundle, script).lower()
