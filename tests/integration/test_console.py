@@ -107,3 +107,25 @@ def test_terminal_without_console_socket_is_a_clear_error(runtime, bundle, recei
     result = runtime("create", "--console-socket", receiver.path, "--bundle", str(bundle.path),
                      cid, check=False)
     assert result.returncode == 1 and "terminal is false" in result.stderr
+
+
+def test_run_in_the_foreground_relays_its_own_terminal(runtime, bundle):
+    import pty
+
+    bundle.config["process"]["terminal"] = True
+    bundle.write(["sh"])
+    cid = runtime.new_id()
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(runtime.cmd("run", "--bundle", str(bundle.path), cid),
+                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    try:
+        # Typed ahead, before the runtime set up the relay: nothing may be lost.
+        os.write(master, b"tty; echo answer=$((6*7)); exit 5\n")
+        out = read_until(master, b"answer=42")
+        assert b"/dev/pts/0" in out
+        assert proc.wait(timeout=20) == 5
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()

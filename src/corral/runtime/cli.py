@@ -121,9 +121,21 @@ def cmd_run(args) -> int:
     if not args.detach:
         # The init is reparented to us when its bootstrap exits, so we can wait for it.
         syscalls.Syscalls().prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
-    container = Container.create(args.root, args.id, args.bundle, pid_file=args.pid_file,
-                                 no_pivot=args.no_pivot, preserve_fds=args.preserve_fds,
-                                 console_socket=args.console_socket, listen_fds=_listen_fds())
+    terminal = None
+    console_socket = args.console_socket
+    if not args.detach and not console_socket and _wants_terminal(args.bundle):
+        from corral.runtime.tty import ForegroundTerminal
+
+        terminal = ForegroundTerminal()
+        console_socket = terminal.path
+    try:
+        container = Container.create(args.root, args.id, args.bundle, pid_file=args.pid_file,
+                                     no_pivot=args.no_pivot, preserve_fds=args.preserve_fds,
+                                     console_socket=console_socket, listen_fds=_listen_fds())
+    except BaseException:
+        if terminal:
+            terminal.close()
+        raise
     try:
         container.start()
     except BaseException:
@@ -133,10 +145,21 @@ def cmd_run(args) -> int:
         return 0
     pid = container.state.pid
     _forward_signals_to(pid)
+    if terminal:
+        terminal.relay()
     status = wait_for_exit(pid)
     if not args.keep:
         container.delete(force=True)
     return status
+
+
+def _wants_terminal(bundle: str) -> bool:
+    """process.terminal, read cheaply; create validates the whole config later."""
+    try:
+        config = fastjson.loads(_read(os.path.join(bundle, "config.json")))
+        return config.get("process", {}).get("terminal") is True
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _listen_fds() -> int:
