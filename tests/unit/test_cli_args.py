@@ -60,3 +60,26 @@ def test_usage_errors_are_one_line_and_exit_1(capsys, argv, message):
     assert main(["--root", "/nonexistent-root", *argv]) == 1
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("text, size", [("1024", 1024), ("64m", 64 * 2**20), ("64M", 64 * 2**20),
+                                        ("2g", 2 * 2**30), ("1GiB", 2**30), ("100k", 102400),
+                                        ("-1", -1)])
+def test_update_sizes(text, size):
+    from corral.runtime.cli import _bytes
+
+    assert _bytes(text, "memory") == size
+
+
+def test_update_bad_size():
+    from corral.runtime.cli import _bytes
+
+    with pytest.raises(UsageError, match="--memory: invalid size"):
+        _bytes("lots", "memory")
+
+
+def test_exec_collects_repeated_flags_and_the_command():
+    args = parse_command(command("exec"), ["-e", "A=1", "--env", "B=2", "-c", "CAP_KILL", "x",
+                                           "sh", "-c", "echo --not-a-flag"])
+    assert args.env == ["A=1", "B=2"] and args.cap == ["CAP_KILL"]
+    assert args.id == "x" and args.command == ["sh", "-c", "echo --not-a-flag"]
