@@ -113,7 +113,7 @@ def cmd_start(args) -> int:
 
 
 def cmd_run(args) -> int:
-
+    """create + start; in the foreground, wait and pass the exit status (and signals) on."""
     from corral.runtime import syscalls
     from corral.runtime.container import Container, wait_for_exit
 
