@@ -434,6 +434,32 @@ UPDATE_FLAGS = {
 }
 
 
+def cmd_events(args) -> int:
+    """runc events: stats once (--stats), or stats every --interval and OOM events."""
+    from corral.runtime.container import Container
+    from corral.runtime.events import follow, parse_duration, stats_event
+
+    container = Container.load(args.root, args.id)
+    if container.state.status() == "stopped":
+        raise UsageError("container is stopped")
+    cgroup = container.require_cgroup("read events")
+    if args.stats:
+        print(fastjson.dumps(stats_event(args.id, cgroup)))
+        return 0
+    try:
+        interval = parse_duration(args.interval)
+    except ValueError:
+        raise UsageError(f"--interval: invalid duration {args.interval!r}") from None
+    if interval <= 0:
+        raise UsageError("--interval: must be positive")
+
+    def write(line: str) -> None:
+        print(line, flush=True)
+
+    follow(args.id, cgroup, container.state.init_alive, interval, write)
+    return 0
+
+
 def cmd_features(args) -> int:
     import json
 
@@ -542,6 +568,10 @@ COMMANDS = [
         Option("--cpuset-mems", "memory nodes to use", value="LIST"),
         Option("--blkio-weight", "block IO weight (10-1000)", value="N"),
         Option("--pids-limit", "maximum number of processes", value="N")], ("id",)),
+    Command("events", "show container events: stats and OOM kills", cmd_events, [
+        Option("--stats", "print the stats once and exit"),
+        Option("--interval", "how often to print stats (e.g. 5s, 500ms)", value="DURATION",
+               default="5s")], ("id",)),
     Command("features", "show what this runtime supports (OCI features JSON)", cmd_features),
     Command("delete", "delete a container and everything it holds", cmd_delete, [
         Option("-f,--force", "kill the container first if it is still running")], ("id",)),

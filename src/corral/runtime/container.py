@@ -144,18 +144,18 @@ class Container:
         status = self.state.status()
         if status not in ("running", "created"):
             raise InvalidState(f"container not running or created: {status}")
-        self._require_cgroup("pause").freeze()
+        self.require_cgroup("pause").freeze()
 
     def resume(self) -> None:
         if self.state.status() != "paused":
             raise InvalidState("container not paused")
-        self._require_cgroup("resume").thaw()
+        self.require_cgroup("resume").thaw()
 
     def processes(self) -> list[int]:
         """Every process of the container (its cgroup), in the host's PID namespace."""
         if self.state.status() == "stopped":
             return []
-        return sorted(self._require_cgroup("ps").pids())
+        return sorted(self.require_cgroup("ps").pids())
 
     def update(self, resources: dict) -> None:
         """Change the live cgroup (the OCI linux.resources JSON, or part of it)."""
@@ -167,7 +167,7 @@ class Container:
             validate_resources(resources, "linux.resources")
         except SpecError as e:
             raise ConfigInvalid(str(e)) from None
-        self._require_cgroup("update").apply(resources)
+        self.require_cgroup("update").apply(resources)
 
     def exec(self, process, *, preserve_fds: int = 0, console_socket: str | None = None,
              syscalls=None) -> int:
@@ -198,7 +198,7 @@ class Container:
             if console_fd is not None:
                 os.close(console_fd)
 
-    def _require_cgroup(self, what: str):
+    def require_cgroup(self, what: str):
         cgroup = self._cgroup()
         if cgroup is None:
             raise InvalidState(f"cannot {what}: the container has no cgroup (rootless)")
