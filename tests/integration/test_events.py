@@ -13,7 +13,8 @@ pytestmark = pytest.mark.root
 
 def test_stats_once(runtime, bundle):
     bundle.linux["resources"].update(memory={"limit": 64 * 2**20}, pids={"limit": 30})
-    bundle.write(["sh", "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; sleep 1000 & wait"])
+    bundle.write(["sh", "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; "
+                              "sleep 1000 & wait"])
     cid = runtime.new_id()
     runtime("run", "--detach", "--bundle", str(bundle.path), cid)
     time.sleep(0.3)
