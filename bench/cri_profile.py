@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 from typing import Any
 
 SECCOMP_JSON = "/usr/share/containers/seccomp.json"
@@ -116,13 +117,10 @@ def _applies(entry: dict[str, Any], caps: set[str], arches: set[str],
 
 def _version(release: str) -> tuple[int, ...]:
     """'6.1.0-13-amd64' → (6, 1); only major and minor count, as in containerd."""
-    parts = []
-    for part in release.split(".")[:2]:
-        digits = "".join(ch for ch in part if ch.isdigit()) if part[:1].isdigit() else ""
-        if not digits:
-            break
-        parts.append(int(digits))
-    return tuple(parts)
+    match = re.match(r"(\d+)\.(\d+)", release)
+    if match is None:
+        raise ProfileError(f"cannot read a kernel version from {release!r}")
+    return int(match[1]), int(match[2])
 
 
 def apply_cri_profile(config: dict[str, Any], seccomp_json: str = SECCOMP_JSON) -> None:

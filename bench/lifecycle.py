@@ -13,8 +13,13 @@ in the machine's state spreads over all of them. crun 1.8 refuses this host's
 hybrid cgroup layout unless the cgroup2 controllers file reads empty, so crun's
 loop runs in a worker process inside a private mount namespace in which an
 empty file is bind-mounted over that file; the host's mount table is untouched.
+(bench/exec.py reuses that worker, the runner loop and the reporting helpers.)
 
-    .venv/bin/python bench/lifecycle.py [-n K] [--runtimes corral-runtime,runc,crun] [--json]
+`--profile cri` gives the container what containerd would: its 14 default
+capabilities and the default seccomp profile (see bench/cri_profile.py).
+
+    .venv/bin/python bench/lifecycle.py [-n K] [--runtimes corral-runtime,runc,crun]
+                                        [--profile default|cri] [--json]
 """
 
 from __future__ import annotations
@@ -31,13 +36,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
+
+from cri_profile import ProfileError, apply_cri_profile
 
 UNIFIED_CONTROLLERS = "/sys/fs/cgroup/unified/cgroup.controllers"
 STEPS = ("create", "start", "wait", "delete")
 STEP_TIMEOUT = 30.0
 PR_SET_CHILD_SUBREAPER = 36
 DEFAULT_RUNTIMES = "corral-runtime,runc,crun"
+PROFILES = ("default", "cri")
 # crun 1.8 rejects any ociVersion that is not 1.0.x; every runtime gets the same config.
 BENCH_OCI_VERSION = "1.0.2"
 
@@ -51,6 +60,9 @@ class StepFailed(Exception):
 
 class Lifecycle:
     """Runs detached lifecycles of one runtime binary from the current process."""
+
+    # The methods a worker (WorkerProxy) may call on it.
+    WORKER_OPS: tuple[str, ...] = ("cycle",)
 
     def __init__(self, binary: str, root: str, bundle: str, scratch: str) -> None:
         self.binary = binary
@@ -180,20 +192,26 @@ def reap_orphans() -> None:
 # ---------------------------------------------------------------- crun: a worker in a mount ns
 
 
-class WorkerLifecycle:
-    """The same interface as Lifecycle, served by a worker inside a private mount namespace."""
+class WorkerProxy:
+    """A runner (Lifecycle or a subclass) served by a worker inside a private mount namespace.
 
-    def __init__(self, binary: str, root: str, bundle: str, scratch: str, empty: str) -> None:
+    The worker is `SCRIPT --worker SETUP` under `unshare --mount`: SCRIPT's main
+    hands SETUP to worker_main() with its runner class; `call(op, *args)` runs
+    `runner.op(*args)` there and returns the result.
+    """
+
+    def __init__(self, script: str, binary: str, root: str, bundle: str, scratch: str,
+                 empty: str) -> None:
         setup = {"binary": binary, "root": root, "bundle": bundle, "scratch": scratch,
                  "empty": empty}
         command = ["unshare", "--mount", "--propagation", "private",
-                   sys.executable, os.path.abspath(__file__), "--worker", json.dumps(setup)]
+                   sys.executable, os.path.abspath(script), "--worker", json.dumps(setup)]
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True, bufsize=1)
-        self._ask({"op": "ready"})
+        self.call("ready")
 
-    def cycle(self, cid: str) -> dict[str, float]:
-        return self._ask({"op": "cycle", "id": cid})["times"]
+    def call(self, op: str, *args: Any) -> Any:
+        return self._ask({"op": op, "args": list(args)})["result"]
 
     def cleanup(self) -> None:
         """Closing stdin tells the worker to clean up and exit."""
@@ -223,13 +241,20 @@ class WorkerLifecycle:
         return reply
 
 
-def worker_main(setup_json: str) -> int:
-    """Worker mode: hide the cgroup2 controllers, then serve cycles over stdin/stdout."""
+class WorkerLifecycle(WorkerProxy):
+    """The same interface as Lifecycle, served by a worker."""
+
+    def cycle(self, cid: str) -> dict[str, float]:
+        return self.call("cycle", cid)
+
+
+def worker_main(setup_json: str, runner_class: type[Lifecycle] = Lifecycle) -> int:
+    """Worker mode: hide the cgroup2 controllers, then serve runner calls over stdin/stdout."""
     setup = json.loads(setup_json)
     reply = sys.stdout
     try:
         hide_unified_controllers(setup["empty"])
-        lifecycle = Lifecycle(setup["binary"], setup["root"], setup["bundle"], setup["scratch"])
+        runner = runner_class(setup["binary"], setup["root"], setup["bundle"], setup["scratch"])
         become_subreaper()
     except (OSError, subprocess.CalledProcessError) as e:
         _answer(reply, {"ok": False, "error": f"worker setup: {e}"})
@@ -237,17 +262,21 @@ def worker_main(setup_json: str) -> int:
     try:
         for line in sys.stdin:
             request = json.loads(line)
+            op = request["op"]
             try:
-                if request["op"] == "cycle":
-                    _answer(reply, {"ok": True, "times": lifecycle.cycle(request["id"])})
+                if op == "ready":
+                    result = None
+                elif op in runner_class.WORKER_OPS:
+                    result = getattr(runner, op)(*request.get("args", []))
                 else:
-                    _answer(reply, {"ok": True})
+                    raise StepFailed(f"worker: unknown op {op!r}")
+                _answer(reply, {"ok": True, "result": result})
             except StepFailed as e:
                 _answer(reply, {"ok": False, "error": str(e)})
     except KeyboardInterrupt:
         pass
     finally:
-        lifecycle.cleanup()
+        runner.cleanup()
     return 0
 
 
@@ -281,11 +310,12 @@ def needs_hidden_controllers(binary: str) -> bool:
 class Contender:
     """One runtime's results: samples per step, or the error that stopped it."""
 
-    def __init__(self, name: str, binary: str | None) -> None:
+    def __init__(self, name: str, binary: str | None,
+                 steps: tuple[str, ...] = (*STEPS, "total")) -> None:
         self.name = name
         self.binary = binary
-        self.runner: Lifecycle | WorkerLifecycle | None = None
-        self.samples: dict[str, list[float]] = {step: [] for step in (*STEPS, "total")}
+        self.runner: Any = None  # a Lifecycle (or subclass), or a WorkerProxy serving one
+        self.samples: dict[str, list[float]] = {step: [] for step in steps}
         self.error: str | None = None
         self.version = runtime_version(binary) if binary else ""
 
@@ -316,18 +346,26 @@ def runtime_version(binary: str) -> str:
     return out.splitlines()[0].strip() if out else ""
 
 
-def build_bench_bundle(workdir: str) -> str:
+def build_bench_bundle(workdir: str, profile: str = "default",
+                       args: list[str] | None = None) -> str:
+    """The one bundle every runtime runs: busybox, `args` (default /bin/true), `profile`."""
     from corral.images.busybox import build_bundle
 
     def edit(config: dict[str, Any]) -> None:
         config["ociVersion"] = BENCH_OCI_VERSION
+        if profile == "cri":
+            apply_cri_profile(config)
 
     bundle = os.path.join(workdir, "bundle")
-    build_bundle(bundle, ["/bin/true"], terminal=False, edit=edit)
+    build_bundle(bundle, args or ["/bin/true"], terminal=False, edit=edit)
     return bundle
 
 
-def start_runner(contender: Contender, workdir: str, bundle: str) -> None:
+def start_runner(contender: Contender, workdir: str, bundle: str,
+                 runner_class: type[Lifecycle] = Lifecycle,
+                 worker_class: type[WorkerProxy] = WorkerLifecycle,
+                 script: str = __file__) -> None:
+    """In process, or (crun on this host) a worker_class running `script --worker`."""
     if contender.binary is None:
         contender.error = "not found"
         return
@@ -337,26 +375,30 @@ def start_runner(contender: Contender, workdir: str, bundle: str) -> None:
         if needs_hidden_controllers(contender.binary):
             empty = os.path.join(workdir, "empty")
             open(empty, "w").close()
-            contender.runner = WorkerLifecycle(contender.binary, root, bundle, scratch, empty)
+            contender.runner = worker_class(script, contender.binary, root, bundle, scratch,
+                                            empty)
         else:
-            contender.runner = Lifecycle(contender.binary, root, bundle, scratch)
+            contender.runner = runner_class(contender.binary, root, bundle, scratch)
     except (OSError, StepFailed) as e:
         contender.error = f"setup: {e}"
 
 
-def run_iterations(contenders: list[Contender], iterations: int, warmup: int) -> None:
-    prefix = f"corral-bench-{os.getpid()}"
+def run_iterations(contenders: list[Contender], iterations: int, warmup: int,
+                   run: Callable[[Contender, int, bool], None] | None = None) -> None:
+    """`run(contender, index, record)` for each, in turns whose first runtime rotates."""
+    run = run or run_one
     for index in range(warmup + iterations):
         active = [c for c in contenders if c.runner is not None]
         if not active:
             return
         shift = index % len(active)
         for contender in active[shift:] + active[:shift]:
-            run_one(contender, f"{prefix}-{contender.name}-{index}", record=index >= warmup)
+            run(contender, index, index >= warmup)
 
 
-def run_one(contender: Contender, cid: str, record: bool) -> None:
+def run_one(contender: Contender, index: int, record: bool) -> None:
     assert contender.runner is not None
+    cid = f"corral-bench-{os.getpid()}-{contender.name}-{index}"
     try:
         times = contender.runner.cycle(cid)
     except StepFailed as e:
@@ -370,11 +412,17 @@ def run_one(contender: Contender, cid: str, record: bool) -> None:
 # ---------------------------------------------------------------- reporting
 
 
-def summarize(contenders: list[Contender], iterations: int) -> dict[str, Any]:
-    baseline = next((c for c in contenders if c.name == "runc" and c.samples["total"]), None)
-    runc_median = statistics.median(baseline.samples["total"]) if baseline else None
-    report: dict[str, Any] = {
-        "iterations": iterations, "kernel": platform.release(), "runtimes": {}}
+def runc_median(contenders: list[Contender], step: str) -> float | None:
+    """The baseline of the `vs runc` column."""
+    baseline = next((c for c in contenders if c.name == "runc" and c.samples[step]), None)
+    return statistics.median(baseline.samples[step]) if baseline else None
+
+
+def summarize(contenders: list[Contender], iterations: int,
+              profile: str = "default") -> dict[str, Any]:
+    runc = runc_median(contenders, "total")
+    report: dict[str, Any] = {"iterations": iterations, "profile": profile,
+                              "kernel": platform.release(), "runtimes": {}}
     for c in contenders:
         entry: dict[str, Any] = {"binary": c.binary, "version": c.version, "error": c.error,
                                  "cycles": len(c.samples["total"])}
@@ -383,7 +431,7 @@ def summarize(contenders: list[Contender], iterations: int) -> dict[str, Any]:
             median = statistics.median(totals)
             entry["cycle_ms"] = {"median": ms(median), "min": ms(min(totals)),
                                  "max": ms(max(totals))}
-            entry["vs_runc"] = round(median / runc_median, 3) if runc_median else None
+            entry["vs_runc"] = round(median / runc, 3) if runc else None
             entry["step_median_ms"] = {step: ms(statistics.median(c.samples[step]))
                                        for step in STEPS}
         report["runtimes"][c.name] = entry
@@ -397,15 +445,18 @@ def ms(seconds: float) -> float:
 def format_table(report: dict[str, Any]) -> str:
     header = (f"{'runtime':<16}{'cycles':>7}{'median':>9}{'min':>9}{'max':>9}{'vs runc':>9}"
               f"  |{'create':>8}{'start':>8}{'wait':>8}{'delete':>8}")
-    lines = [f"detached lifecycle, /bin/true in busybox, {report['iterations']} iterations, "
-             f"kernel {report['kernel']} (ms; per-step columns are medians)", header,
-             "-" * len(header)]
+    lines = [f"detached lifecycle, /bin/true in busybox, profile {report['profile']}, "
+             f"{report['iterations']} iterations, kernel {report['kernel']} "
+             "(ms; per-step columns are medians)", header, "-" * len(header)]
     for name, entry in report["runtimes"].items():
         lines.append(format_row(name, entry))
-    for name, entry in report["runtimes"].items():
-        if entry["version"]:
-            lines.append(f"  {name}: {entry['binary']} ({entry['version']})")
+    lines.extend(format_versions(report))
     return "\n".join(lines)
+
+
+def format_versions(report: dict[str, Any]) -> list[str]:
+    return [f"  {name}: {entry['binary']} ({entry['version']})"
+            for name, entry in report["runtimes"].items() if entry["version"]]
 
 
 def format_row(name: str, entry: dict[str, Any]) -> str:
@@ -429,11 +480,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="measured cycles per runtime (default 20)")
     parser.add_argument("--warmup", type=int, default=1,
                         help="unrecorded cycles per runtime first (default 1)")
+    add_common_args(parser)
+    return parser.parse_args(argv)
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """--runtimes, --profile, --json and the hidden --worker, shared with bench/exec.py."""
     parser.add_argument("--runtimes", default=DEFAULT_RUNTIMES,
                         help=f"comma-separated names or paths (default {DEFAULT_RUNTIMES})")
+    parser.add_argument("--profile", choices=PROFILES, default="default",
+                        help="default: runc spec's bundle; cri: containerd's default "
+                             "capabilities and seccomp profile (default: default)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -448,10 +507,13 @@ def main(argv: list[str] | None = None) -> int:
     workdir = tempfile.mkdtemp(prefix="corral-bench-")
     contenders = [Contender(os.path.basename(n), resolve_binary(n)) for n in names]
     try:
-        bundle = build_bench_bundle(workdir)
+        bundle = build_bench_bundle(workdir, opts.profile)
         for contender in contenders:
             start_runner(contender, workdir, bundle)
         run_iterations(contenders, opts.iterations, opts.warmup)
+    except ProfileError as e:
+        print(f"lifecycle.py: --profile {opts.profile}: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; cleaning up", file=sys.stderr)
         return 130
@@ -459,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         for contender in contenders:
             contender.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    report = summarize(contenders, opts.iterations)
+    report = summarize(contenders, opts.iterations, opts.profile)
     print(json.dumps(report, indent=2) if opts.json else format_table(report))
     return 0 if all(c.error is None for c in contenders) else 1
 
