@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -328,3 +329,14 @@ def test_without_cap_net_raw_raw_sockets_are_refused(runtime, make_bundle):
     for kind in ("bounding", "effective", "permitted"):
         bundle.config["process"]["capabilities"][kind].append("CAP_NET_RAW")
     assert "permission denied" not in output(runtime, bundle, script).lower()
+
+
+@pytest.mark.parametrize("field, value", [("apparmorProfile", "docker-default"),
+                                          ("selinuxLabel", "system_u:system_r:container_t:s0")])
+def test_lsm_labels_this_host_cannot_apply_are_a_clear_error(runtime, bundle, field, value):
+    bundle.config["process"][field] = value
+    result = run(runtime, bundle, "true")
+    assert result.returncode == 1 and f"process.{field}" in result.stderr
+    assert_nothing_left(runtime, runtime.ids[-1])
+    features = json.loads(runtime("features").stdout)["linux"]
+    assert features["apparmor"]["enabled"] is False and features["selinux"]["enabled"] is False
