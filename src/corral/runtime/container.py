@@ -1,4 +1,5 @@
-"""`Container`: the OCI lifecycle (create, start, state, kill, delete) as a library.
+"""`Container`: the OCI lifecycle as a library: create, start, kill, delete, and
+runc's extras: exec, pause/resume, processes, update.
 
 Every operation either completes or leaves the world as it found it: a
 failed create removes its cgroup, its state directory and its processes.
