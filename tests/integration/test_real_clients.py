@@ -16,6 +16,7 @@ import time
 import pytest
 
 from corral.images.busybox import build_rootfs
+from corral.images.layout import build_image, write_archive
 
 from .conftest import CORRAL_RUNTIME
 
@@ -130,6 +131,18 @@ def ctr_run(ctr, *args: str) -> list[str]:
 def test_containerd_runs_a_container(ctr):
     out = run(ctr_run(ctr, "--rm", IMAGE, "c-run", "sh", "-c", "echo hello; echo pid=$$"))
     assert out.stdout.split() == ["hello", "pid=1"]
+
+
+def test_containerd_imports_and_runs_an_image_corral_built(ctr, tmp_path):
+    """corral.images.layout's oci-archive is a real OCI image for a real client."""
+    rootfs = tmp_path / "rootfs"
+    build_rootfs(str(rootfs))
+    (rootfs / "etc" / "built-by").write_text("corral\n")
+    write_archive(build_image(str(rootfs), "localhost/corral-built:1"), str(tmp_path / "i.tar"))
+    run([*ctr, "images", "import", "--snapshotter", "native", str(tmp_path / "i.tar")])
+    assert "localhost/corral-built:1" in run([*ctr, "images", "ls", "-q"]).stdout
+    out = run(ctr_run(ctr, "--rm", "localhost/corral-built:1", "c-own", "cat", "/etc/built-by"))
+    assert out.stdout == "corral\n"
 
 
 def test_containerd_run_with_a_tty(ctr):
