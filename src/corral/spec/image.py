@@ -37,6 +37,15 @@ def check_digest(digest: str) -> str:
     return digest
 
 
+def chain_ids(diff_ids: list[str]) -> list[str]:
+    """The image-spec's ChainIDs: each layer named by itself and everything below it."""
+    chain: list[str] = []
+    for diff_id in diff_ids:
+        check_digest(diff_id)
+        chain.append(diff_id if not chain else sha256_digest(f"{chain[-1]} {diff_id}".encode()))
+    return chain
+
+
 def descriptor(media_type: str, data_or_digest: bytes | str, size: int | None = None,
                **extra) -> dict:
     """An OCI descriptor for `data` (or for a digest and size already known)."""

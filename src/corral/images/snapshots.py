@@ -1,0 +1,173 @@
+"""An overlayfs snapshotter, as containerd's: layers unpacked once, shared read-only.
+
+    committed  a read-only layer, named by its chain ID, with a parent chain
+    active     a writable snapshot on top of a parent: upper + work dirs
+    view       a read-only view of a parent
+
+`mounts(key)` gives the mount that makes a snapshot a root filesystem:
+overlay with the parent chain as lowerdirs (nearest first), or a bind of a
+lone directory.  Layers are applied through such a mount (`apply_layer`),
+so a layer sees what the layers below it made (a symlinked /lib, say), and
+overlayfs itself turns its deletes into whiteouts.
+
+Metadata lives in the store's SQLite database, written before directories
+are made or removed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+
+from corral.images.unpack import apply_layer as unpack_into
+from corral.store.db import Database
+
+
+class SnapshotError(ValueError):
+    pass
+
+
+class Mount:
+    def __init__(self, type: str, source: str, options: list[str]):
+        self.type = type
+        self.source = source
+        self.options = options
+
+    def mount(self, target: str) -> None:
+        from corral.runtime import syscalls as k
+
+        sc = k.Syscalls()
+        if self.type == "bind":
+            flags = k.MS_BIND | (k.MS_RDONLY if "ro" in self.options else 0)
+            sc.mount(self.source, target, None, k.MS_BIND)
+            if flags & k.MS_RDONLY:
+                sc.mount(None, target, None, flags | k.MS_REMOUNT)
+        else:
+            sc.mount(self.source, target, self.type, 0, ",".join(self.options))
+
+    def __repr__(self) -> str:
+        return f"Mount({self.type!r}, {self.source!r}, {self.options!r})"
+
+
+class OverlaySnapshotter:
+    def __init__(self, root: str, db: Database):
+        self.root = root
+        self.db = db
+        os.makedirs(os.path.join(root, "snapshots"), exist_ok=True)
+
+    # --- lookups -------------------------------------------------------------------------------
+    def _row(self, key: str):
+        row = self.db.conn.execute("SELECT id, parent, kind FROM snapshots WHERE key = ?",
+                                   (key,)).fetchone()
+        if row is None:
+            raise SnapshotError(f"snapshot {key!r} does not exist")
+        return row
+
+    def exists(self, key: str) -> bool:
+        return self.db.conn.execute("SELECT 1 FROM snapshots WHERE key = ?",
+                                    (key,)).fetchone() is not None
+
+    def _dir(self, snapshot_id: int, part: str = "fs") -> str:
+        return os.path.join(self.root, "snapshots", str(snapshot_id), part)
+
+    def _chain(self, key: str | None) -> list[str]:
+        """The fs dirs of `key` and its ancestors, nearest first."""
+        dirs = []
+        while key is not None:
+            snapshot_id, key, _ = self._row(key)
+            dirs.append(self._dir(snapshot_id))
+        return dirs
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def prepare(self, key: str, parent: str | None = None) -> list[Mount]:
+        return self._create(key, parent, "active")
+
+    def view(self, key: str, parent: str) -> list[Mount]:
+        return self._create(key, parent, "view")
+
+    def _create(self, key: str, parent: str | None, kind: str) -> list[Mount]:
+        with self.db.transaction() as tx:
+            if parent is not None:
+                _, _, parent_kind = self._row(parent)
+                if parent_kind != "committed":
+                    raise SnapshotError(f"parent {parent!r} is not committed")
+            if self.exists(key):
+                raise SnapshotError(f"snapshot {key!r} already exists")
+            snapshot_id = 1 + (tx.execute("SELECT COALESCE(MAX(id), 0) FROM snapshots")
+                               .fetchone()[0])
+            tx.execute("INSERT INTO snapshots (key, id, parent, kind, created) "
+                       "VALUES (?, ?, ?, ?, ?)", (key, snapshot_id, parent, kind, time.time()))
+            os.makedirs(self._dir(snapshot_id), mode=0o755)
+            if kind == "active":
+                os.makedirs(self._dir(snapshot_id, "work"), mode=0o700)
+        return self.mounts(key)
+
+    def commit(self, name: str, key: str) -> None:
+        """An active snapshot becomes the read-only `name` (e.g. a chain ID)."""
+        with self.db.transaction() as tx:
+            snapshot_id, _, kind = self._row(key)
+            if kind != "active":
+                raise SnapshotError(f"snapshot {key!r} is not active")
+            if self.exists(name):
+                raise SnapshotError(f"snapshot {name!r} already exists")
+            tx.execute("UPDATE snapshots SET key = ?, kind = 'committed' WHERE key = ?",
+                       (name, key))
+        shutil.rmtree(self._dir(snapshot_id, "work"), ignore_errors=True)
+
+    def remove(self, key: str) -> None:
+        with self.db.transaction() as tx:
+            snapshot_id, _, _ = self._row(key)
+            child = tx.execute("SELECT key FROM snapshots WHERE parent = ?", (key,)).fetchone()
+            if child is not None:
+                raise SnapshotError(f"snapshot {key!r} is the parent of {child[0]!r}")
+            tx.execute("DELETE FROM snapshots WHERE key = ?", (key,))
+        shutil.rmtree(os.path.join(self.root, "snapshots", str(snapshot_id)), ignore_errors=True)
+
+    def mounts(self, key: str) -> list[Mount]:
+        snapshot_id, parent, kind = self._row(key)
+        lower = self._chain(parent)
+        if kind == "active":
+            if not lower:
+                return [Mount("bind", self._dir(snapshot_id), ["rbind", "rw"])]
+            return [Mount("overlay", "overlay", [
+                f"workdir={self._dir(snapshot_id, 'work')}",
+                f"upperdir={self._dir(snapshot_id)}",
+                "lowerdir=" + ":".join(lower)])]
+        chain = self._chain(key) if kind == "committed" else lower
+        if len(chain) == 1:
+            return [Mount("bind", chain[0], ["rbind", "ro"])]
+        return [Mount("overlay", "overlay", ["lowerdir=" + ":".join(chain)])]
+
+    # --- layers ----------------------------------------------------------------------------------
+    def apply_layer(self, chain_id: str, parent: str | None, stream, *, limit: int,
+                    expected_diff_id: str | None = None) -> str:
+        """Unpack a layer on top of `parent` and commit it as `chain_id`; its diff ID.
+
+        A failure, or a diff ID other than the image config promised, removes the
+        half-made snapshot: nothing is left.
+        """
+        key = f"extract-{os.getpid()}-{chain_id}"
+        (mount,) = self.prepare(key, parent)
+        try:
+            target = tempfile.mkdtemp(prefix="corral-apply-")
+            try:
+                mount.mount(target)
+                try:
+                    diff_id = unpack_into(stream, target, limit=limit)
+                finally:
+                    from corral.runtime.syscalls import MNT_DETACH, Syscalls
+
+                    Syscalls().umount(target, MNT_DETACH)
+            finally:
+                os.rmdir(target)
+            if expected_diff_id is not None and diff_id != expected_diff_id:
+                raise SnapshotError(f"layer {chain_id}: diff ID {diff_id}, the image config "
+                                    f"says {expected_diff_id}")
+            self.commit(chain_id, key)
+        except BaseException:
+            if self.exists(key):
+                self.remove(key)
+            raise
+        return diff_id

@@ -1,0 +1,60 @@
+"""The metadata database: one SQLite file in WAL mode, schema by numbered migrations.
+
+State that matters is written here before it is acted on; every change
+runs in a transaction (`with db.transaction() as tx:`), so a crash leaves
+the database as before or after a change, never half of it.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from contextlib import contextmanager
+
+# Append only: a migration, once released, is never edited.
+MIGRATIONS: list[str] = [
+    # 1: snapshots (the overlayfs snapshotter)
+    """
+    CREATE TABLE snapshots (
+        key TEXT PRIMARY KEY,
+        id INTEGER NOT NULL UNIQUE,
+        parent TEXT REFERENCES snapshots(key),
+        kind TEXT NOT NULL CHECK (kind IN ('active', 'view', 'committed')),
+        created REAL NOT NULL
+    );
+    CREATE INDEX snapshots_parent ON snapshots(parent);
+    """,
+]
+
+
+class Database:
+    def __init__(self, path: str):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self.path = path
+        self.conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self.transaction() as tx:
+            version = tx.execute("PRAGMA user_version").fetchone()[0]
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in filter(str.strip, script.split(";")):
+                    tx.execute(statement)
+                tx.execute(f"PRAGMA user_version = {number}")
+
+    @contextmanager
+    def transaction(self):
+        """BEGIN IMMEDIATE … COMMIT, or ROLLBACK if the block raises."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self.conn.close()
