@@ -186,6 +186,7 @@ def test_config_devices_nested_owned_and_fifo(runtime, bundle):
          "uid": 1000, "gid": 10},
         {"path": "/dev/myfifo", "type": "p", "major": 0, "minor": 0},
     ]
+    bundle.config["process"]["user"] = {"uid": 1000, "gid": 1000}  # the node's owner
     out = output(runtime, bundle, "stat -c '%F %t:%T %a %u:%g' /dev/sub/mynull; "
                                   "stat -c '%F' /dev/myfifo; echo x > /dev/sub/mynull && echo ok")
     lines = out.splitlines()
@@ -251,7 +252,7 @@ def test_out_of_range_oom_score_adj_and_soft_above_hard_are_clear_errors(runtime
 
 
 def test_run_relays_stdin_to_the_container(runtime, bundle):
-    result = run(runtime, bundle, "read line; echo got:$line; cat", input="hello\nrest\n")
+    result = run(runtime, bundle, "read line; echo got:$line; cat", input=b"hello\nrest\n")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "got:hello\nrest\n"
 
