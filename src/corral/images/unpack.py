@@ -91,7 +91,7 @@ def apply_layer(stream, dest: str, *, limit: int, whiteouts: str = "delete") -> 
                     written.add(path)
                     if member.isdir():
                         directories.append((path, member))
-            while reader.raw.read(65536):  # the tail, so the diff ID covers the whole tar
+            while reader.read(65536):  # the tail, so the diff ID covers the whole tar
                 pass
     except tarfile.TarError as e:
         raise LayerError(f"not a valid tar layer: {e}") from None

@@ -24,6 +24,17 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX snapshots_parent ON snapshots(parent);
     """,
+    # 2: images (name → manifest; the image ID is the config digest, as CRI expects)
+    """
+    CREATE TABLE images (
+        name TEXT PRIMARY KEY,
+        manifest_digest TEXT NOT NULL,
+        config_digest TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE INDEX images_config ON images(config_digest);
+    """,
 ]
 
 

@@ -1,0 +1,192 @@
+"""Images: import (OCI archives), records, and unpacking into snapshots.
+
+An import first stores every blob it can verify (the content store checks
+each against its digest), then reads index → manifest → config from the
+store, never from the archive, and records the image only when all of it
+is there.  Unpacking applies each layer once, as a committed snapshot
+named by its chain ID, checking the diff ID the config promises.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tarfile
+import time
+
+from corral.images.content import ContentError, ContentStore
+from corral.images.reference import parse as parse_reference
+from corral.images.snapshots import OverlaySnapshotter
+from corral.images.unpack import open_layer
+from corral.spec.image import (
+    ANNOTATION_CONTAINERD_NAME,
+    ANNOTATION_REF_NAME,
+    MEDIA_DOCKER_MANIFEST,
+    MEDIA_DOCKER_MANIFEST_LIST,
+    MEDIA_INDEX,
+    MEDIA_MANIFEST,
+    chain_ids,
+    check_digest,
+)
+from corral.store.db import Database
+
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+_SCHEMA1 = ("application/vnd.docker.distribution.manifest.v1+json",
+            "application/vnd.docker.distribution.manifest.v1+prettyjws")
+
+
+class ImageError(ValueError):
+    pass
+
+
+class ImageRecord:
+    def __init__(self, name: str, manifest_digest: str, config_digest: str, size: int,
+                 created: float):
+        self.name = name
+        self.manifest_digest = manifest_digest
+        self.id = config_digest  # the image ID, as CRI and docker show it
+        self.size = size
+        self.created = created
+
+
+class ImageService:
+    def __init__(self, root: str):
+        self.root = root
+        self.db = Database(os.path.join(root, "metadata.db"))
+        self.content = ContentStore(os.path.join(root, "content"))
+        self.snapshots = OverlaySnapshotter(os.path.join(root, "snapshotter"), self.db)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- records ---------------------------------------------------------------------------------
+    def list(self) -> list[ImageRecord]:
+        rows = self.db.conn.execute("SELECT name, manifest_digest, config_digest, size, created "
+                                    "FROM images ORDER BY name").fetchall()
+        return [ImageRecord(*row) for row in rows]
+
+    def get(self, name: str) -> ImageRecord:
+        ref = str(parse_reference(name))
+        row = self.db.conn.execute("SELECT name, manifest_digest, config_digest, size, created "
+                                   "FROM images WHERE name = ?", (ref,)).fetchone()
+        if row is None:
+            raise ImageError(f"image {name!r} not found")
+        return ImageRecord(*row)
+
+    # --- import ----------------------------------------------------------------------------------
+    def import_archive(self, path: str, name: str | None = None) -> list[ImageRecord]:
+        """An oci-archive (an OCI image layout in a tar); each image it names is recorded."""
+        try:
+            with tarfile.open(path) as tar:
+                index = self._ingest_archive(tar)
+        except (tarfile.TarError, OSError) as e:
+            raise ImageError(f"{path}: not a readable OCI archive: {e}") from None
+        entries = _json_object(index, "index.json").get("manifests")
+        if not isinstance(entries, list) or not entries:
+            raise ImageError("index.json: no manifests")
+        records = []
+        for i, entry in enumerate(entries):
+            annotations = entry.get("annotations") or {}
+            image_name = name or annotations.get(ANNOTATION_CONTAINERD_NAME) or \
+                annotations.get(ANNOTATION_REF_NAME)
+            if not image_name:
+                raise ImageError(f"index.json manifests[{i}]: no image name; give one")
+            records.append(self._record(str(parse_reference(image_name)), entry))
+        return records
+
+    def _ingest_archive(self, tar: tarfile.TarFile) -> bytes:
+        index = None
+        for member in tar:
+            if not member.isfile():
+                continue
+            name = member.name.removeprefix("./")
+            if name == "index.json":
+                index = tar.extractfile(member).read()
+            elif name.startswith("blobs/sha256/"):
+                digest = "sha256:" + name.rsplit("/", 1)[1]
+                try:
+                    check_digest(digest)
+                    self.content.ingest(_chunks(tar.extractfile(member)), digest, member.size)
+                except (ContentError, ValueError) as e:
+                    raise ImageError(f"{name}: {e}") from None
+        if index is None:
+            raise ImageError("not an OCI archive: no index.json")
+        return index
+
+    def _record(self, name: str, entry: dict) -> ImageRecord:
+        manifest_digest, manifest = self._resolve_manifest(entry)
+        config = manifest.get("config") or {}
+        config_digest = check_digest(config.get("digest"))
+        self._blob_json(config_digest, "config")
+        layers = manifest.get("layers")
+        if not isinstance(layers, list):
+            raise ImageError(f"manifest {manifest_digest}: no layers")
+        for layer in layers:
+            if not self.content.exists(check_digest(layer.get("digest"))):
+                raise ImageError(f"layer {layer.get('digest')} is missing from the archive")
+        size = sum(int(d.get("size", 0)) for d in (config, *layers))
+        with self.db.transaction() as tx:
+            tx.execute("INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?)",
+                       (name, manifest_digest, config_digest, size, time.time()))
+        return self.get(name)
+
+    def _resolve_manifest(self, entry: dict) -> tuple[str, dict]:
+        """Follow an index to the manifest for this platform."""
+        media_type = entry.get("mediaType")
+        digest = check_digest(entry.get("digest"))
+        if media_type in _SCHEMA1:
+            raise ImageError("Docker schema 1 manifests are not supported")
+        document = self._blob_json(digest, "manifest")
+        if media_type in (MEDIA_INDEX, MEDIA_DOCKER_MANIFEST_LIST) or "manifests" in document:
+            for candidate in document.get("manifests") or []:
+                wanted = candidate.get("platform") or {}
+                if wanted.get("os") == "linux" and wanted.get("architecture") == _ARCH:
+                    return self._resolve_manifest(candidate)
+            raise ImageError(f"index {digest}: no image for linux/{_ARCH}")
+        if media_type not in (MEDIA_MANIFEST, MEDIA_DOCKER_MANIFEST, None):
+            raise ImageError(f"unsupported manifest media type {media_type!r}")
+        return digest, document
+
+    def _blob_json(self, digest: str, what: str) -> dict:
+        try:
+            data = self.content.read(digest)
+        except FileNotFoundError:
+            raise ImageError(f"{what} {digest} is missing") from None
+        return _json_object(data, f"{what} {digest}")
+
+    # --- unpack ----------------------------------------------------------------------------------
+    def unpack(self, name: str, limit_factor: int = 64) -> str:
+        """Every layer as a committed snapshot; the top chain ID (a container's parent)."""
+        record = self.get(name)
+        manifest = self._blob_json(record.manifest_digest, "manifest")
+        config = self._blob_json(record.id, "config")
+        diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
+        layers = manifest["layers"]
+        if len(diff_ids) != len(layers):
+            raise ImageError(f"image {name}: {len(layers)} layers but {len(diff_ids)} diff IDs")
+        parent = None
+        for layer, diff_id, chain_id in zip(layers, diff_ids, chain_ids(diff_ids), strict=True):
+            if not self.snapshots.exists(chain_id):
+                # A bomb is bounded: at most limit_factor times its size, plus 64 MiB.
+                limit = int(layer.get("size", 0)) * limit_factor + 64 * 2**20
+                with open_layer(self.content.path(layer["digest"]), layer["mediaType"]) as s:
+                    self.snapshots.apply_layer(chain_id, parent, s, limit=limit,
+                                               expected_diff_id=diff_id)
+            parent = chain_id
+        return parent
+
+
+def _json_object(data: bytes, what: str) -> dict:
+    try:
+        value = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ImageError(f"{what}: not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise ImageError(f"{what}: not a JSON object")
+    return value
+
+
+def _chunks(stream, size: int = 1 << 20):
+    while chunk := stream.read(size):
+        yield chunk
