@@ -59,5 +59,15 @@ def _check_sysctl(spec: Spec, key: str) -> None:
         needed = "uts"
     else:
         raise ConfigInvalid(f"linux.sysctl.{key}: not namespaced, so a container may not set it")
-    if spec.linux.namespace(needed) is None:
-        raise ConfigInvalid(f"linux.sysctl.{key}: needs a new {needed} namespace")
+    namespace = spec.linux.namespace(needed)
+    if namespace is None or (namespace.path and _is_own_namespace(namespace.path, needed)):
+        raise ConfigInvalid(f"linux.sysctl.{key}: not allowed in the host's {needed} namespace")
+
+
+def _is_own_namespace(path: str, kind: str) -> bool:
+    """Is `path` the namespace the runtime itself is in (the host's, for our purposes)?"""
+    name = {"network": "net"}.get(kind, kind)
+    try:
+        return os.stat(path).st_ino == os.stat(f"/proc/self/ns/{name}").st_ino
+    except OSError:
+        return False

@@ -19,6 +19,7 @@ from corral.runtime.namespaces import CLONE_FLAGS, PROC_NAMES
 from corral.runtime.process.identity import (
     become,
     describe,
+    env_with_home,
     find_executable,
     load_seccomp_early,
     load_seccomp_late,
@@ -135,6 +136,7 @@ def _process_main(request: ExecRequest, channel: SyncChannel, sc: Syscalls) -> N
             console.take_terminal(request.console_fd, process.console_size, process.user.uid,
                                   process.user.gid)
         executable = find_executable(process)
+        process.env = env_with_home(process)
         apply_rlimits(process.rlimits, sc)
         load_seccomp_early(request.seccomp, process)
         become(process, sc, request.last_cap, may_setgroups=request.may_setgroups)

@@ -31,15 +31,39 @@ def find_executable(process: Process) -> str:
     else:
         path = process.env_value("PATH")
         candidates = [os.path.join(d or ".", name) for d in (path or DEFAULT_PATH).split(":")]
+    not_executable = None
     for candidate in candidates:
         try:
             st = os.stat(candidate)
         except OSError:
             continue
-        if stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        if st.st_mode & 0o111:
             return candidate
+        not_executable = not_executable or candidate  # execvp goes on looking, so do we
+    if not_executable:
+        raise ExecutableNotFound(13, f'exec: "{not_executable}": permission denied')
     raise ExecutableNotFound(2, f'exec: "{name}": executable file not found in $PATH'
                              if "/" not in name else f'exec: "{name}": no such file')
+
+
+def env_with_home(process: Process) -> list[str]:
+    """HOME from the container's /etc/passwd when the config sets none ("/" if no entry),
+    as runc does.  Call with the container's root as "/"."""
+    if process.env_value("HOME") is not None:
+        return process.env
+    home = "/"
+    try:
+        with open("/etc/passwd", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.rstrip("\n").split(":")
+                if len(fields) >= 6 and fields[2] == str(process.user.uid):
+                    home = fields[5] or "/"
+                    break
+    except OSError:
+        pass
+    return [*process.env, f"HOME={home}"]
 
 
 def become(process: Process, sc: Syscalls, last_cap: int, *, may_setgroups: bool) -> None:
@@ -52,9 +76,9 @@ def become(process: Process, sc: Syscalls, last_cap: int, *, may_setgroups: bool
     sc.prctl(k.PR_SET_KEEPCAPS, 1)
     user = process.user
     if may_setgroups:
-        sc.setgroups(user.additional_gids)
-    sc.setresgid(user.gid)
-    sc.setresuid(user.uid)
+        _as_user(sc.setgroups, user.additional_gids, "process.user.additionalGids")
+    _as_user(sc.setresgid, user.gid, "process.user.gid")
+    _as_user(sc.setresuid, user.uid, "process.user.uid")
     sc.prctl(k.PR_SET_KEEPCAPS, 0)
     if caps:
         caps.apply(sc)
@@ -62,6 +86,15 @@ def become(process: Process, sc: Syscalls, last_cap: int, *, may_setgroups: bool
         sc.umask(user.umask)
     if process.no_new_privileges:
         sc.prctl(k.PR_SET_NO_NEW_PRIVS, 1)
+
+
+def _as_user(call, value, field: str) -> None:
+    try:
+        call(value)
+    except OSError as e:
+        hint = " (not mapped in the user namespace?)" if e.errno == 22 else ""
+        raise OSError(e.errno, f"{field}: cannot switch to {value}: {e.strerror}{hint}") \
+            from None
 
 
 def load_seccomp_early(fltr, process: Process) -> None:
@@ -78,6 +111,23 @@ def load_seccomp_late(fltr, process: Process) -> None:
         from corral.runtime.seccomp import load
 
         load(fltr)
+
+
+def bring_up_loopback() -> None:
+    """A new network namespace's lo, up (as runc does): 127.0.0.1 then works."""
+    import _socket
+    import fcntl
+
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
+        request = b"lo".ljust(16, b"\0") + bytes(24)
+        current = fcntl.ioctl(sock.fileno(), siocgifflags, request)
+        flags = int.from_bytes(current[16:18], "little") | iff_up
+        fcntl.ioctl(sock.fileno(), siocsifflags,
+                    current[:16] + flags.to_bytes(2, "little") + current[18:])
+    finally:
+        sock.close()
 
 
 def setgroups_allowed(pid: str | int = "self") -> bool:

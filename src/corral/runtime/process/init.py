@@ -23,7 +23,9 @@ from corral.runtime.hooks import run_hooks
 from corral.runtime.mounts import MountContext
 from corral.runtime.process.identity import (
     become,
+    bring_up_loopback,
     describe,
+    env_with_home,
     find_executable,
     last_capability,
     load_seccomp_early,
@@ -70,6 +72,8 @@ class InitSequence:
         ctx, sc, spec = self.ctx, self.sc, self.ctx.spec
         process = spec.process
         sc.setsid()
+        if spec.has_new_namespace("network"):
+            bring_up_loopback()
         mounts = MountContext(rootfs=ctx.rootfs, bundle=ctx.bundle,
                               cgroup_paths=ctx.cgroup_paths,
                               cgroup_namespace=spec.has_new_namespace("cgroup"), syscalls=sc)
@@ -80,6 +84,7 @@ class InitSequence:
         if spec.domainname:
             sc.setdomainname(spec.domainname)
         harden_rootfs(spec, sc)
+        process.env = env_with_home(process)
         if ctx.console_fd is not None:
             from corral.runtime import console  # loaded by the runtime before it forked
 
