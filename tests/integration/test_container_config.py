@@ -283,7 +283,7 @@ def test_run_forwards_other_signals(runtime, bundle, signum, code):
     assert_nothing_left(runtime, cid)
 
 
-# --- runc's behaviour the runtime lacks (see the report: these fail until fixed) ----------
+# --- runc behaviours a container may rely on, and refusals runc makes --------------------
 
 def test_home_comes_from_the_users_passwd_entry(runtime, make_bundle):
     # runc (and crun) set HOME from the image's /etc/passwd when process.env has none,
