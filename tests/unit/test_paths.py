@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
@@ -45,3 +46,15 @@ def test_symlink_loops_are_an_error(root):
     os.symlink("a", root / "b")
     with pytest.raises(PathEscape, match="too many symlinks"):
         secure_join(str(root), "/a/x")
+
+
+def test_strict_mode_refuses_to_climb_out_or_through_files(root):
+    os.symlink("../../..", root / "up")
+    (root / "file").write_text("x")
+    assert secure_join(str(root), "/up/etc") == str(root / "etc")  # clamped by default
+    with pytest.raises(PathEscape) as error:
+        secure_join(str(root), "/up/etc", strict=True)
+    assert error.value.errno == errno.EXDEV
+    with pytest.raises(PathEscape) as error:
+        secure_join(str(root), "/file/child", strict=True)
+    assert error.value.errno == errno.ENOTDIR

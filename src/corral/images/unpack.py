@@ -26,6 +26,8 @@ import shutil
 import stat
 import tarfile
 
+from corral.runtime.paths import PathEscape, secure_join
+
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 _XATTR_PREFIX = "SCHILY.xattr."
@@ -117,39 +119,15 @@ def _place(dest: str, name: str) -> str | None:
     return os.path.join(parent, parts[-1])
 
 
-def _resolve_inside(dest: str, parts: list[str], name: str, depth: int = 0) -> str:
+def _resolve_inside(dest: str, parts: list[str], name: str) -> str:
     """Follow the existing directories and symlinks of `parts`, never out of `dest`."""
-    resolved: list[str] = []
-    pending = list(reversed(parts))
-    links = 0
-    while pending:
-        part = pending.pop()
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if not resolved:
-                raise LayerError(f"entry {name!r}: a symlink in its path leads out of the layer")
-            resolved.pop()
-            continue
-        candidate = os.path.join(dest, *resolved, part)
-        try:
-            st = os.lstat(candidate)
-        except FileNotFoundError:
-            resolved.append(part)
-            continue
-        if stat.S_ISLNK(st.st_mode):
-            links += 1
-            if links > 255:
-                raise LayerError(f"entry {name!r}: too many symlinks")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                resolved = []
-            pending.extend(reversed(target.split("/")))
-        elif stat.S_ISDIR(st.st_mode):
-            resolved.append(part)
-        else:
-            raise LayerError(f"entry {name!r}: {part!r} in its path is not a directory")
-    return os.path.join(dest, *resolved)
+    try:
+        return secure_join(dest, "/".join(parts), strict=True)
+    except PathEscape as e:
+        why = {errno.EXDEV: "a symlink in its path leads out of the layer",
+               errno.ENOTDIR: "a file in its path is not a directory",
+               errno.ELOOP: "too many symlinks"}.get(e.errno, e.strerror)
+        raise LayerError(f"entry {name!r}: {why}") from None
 
 
 def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, path: str, dest: str) -> None:

@@ -19,8 +19,14 @@ class PathEscape(OSError):
     pass
 
 
-def secure_join(root: str, unsafe: str) -> str:
-    """`root` + `unsafe`, with symlinks in the existing part resolved within `root`."""
+def secure_join(root: str, unsafe: str, *, strict: bool = False) -> str:
+    """`root` + `unsafe`, with symlinks in the existing part resolved within `root`.
+
+    By default a `..` stops at `root` (as filepath-securejoin does).  With
+    `strict`, one that would climb above it is an error (errno EXDEV), and so
+    is an existing component that is neither a directory nor a symlink
+    (ENOTDIR): what an image layer must not do.
+    """
     resolved: list[str] = []
     pending = [c for c in unsafe.split("/") if c not in ("", ".")]
     pending.reverse()  # a stack: next component on top
@@ -30,6 +36,8 @@ def secure_join(root: str, unsafe: str) -> str:
         if part == "..":
             if resolved:
                 resolved.pop()
+            elif strict:
+                raise PathEscape(errno.EXDEV, f"{unsafe!r} leads out of {root}")
             continue
         candidate = os.path.join(root, *resolved, part)
         try:
@@ -40,6 +48,8 @@ def secure_join(root: str, unsafe: str) -> str:
         except NotADirectoryError:
             raise PathEscape(errno.ENOTDIR, f"not a directory in path {unsafe!r}") from None
         if not stat.S_ISLNK(st.st_mode):
+            if strict and not stat.S_ISDIR(st.st_mode):
+                raise PathEscape(errno.ENOTDIR, f"{part!r} in {unsafe!r} is not a directory")
             resolved.append(part)
             continue
         links += 1
