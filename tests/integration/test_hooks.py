@@ -44,7 +44,8 @@ def hooked(bundle, tmp_path):
         "poststop": [logging_hook(host_log, "poststop")],
     }
     bundle.config["annotations"] = {"org.example/purpose": "hook test"}
-    bundle.write(["sh", "-c", "echo program >> /hooklog/log"])
+    # The program outlives `start`, so poststart sees it running.
+    bundle.write(["sh", "-c", "echo program >> /hooklog/log; sleep 0.5"])
     return bundle, host_log
 
 

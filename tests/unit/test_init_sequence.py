@@ -158,3 +158,14 @@ def test_a_missing_executable_fails_before_the_user_is_changed(rootfs):
     with pytest.raises(ExecutableNotFound, match="executable file not found"):
         sequence.prepare()
     assert "setresuid" not in sc.names()
+
+
+def test_a_new_network_namespace_gets_its_loopback_up(rootfs):
+    sequence, sc = make_sequence(rootfs)
+    sequence.prepare()
+    assert ("set_link_up", "lo") in sc.calls
+    joined, sc = make_sequence(rootfs, lambda c: c["linux"].update(namespaces=[
+        n if n["type"] != "network" else {"type": "network", "path": "/proc/1/ns/net"}
+        for n in c["linux"]["namespaces"]]))
+    joined.prepare()
+    assert not any(call[0] == "set_link_up" for call in sc.calls)

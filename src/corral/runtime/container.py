@@ -132,6 +132,9 @@ class Container:
                     raise InvalidState("cannot start a container that has stopped")
             if os.read(fd, 1) != b"0":
                 raise RuntimeFailure("container init exited before it was started")
+            # The init holds its end open until execve (or exit): EOF says it is done.
+            while not select.select([fd], [], [], 0.1)[0] or os.read(fd, 64):
+                pass
         finally:
             os.close(fd)
         try:

@@ -64,6 +64,12 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
+# netdevice(7): bring an interface up
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+_IFREQ_SIZE = 40  # char ifr_name[16] + the largest member of the union
+
 # glibc has no pivot_root wrapper; its number differs by architecture
 # (close_range is 436 on every architecture since the unified table).
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203,
@@ -166,6 +172,18 @@ class Syscalls:
 
     def setns(self, fd: int, nstype: int) -> None:
         _check(libc().setns(fd, nstype), "setns")
+
+    def set_link_up(self, name: str) -> None:
+        """`ip link set NAME up`: SIOCGIFFLAGS, then SIOCSIFFLAGS with IFF_UP added."""
+        fd = _check(libc().socket(2, 2 | os.O_CLOEXEC, 0), "socket")  # AF_INET, SOCK_DGRAM
+        try:
+            request = ctypes.create_string_buffer(name.encode(), _IFREQ_SIZE)
+            _check(libc().ioctl(fd, SIOCGIFFLAGS, request), f"SIOCGIFFLAGS {name}")
+            flags = ctypes.c_short.from_buffer(request, 16)  # ifr_flags, native byte order
+            flags.value |= IFF_UP
+            _check(libc().ioctl(fd, SIOCSIFFLAGS, request), f"SIOCSIFFLAGS {name}")
+        finally:
+            os.close(fd)
 
     def sethostname(self, name: str) -> None:
         raw = name.encode()

@@ -113,23 +113,6 @@ def load_seccomp_late(fltr, process: Process) -> None:
         load(fltr)
 
 
-def bring_up_loopback() -> None:
-    """A new network namespace's lo, up (as runc does): 127.0.0.1 then works."""
-    import _socket
-    import fcntl
-
-    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
-    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
-    try:
-        request = b"lo".ljust(16, b"\0") + bytes(24)
-        current = fcntl.ioctl(sock.fileno(), siocgifflags, request)
-        flags = int.from_bytes(current[16:18], "little") | iff_up
-        fcntl.ioctl(sock.fileno(), siocsifflags,
-                    current[:16] + flags.to_bytes(2, "little") + current[18:])
-    finally:
-        sock.close()
-
-
 def setgroups_allowed(pid: str | int = "self") -> bool:
     """False in a user namespace whose setgroups was denied (rootless maps)."""
     try:

@@ -23,7 +23,6 @@ from corral.runtime.hooks import run_hooks
 from corral.runtime.mounts import MountContext
 from corral.runtime.process.identity import (
     become,
-    bring_up_loopback,
     describe,
     env_with_home,
     find_executable,
@@ -72,13 +71,13 @@ class InitSequence:
         ctx, sc, spec = self.ctx, self.sc, self.ctx.spec
         process = spec.process
         sc.setsid()
-        if spec.has_new_namespace("network"):
-            bring_up_loopback()
         mounts = MountContext(rootfs=ctx.rootfs, bundle=ctx.bundle,
                               cgroup_paths=ctx.cgroup_paths,
                               cgroup_namespace=spec.has_new_namespace("cgroup"), syscalls=sc)
         enter_rootfs(spec, mounts, user_namespace=ctx.user_namespace, no_pivot=ctx.no_pivot,
                      before_pivot=self.before_pivot)
+        if spec.has_new_namespace("network"):
+            sc.set_link_up("lo")  # as runc: 127.0.0.1 works in a network namespace of our own
         if spec.hostname:
             sc.sethostname(spec.hostname)
         if spec.domainname:
@@ -104,7 +103,8 @@ class InitSequence:
             _signal.signal(signum, lambda s, _f: os._exit(128 + s))
         fd = os.open(EXEC_FIFO, os.O_WRONLY | os.O_CLOEXEC, dir_fd=self.ctx.state_dir_fd)
         os.write(fd, b"0")
-        os.close(fd)
+        # `fd` stays open (close-on-exec): `start` reads to EOF, so poststart runs only
+        # once the startContainer hooks are done and the program is exec'd (OCI order).
         os.close(self.ctx.state_dir_fd)
 
     def exec(self, executable: str) -> None:
