@@ -341,3 +341,17 @@ def test_preserve_fds_and_socket_activation_fds_reach_the_container(runtime, bun
     assert int(lines[1]) == 5 + 1  # 0-4, and the directory ls reads
     os.close(listen_r)
     os.close(extra_r)
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("linux", "personality", {"domain": "LINUX32"}),
+    ("process", "scheduler", {"policy": "SCHED_BATCH"}),
+    ("process", "ioPriority", {"class": "IOPRIO_CLASS_IDLE", "priority": 7}),
+])
+def test_fields_not_applied_yet_are_refused_not_ignored(runtime, bundle, section, key, value):
+    bundle.config.setdefault(section, {})[key] = value
+    bundle.write()
+    cid = runtime.new_id()
+    result = runtime("create", "--bundle", str(bundle.path), cid, check=False)
+    assert result.returncode == 1 and f"{section}.{key}: not supported" in result.stderr
+    assert_nothing_left(runtime, cid)

@@ -24,6 +24,7 @@ def check_spec(spec: Spec, rootfs: str) -> None:
     if not os.path.isdir(rootfs):
         raise ConfigInvalid(f"root.path: rootfs {rootfs} is not a directory")
     check_process(spec.process)
+    _refuse_unsupported(spec.source)
     for key in spec.linux.sysctl:
         _check_sysctl(spec, key)
 
@@ -40,6 +41,18 @@ def check_process(process: Process) -> None:
             CapabilitySets(process.capabilities, last_cap=63)
     except (RlimitError, CapabilityError) as e:
         raise ConfigInvalid(e.strerror if isinstance(e, OSError) else str(e)) from None
+
+
+# Newer OCI fields this runtime does not apply yet: refused, never silently ignored.
+_UNSUPPORTED = (("linux", "personality"), ("linux", "intelRdt"), ("process", "scheduler"),
+                ("process", "ioPriority"), ("process", "execCPUAffinity"))
+
+
+def _refuse_unsupported(source: dict) -> None:
+    for section, key in _UNSUPPORTED:
+        if (source.get(section) or {}).get(key) is not None:
+            raise ConfigInvalid(f"{section}.{key}: not supported by this version of "
+                                "corral-runtime")
 
 
 def check_console(process: Process, console_socket: str | None) -> None:
