@@ -78,6 +78,17 @@ def bundle(make_bundle) -> Bundle:
     return make_bundle()
 
 
+@pytest.fixture
+def world_readable_bundle(busybox_rootfs) -> Bundle:
+    """A bundle the mapped root of a user namespace can reach (pytest's tmp is 0700)."""
+    path = tempfile.mkdtemp(prefix="corral-userns-", dir="/var/tmp")
+    os.chmod(path, 0o755)
+    try:
+        yield Bundle(Path(path) / "bundle", busybox_rootfs).write()
+    finally:
+        shutil.rmtree(path)
+
+
 class Runtime:
     """`corral-runtime` with a private --root, run as a real process."""
 

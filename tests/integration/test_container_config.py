@@ -10,12 +10,9 @@ a loopback that is up). Every check is made by the container itself.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
@@ -60,17 +57,6 @@ def wait_until_running(runtime, container_id: str, proc: subprocess.Popen) -> No
             return
         assert time.monotonic() < deadline, "the container never showed as running"
         time.sleep(0.02)
-
-
-@pytest.fixture
-def world_readable_bundle(busybox_rootfs):
-    """A bundle the mapped root of a user namespace can reach (pytest's tmp is 0700)."""
-    path = tempfile.mkdtemp(prefix="corral-userns-", dir="/var/tmp")
-    os.chmod(path, 0o755)
-    try:
-        yield Bundle(Path(path) / "bundle", busybox_rootfs).write()
-    finally:
-        shutil.rmtree(path)
 
 
 def user_namespace(bundle: Bundle) -> Bundle:

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
-from .conftest import Bundle, assert_nothing_left
+from .conftest import assert_nothing_left
 
 pytestmark = pytest.mark.root
 
@@ -213,17 +210,6 @@ def test_joining_another_containers_namespaces(runtime, make_bundle):
     result = run(runtime, bogus, "true")
     assert result.returncode == 1 and "linux.namespaces[user].path" in result.stderr
     runtime("delete", "--force", first_id)
-
-
-@pytest.fixture
-def world_readable_bundle(busybox_rootfs):
-    """A bundle the mapped root can reach: pytest's tmp dirs are root-only (0700)."""
-    path = tempfile.mkdtemp(prefix="corral-userns-", dir="/var/tmp")
-    os.chmod(path, 0o755)
-    try:
-        yield Bundle(Path(path) / "bundle", busybox_rootfs).write()
-    finally:
-        shutil.rmtree(path)
 
 
 def test_user_namespace_with_mappings(runtime, world_readable_bundle):
