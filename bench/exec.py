@@ -19,16 +19,13 @@ running containers are `delete --force`d at the end, also on failure and Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import shutil
 import statistics
 import sys
 import tempfile
 from typing import Any
 
-from cri_profile import ProfileError
 from lifecycle import (
     Contender,
     Lifecycle,
@@ -41,7 +38,7 @@ from lifecycle import (
     ms,
     reap_orphans,
     resolve_binary,
-    run_iterations,
+    run_bench,
     runc_median,
     start_runner,
     worker_main,
@@ -167,26 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     workdir = tempfile.mkdtemp(prefix="corral-bench-")
     contenders = [Contender(os.path.basename(n), resolve_binary(n), steps=("exec",))
                   for n in names]
-    try:
+
+    def prepare() -> None:
         bundle = build_bench_bundle(workdir, opts.profile, CONTAINER_ARGS)
         for contender in contenders:
             start_runner(contender, workdir, bundle, ExecSession, WorkerExec, __file__)
             start_container(contender)
-        run_iterations(contenders, opts.iterations, opts.warmup, run_exec)
-    except ProfileError as e:
-        print(f"exec.py: --profile {opts.profile}: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; cleaning up", file=sys.stderr)
-        return 130
-    finally:
-        for contender in contenders:
-            contender.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-    report = summarize(contenders, opts.iterations, opts.profile)
-    print(json.dumps(report, indent=2) if opts.json else format_table(report))
-    return 0 if all(c.error is None for c in contenders) else 1
 
+    return run_bench("exec.py", opts, contenders, workdir, prepare, run_exec,
+                     summarize_with=summarize, format_with=format_table)
 
 if __name__ == "__main__":
     sys.exit(main())

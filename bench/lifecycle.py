@@ -506,13 +506,26 @@ def main(argv: list[str] | None = None) -> int:
     names = [n.strip() for n in opts.runtimes.split(",") if n.strip()]
     workdir = tempfile.mkdtemp(prefix="corral-bench-")
     contenders = [Contender(os.path.basename(n), resolve_binary(n)) for n in names]
-    try:
+
+    def prepare() -> None:
         bundle = build_bench_bundle(workdir, opts.profile)
         for contender in contenders:
             start_runner(contender, workdir, bundle)
-        run_iterations(contenders, opts.iterations, opts.warmup)
+
+    return run_bench("lifecycle.py", opts, contenders, workdir, prepare)
+
+
+def run_bench(prog: str, opts, contenders: list[Contender], workdir: str,
+              prepare: Callable[[], None],
+              run: Callable[[Contender, int, bool], None] | None = None,
+              summarize_with=None, format_with=None) -> int:
+    """Prepare, run the iterations, clean up whatever happens, print the report
+    (this bench's summary and table unless others are given)."""
+    try:
+        prepare()
+        run_iterations(contenders, opts.iterations, opts.warmup, run)
     except ProfileError as e:
-        print(f"lifecycle.py: --profile {opts.profile}: {e}", file=sys.stderr)
+        print(f"{prog}: --profile {opts.profile}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; cleaning up", file=sys.stderr)
@@ -521,8 +534,8 @@ def main(argv: list[str] | None = None) -> int:
         for contender in contenders:
             contender.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    report = summarize(contenders, opts.iterations, opts.profile)
-    print(json.dumps(report, indent=2) if opts.json else format_table(report))
+    report = (summarize_with or summarize)(contenders, opts.iterations, opts.profile)
+    print(json.dumps(report, indent=2) if opts.json else (format_with or format_table)(report))
     return 0 if all(c.error is None for c in contenders) else 1
 
 
