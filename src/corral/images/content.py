@@ -9,9 +9,11 @@ mismatch leaves nothing at all.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import tempfile
+from contextlib import contextmanager
 
 from corral.spec.image import check_digest
 
@@ -56,39 +58,94 @@ class ContentStore:
 
     def ingest(self, chunks, digest: str, size: int | None, progress=None) -> str:
         """Store a blob from an iterable of byte chunks, verified while it streams."""
-        check_digest(digest)
         if self.exists(digest):
             return digest
-        fd, tmp = tempfile.mkstemp(dir=self.ingest_dir, prefix=digest[7:19] + ".")
+        with self.writer(digest, size) as writer:
+            for chunk in chunks:
+                writer.write(chunk)
+                if progress is not None:
+                    progress(writer.offset)
+            writer.commit()
+        return digest
+
+    def writer(self, digest: str, size: int | None) -> BlobWriter:
+        return BlobWriter(self, check_digest(digest), size)
+
+    @contextmanager
+    def locked(self, digest: str):
+        """Hold the blob's ingest lock: one writer per digest, across threads and processes.
+
+        The lock only saves duplicate downloads (writers are idempotent: each
+        writes its own temp file and renames verified bytes), so unlinking the
+        lock file afterwards is safe even if another waiter holds the old one.
+        """
+        path = os.path.join(self.ingest_dir, check_digest(digest)[7:] + ".lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            hasher = hashlib.sha256()
-            written = 0
-            with os.fdopen(fd, "wb") as out:
-                for chunk in chunks:
-                    written += len(chunk)
-                    if size is not None and written > size:
-                        raise ContentError(f"blob {digest}: more than the declared {size} bytes")
-                    hasher.update(chunk)
-                    out.write(chunk)
-                    if progress is not None:
-                        progress(written)
-                out.flush()
-                os.fsync(out.fileno())
-            if size is not None and written != size:
-                raise ContentError(f"blob {digest}: {written} bytes, {size} declared "
-                                   "(truncated)")
-            actual = "sha256:" + hasher.hexdigest()
-            if actual != digest:
-                raise ContentError(f"blob {digest}: content has digest {actual}")
-            os.chmod(tmp, 0o444)
-            os.rename(tmp, self.path(digest))
-        except BaseException:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
             try:
-                os.unlink(tmp)
+                os.unlink(path)
             except FileNotFoundError:
                 pass
-            raise
-        return digest
+            os.close(fd)
+
+
+class BlobWriter:
+    """One blob being written: hashed and counted as it grows, renamed into place on commit.
+
+    `reset()` starts over (a server that ignored a Range request); `offset`
+    is where a resumed download continues.  Leaving the `with` block without
+    `commit()` removes the temp file.
+    """
+
+    def __init__(self, store: ContentStore, digest: str, size: int | None):
+        self.store = store
+        self.digest = digest
+        self.size = size
+        fd, self.tmp = tempfile.mkstemp(dir=store.ingest_dir, prefix=digest[7:19] + ".")
+        self.file = os.fdopen(fd, "wb")
+        self.hasher = hashlib.sha256()
+        self.offset = 0
+        self.committed = False
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+        if not self.committed:
+            try:
+                os.unlink(self.tmp)
+            except FileNotFoundError:
+                pass
+
+    def write(self, chunk: bytes) -> None:
+        self.offset += len(chunk)
+        if self.size is not None and self.offset > self.size:
+            raise ContentError(f"blob {self.digest}: more than the declared {self.size} bytes")
+        self.hasher.update(chunk)
+        self.file.write(chunk)
+
+    def reset(self) -> None:
+        self.file.seek(0)
+        self.file.truncate()
+        self.hasher = hashlib.sha256()
+        self.offset = 0
+
+    def commit(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        if self.size is not None and self.offset != self.size:
+            raise ContentError(f"blob {self.digest}: {self.offset} bytes, {self.size} declared "
+                               "(truncated)")
+        actual = "sha256:" + self.hasher.hexdigest()
+        if actual != self.digest:
+            raise ContentError(f"blob {self.digest}: content has digest {actual}")
+        os.chmod(self.tmp, 0o444)
+        os.rename(self.tmp, self.store.path(self.digest))
+        self.committed = True
 
 
 def file_chunks(path: str):
