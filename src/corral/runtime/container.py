@@ -37,7 +37,7 @@ class Container:
     def create(cls, root: str, container_id: str, bundle: str, *, pid_file: str | None = None,
                no_pivot: bool = False, preserve_fds: int = 0,
                console_socket: str | None = None, listen_fds: int = 0,
-               syscalls=None) -> Container:
+               stdio: tuple | None = None, syscalls=None) -> Container:
         from corral.runtime import validate
         from corral.runtime.hooks import hooks_to_state
         from corral.runtime.process.spawn import SpawnRequest, spawn_init
@@ -84,7 +84,8 @@ class Container:
             request = SpawnRequest(spec=spec, rootfs=rootfs, bundle=bundle,
                                    state_dir=state_dir, cgroup=cgroup, no_pivot=no_pivot,
                                    preserve_fds=preserve_fds, hook_state=hook_state,
-                                   console_fd=console_fd, seccomp=seccomp_filter)
+                                   console_fd=console_fd, seccomp=seccomp_filter,
+                                   stdio=stdio)
             init_pid = spawn_init(request, syscalls or Syscalls())
             start_time = process_start_time(init_pid)
             if start_time is None:
@@ -174,7 +175,7 @@ class Container:
         self.require_cgroup("update").apply(resources)
 
     def exec(self, process, *, preserve_fds: int = 0, console_socket: str | None = None,
-             syscalls=None) -> int:
+             stdio: tuple | None = None, syscalls=None) -> int:
         """Start `process` (a spec Process) in the running container; its PID."""
         from corral.runtime import validate
         from corral.runtime.process.enter import ExecRequest, spawn_exec
@@ -195,7 +196,7 @@ class Container:
                               may_setgroups=setgroups_allowed(self.state.pid),
                               preserve_fds=preserve_fds, last_cap=last_capability(),
                               console_fd=console_fd,
-                              seccomp=_compile_seccomp(self.state.seccomp))
+                              seccomp=_compile_seccomp(self.state.seccomp), stdio=stdio)
         try:
             return spawn_exec(request, syscalls or Syscalls())
         finally:

@@ -25,6 +25,7 @@ from corral.runtime.process.identity import (
     load_seccomp_late,
     reset_signals,
 )
+from corral.runtime.process.stdio import adopt_stdio
 from corral.runtime.process.sync import SyncChannel
 from corral.runtime.rlimits import apply_rlimits
 from corral.runtime.syscalls import PR_SET_DUMPABLE, Syscalls
@@ -44,6 +45,7 @@ class ExecRequest(Record):
     last_cap: int = 40  # read on the host: the container may have no /proc
     console_fd: int | None = None  # connected --console-socket, for process.terminal
     seccomp: object | None = None  # the container's compiled seccomp.SyscallFilter
+    stdio: tuple | None = None  # fds for 0, 1, 2 (a shim's pipes); None inherits ours
 
 
 def container_namespaces(init_pid: int) -> list[tuple[str, int]]:
@@ -112,6 +114,7 @@ def _bootstrap_main(request: ExecRequest, channel: SyncChannel, targets, sc: Sys
     """In the forked bootstrap: join, fork the process, report its PID; never returns."""
     try:
         channel.expect("go")  # now in the container's cgroup
+        adopt_stdio(request.stdio)
         # Not reachable from the container through /proc or ptrace until execve.
         sc.prctl(PR_SET_DUMPABLE, 0)
         for kind, fd in targets:

@@ -33,6 +33,7 @@ from corral.runtime.errors import InitFailed
 from corral.runtime.hooks import run_hooks
 from corral.runtime.process.identity import describe
 from corral.runtime.process.init import InitContext, run_init
+from corral.runtime.process.stdio import adopt_stdio
 from corral.runtime.process.sync import SyncChannel
 from corral.runtime.syscalls import (
     CLONE_NEWCGROUP,
@@ -57,6 +58,7 @@ class SpawnRequest(Record):
     hook_state: dict = {}  # the OCI state for hooks, less status and pid
     console_fd: int | None = None  # connected --console-socket, for process.terminal
     seccomp: object | None = None  # a compiled seccomp.SyscallFilter
+    stdio: tuple | None = None  # fds for the init's 0, 1, 2 (a shim's pipes); None inherits ours
 
 
 def spawn_init(request: SpawnRequest, syscalls: Syscalls) -> int:
@@ -183,6 +185,7 @@ def _bootstrap_main(request: SpawnRequest, channel: SyncChannel,
     """Runs in the forked child; never returns."""
     try:
         spec = request.spec
+        adopt_stdio(request.stdio)
         # Lowering needs CAP_SYS_RESOURCE in the host's user namespace: do it here.
         if spec.process.oom_score_adj is not None:
             _set_oom_score_adj(spec.process.oom_score_adj, sc)

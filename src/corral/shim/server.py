@@ -1,0 +1,529 @@
+"""The shim: one per pod, the parent of its containers, alive whatever corrald does.
+
+It is one single-threaded event loop (a selector), because it forks: a
+container's init and exec'd processes are born here, with corral.runtime
+in this process — no interpreter start per container.  It is a child
+subreaper, so every process that ends in the pod is reaped here (no
+zombies), and the container inits — orphaned by design when their
+bootstrap exits — become its children.
+
+The loop watches:
+    the control socket   requests from corrald (protocol.py)
+    a signal wakeup fd   SIGCHLD: reap, record exits, answer waiters
+    container pipes      stdout/stderr into CRI-format logs (logs.py)
+    deadlines            `wait` and `exec_sync` timeouts
+
+An exit is written to `exits/<id>.json` (temp file, fsync, rename) before
+anyone is told of it, so it survives the shim, corrald and the machine.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import selectors
+import signal
+import socket
+import time
+
+from corral.runtime.container import Container
+from corral.runtime.errors import (
+    ConfigInvalid,
+    ContainerExists,
+    ContainerNotFound,
+    InvalidID,
+    InvalidState,
+    RuntimeFailure,
+)
+from corral.shim.logs import CriLog
+from corral.shim.protocol import MAX_FRAME, ShimError, decode_frames, encode
+
+OUTPUT_LIMIT = 16 << 20  # per stream of an exec_sync, as the CRI's ExecSync allows
+_READ = 1 << 16
+
+
+def exit_code(status: int) -> int:
+    """A wait status as a shell shows it: the code, or 128 + the killing signal."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def write_json_atomically(path: str, value: dict) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
+    directory = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+class Connection:
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.buffer = bytearray()
+        self.busy = False  # a request is being answered (maybe later: wait, exec_sync)
+
+
+class Managed:
+    """A container this shim parents."""
+
+    def __init__(self, container: Container, log: CriLog):
+        self.container = container
+        self.log = log
+        self.streams: dict[int, str] = {}  # read end of a pipe → "stdout" | "stderr"
+        self.exit: dict | None = None
+        self.started_at = 0
+        self.waiters: list[tuple[Connection, float | None]] = []
+
+    @property
+    def id(self) -> str:
+        return self.container.id
+
+
+class ExecJob:
+    def __init__(self, conn: Connection, pid: int, deadline: float | None):
+        self.conn = conn
+        self.pid = pid
+        self.deadline = deadline
+        self.streams: dict[int, str] = {}
+        self.output = {"stdout": bytearray(), "stderr": bytearray()}
+        self.timed_out = False
+
+
+class Shim:
+    def __init__(self, pod_id: str, directory: str):
+        self.pod_id = pod_id
+        self.dir = directory
+        self.runtime_root = os.path.join(directory, "runtime")
+        self.exits_dir = os.path.join(directory, "exits")
+        self.socket_path = os.path.join(directory, "shim.sock")
+        self.selector = selectors.DefaultSelector()
+        self.containers: dict[str, Managed] = {}
+        self.execs: dict[int, ExecJob] = {}
+        self.running = True
+        os.makedirs(self.exits_dir, exist_ok=True)
+        os.makedirs(self.runtime_root, mode=0o711, exist_ok=True)
+
+    # --- the loop ------------------------------------------------------------------------------
+    def listen(self) -> None:
+        try:
+            os.unlink(self.socket_path)
+        except FileNotFoundError:
+            pass
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self.listener.bind(self.socket_path)
+        os.chmod(self.socket_path, 0o600)
+        self.listener.listen(64)
+        self.listener.setblocking(False)
+        self.selector.register(self.listener, selectors.EVENT_READ, self._accept)
+        wake_read, wake_write = socket.socketpair()
+        for end in (wake_read, wake_write):
+            end.setblocking(False)
+            os.set_inheritable(end.fileno(), False)
+        self._wake = (wake_read, wake_write)
+        signal.set_wakeup_fd(wake_write.fileno(), warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # the wakeup fd does the work
+        signal.signal(signal.SIGTERM, lambda *_: None)  # only `shutdown` ends a shim
+        self.selector.register(wake_read, selectors.EVENT_READ, self._on_signal)
+
+    def serve(self) -> None:
+        while self.running:
+            timeout = self._next_deadline()
+            for key, _ in self.selector.select(timeout):
+                key.data(key.fileobj)
+            self._expire(time.monotonic())
+            self._reap()
+        self._close()
+
+    def _next_deadline(self) -> float | None:
+        deadlines = [d for m in self.containers.values() for _, d in m.waiters if d is not None]
+        deadlines += [job.deadline for job in self.execs.values() if job.deadline is not None]
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def _on_signal(self, wake: socket.socket) -> None:
+        try:
+            while wake.recv(256):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _accept(self, listener: socket.socket) -> None:
+        try:
+            sock, _ = listener.accept()
+        except BlockingIOError:
+            return
+        sock.setblocking(False)
+        conn = Connection(sock)
+        self.selector.register(sock, selectors.EVENT_READ, lambda _: self._on_readable(conn))
+
+    def _on_readable(self, conn: Connection) -> None:
+        try:
+            data = conn.sock.recv(_READ)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(conn)
+            return
+        conn.buffer += data
+        if len(conn.buffer) > MAX_FRAME + 4:
+            self._drop(conn)
+            return
+        try:
+            requests = decode_frames(conn.buffer)
+        except ShimError as e:
+            self._reply(conn, {"ok": False, "kind": e.kind, "error": str(e)})
+            self._drop(conn)
+            return
+        for request in requests:
+            self._dispatch(conn, request)
+
+    def _drop(self, conn: Connection) -> None:
+        try:
+            self.selector.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.sock.close()
+        for managed in self.containers.values():
+            managed.waiters = [(c, d) for c, d in managed.waiters if c is not conn]
+
+    def _reply(self, conn: Connection, reply: dict) -> None:
+        conn.busy = False
+        data = encode(reply)
+        try:
+            conn.sock.setblocking(True)
+            conn.sock.sendall(data)
+            conn.sock.setblocking(False)
+        except OSError:
+            self._drop(conn)
+
+    def _dispatch(self, conn: Connection, request: dict) -> None:
+        op = request.get("op")
+        handler = getattr(self, f"op_{op}", None) if isinstance(op, str) else None
+        conn.busy = True
+        try:
+            if handler is None:
+                raise ShimError("invalid", f"unknown operation {op!r}")
+            reply = handler(conn, request)
+        except ShimError as e:
+            reply = {"ok": False, "kind": e.kind, "error": str(e)}
+        except (ValueError, KeyError, TypeError) as e:
+            reply = {"ok": False, "kind": "invalid", "error": f"{op}: {e}"}
+        except RuntimeFailure as e:
+            reply = {"ok": False, "kind": _kind(e), "error": str(e)}
+        except OSError as e:
+            reply = {"ok": False, "kind": "failed", "error": f"{op}: {e}"}
+        if reply is not None:  # None: answered later (wait, exec_sync)
+            self._reply(conn, {"ok": True, **reply} if "ok" not in reply else reply)
+
+    # --- children ------------------------------------------------------------------------------
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self._exited(pid, exit_code(status))
+
+    def _exited(self, pid: int, code: int) -> None:
+        job = self.execs.pop(pid, None)
+        if job is not None:
+            self._finish_exec(job, code)
+            return
+        for managed in self.containers.values():
+            if managed.exit is None and managed.container.state.pid == pid:
+                self._record_exit(managed, code)
+                return
+        # anything else: an orphan of the pod, reaped so that it is no zombie
+
+    def _record_exit(self, managed: Managed, code: int, reason: str = "") -> None:
+        self._drain(managed.streams, managed.log.feed)
+        managed.exit = {"exit_code": code, "finished_at": time.time_ns(), "reason": reason}
+        write_json_atomically(self._exit_path(managed.id), managed.exit)
+        for conn, _ in managed.waiters:
+            self._reply(conn, {"exited": True, **managed.exit})
+        managed.waiters.clear()
+
+    def _drain(self, streams: dict[int, str], sink) -> None:
+        """Read what the pipes hold now (the writer has exited; its data is in the pipe)."""
+        for fd, name in list(streams.items()):
+            while True:
+                try:
+                    data = os.read(fd, _READ)
+                except BlockingIOError:
+                    break
+                if not data:
+                    self._close_stream(fd, streams, name, sink)
+                    break
+                sink(name, data)
+
+    def _close_stream(self, fd: int, streams: dict[int, str], name: str, sink) -> None:
+        try:
+            self.selector.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+        os.close(fd)
+        del streams[fd]
+        end = getattr(sink, "__self__", None)
+        if isinstance(end, CriLog):
+            end.end(name)
+
+    def _watch(self, fd: int, streams: dict[int, str], name: str, sink) -> None:
+        os.set_blocking(fd, False)
+        streams[fd] = name
+
+        def readable(_fd):
+            try:
+                data = os.read(fd, _READ)
+            except BlockingIOError:
+                return
+            if data:
+                sink(name, data)
+            else:
+                self._close_stream(fd, streams, name, sink)
+
+        self.selector.register(fd, selectors.EVENT_READ, readable)
+
+    def _expire(self, now: float) -> None:
+        for managed in self.containers.values():
+            expired = [(c, d) for c, d in managed.waiters if d is not None and d <= now]
+            for conn, _ in expired:
+                self._reply(conn, {"exited": False})
+            managed.waiters = [w for w in managed.waiters if w not in expired]
+        for job in list(self.execs.values()):
+            if job.deadline is not None and job.deadline <= now and not job.timed_out:
+                job.timed_out = True
+                job.deadline = None
+                try:
+                    os.kill(job.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    # --- operations ----------------------------------------------------------------------------
+    def _managed(self, request: dict) -> Managed:
+        container_id = request.get("id")
+        managed = self.containers.get(container_id) if isinstance(container_id, str) else None
+        if managed is None:
+            raise ShimError("not_found", f"container {container_id!r} not found in pod "
+                            f"{self.pod_id}")
+        return managed
+
+    def _exit_path(self, container_id: str) -> str:
+        return os.path.join(self.exits_dir, f"{container_id}.json")
+
+    def op_ping(self, conn, request) -> dict:
+        return {"pid": os.getpid(), "pod": self.pod_id}
+
+    def op_create(self, conn, request) -> dict:
+        container_id, bundle = request["id"], request["bundle"]
+        if container_id in self.containers:
+            raise ShimError("exists", f"container {container_id} already exists")
+        log = CriLog(request.get("log_path") or "")
+        stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
+        stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            container = Container.create(self.runtime_root, container_id, bundle,
+                                         stdio=(null, stdout_w, stderr_w))
+        except BaseException:
+            for fd in (stdout_r, stderr_r):
+                os.close(fd)
+            log.close()
+            raise
+        finally:
+            for fd in (null, stdout_w, stderr_w):
+                os.close(fd)
+        managed = self.containers[container_id] = Managed(container, log)
+        self._watch(stdout_r, managed.streams, "stdout", log.feed)
+        self._watch(stderr_r, managed.streams, "stderr", log.feed)
+        return {"pid": container.state.pid}
+
+    def op_start(self, conn, request) -> dict:
+        managed = self._managed(request)
+        managed.container.start()
+        managed.started_at = time.time_ns()
+        return {"pid": managed.container.state.pid, "started_at": managed.started_at}
+
+    def op_kill(self, conn, request) -> dict:
+        managed = self._managed(request)
+        signum = int(request.get("signal", signal.SIGTERM))
+        if managed.exit is None:
+            try:
+                managed.container.kill(signum, bool(request.get("all")))
+            except RuntimeFailure:
+                if managed.container.state.init_alive():
+                    raise
+        return {}
+
+    def _state(self, managed: Managed) -> dict:
+        if managed.exit is not None:
+            status = "stopped"
+        else:
+            status = managed.container.state.status()
+        return {"id": managed.id, "status": status, "pid": managed.container.state.pid,
+                "started_at": managed.started_at, "exit": managed.exit}
+
+    def op_state(self, conn, request) -> dict:
+        return self._state(self._managed(request))
+
+    def op_list(self, conn, request) -> dict:
+        return {"containers": [self._state(m) for m in self.containers.values()]}
+
+    def op_wait(self, conn, request) -> dict | None:
+        managed = self._managed(request)
+        if managed.exit is not None:
+            return {"exited": True, **managed.exit}
+        timeout = request.get("timeout")
+        deadline = time.monotonic() + float(timeout) if timeout is not None else None
+        managed.waiters.append((conn, deadline))
+        return None
+
+    def op_delete(self, conn, request) -> dict:
+        managed = self._managed(request)
+        if managed.exit is None and managed.container.state.init_alive():
+            if not request.get("force"):
+                raise ShimError("invalid", f"container {managed.id} is running")
+            managed.container.kill(signal.SIGKILL, True)
+            self._wait_for(managed, 10.0)
+        managed.container.delete(force=True)
+        if managed.exit is None:  # it never ran, or died unseen
+            self._record_exit(managed, 255, "deleted")
+        self._drain(managed.streams, managed.log.feed)
+        for fd, name in list(managed.streams.items()):
+            self._close_stream(fd, managed.streams, name, managed.log.feed)
+        managed.log.close()
+        for waiter, _ in managed.waiters:
+            self._reply(waiter, {"exited": True, **managed.exit})
+        del self.containers[managed.id]
+        try:
+            os.unlink(self._exit_path(managed.id))
+        except FileNotFoundError:
+            pass
+        return {}
+
+    def _wait_for(self, managed: Managed, timeout: float) -> None:
+        """Block until the init is reaped (used by delete --force, after SIGKILL)."""
+        pid = managed.container.state.pid
+        deadline = time.monotonic() + timeout
+        while managed.exit is None and time.monotonic() < deadline:
+            try:
+                reaped, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if reaped:
+                self._exited(reaped, exit_code(status))
+            else:
+                time.sleep(0.002)
+
+    def op_reopen_log(self, conn, request) -> dict:
+        managed = self._managed(request)
+        managed.log.reopen()
+        return {}
+
+    def op_update(self, conn, request) -> dict:
+        self._managed(request).container.update(request["resources"])
+        return {}
+
+    def op_exec_sync(self, conn, request) -> dict | None:
+        from corral.spec.runtime import Process, SpecError
+
+        managed = self._managed(request)
+        if managed.exit is not None:
+            raise ShimError("invalid", f"container {managed.id} is not running")
+        try:
+            process = Process.parse(request["process"], "process")
+        except SpecError as e:
+            raise ShimError("invalid", str(e)) from None
+        stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
+        stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            pid = managed.container.exec(process, stdio=(null, stdout_w, stderr_w))
+        except BaseException:
+            os.close(stdout_r)
+            os.close(stderr_r)
+            raise
+        finally:
+            for fd in (null, stdout_w, stderr_w):
+                os.close(fd)
+        timeout = request.get("timeout") or 0
+        job = ExecJob(conn, pid, time.monotonic() + float(timeout) if timeout else None)
+        self.execs[pid] = job
+        self._watch(stdout_r, job.streams, "stdout", lambda n, d, j=job: _collect(j, n, d))
+        self._watch(stderr_r, job.streams, "stderr", lambda n, d, j=job: _collect(j, n, d))
+        return None
+
+    def _finish_exec(self, job: ExecJob, code: int) -> None:
+        self._drain(job.streams, lambda n, d: _collect(job, n, d))
+        for fd, name in list(job.streams.items()):
+            self._close_stream(fd, job.streams, name, None)
+        if job.timed_out:
+            self._reply(job.conn, {"ok": False, "kind": "timeout",
+                                   "error": "command timed out and was killed"})
+            return
+        self._reply(job.conn, {"ok": True, "exit_code": code,
+                               "stdout": job.output["stdout"].decode(errors="replace"),
+                               "stderr": job.output["stderr"].decode(errors="replace")})
+
+    def op_shutdown(self, conn, request) -> dict:
+        live = [m.id for m in self.containers.values() if m.exit is None
+                and m.container.state.init_alive()]
+        if live and not request.get("force"):
+            raise ShimError("invalid", f"pod {self.pod_id} still has running containers: "
+                            f"{', '.join(live)}")
+        for container_id in list(self.containers):
+            self.op_delete(conn, {"id": container_id, "force": True})
+        self.running = False
+        return {}
+
+    def _close(self) -> None:
+        signal.set_wakeup_fd(-1)
+        self.selector.close()
+        self.listener.close()
+        for path in (self.socket_path,):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+
+def _kind(error: RuntimeFailure) -> str:
+    if isinstance(error, ContainerExists):
+        return "exists"
+    if isinstance(error, ContainerNotFound):
+        return "not_found"
+    if isinstance(error, (InvalidID, ConfigInvalid, InvalidState)):
+        return "invalid"
+    return "failed"
+
+
+def _collect(job: ExecJob, name: str, data: bytes) -> None:
+    buffer = job.output[name]
+    room = OUTPUT_LIMIT - len(buffer)
+    if room > 0:
+        buffer += data[:room]
+
+
+def recorded_exit(directory: str, container_id: str) -> dict | None:
+    """A container's durable exit record, read without its shim (corrald's recovery)."""
+    try:
+        with open(os.path.join(directory, "exits", f"{container_id}.json")) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        if getattr(e, "errno", None) == errno.ENOENT:
+            return None
+        return {"exit_code": 255, "finished_at": 0, "reason": f"unreadable exit record: {e}"}
