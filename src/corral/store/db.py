@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from contextlib import contextmanager
 
 # Append only: a migration, once released, is never edited.
@@ -42,7 +43,11 @@ class Database:
     def __init__(self, path: str):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self.path = path
-        self.conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+        # One connection shared by a daemon's threads (gRPC serves on a pool): statements are
+        # serialized by SQLite itself, transactions by `self.lock`.
+        self.conn = sqlite3.connect(path, isolation_level=None, timeout=30,
+                                    check_same_thread=False)
+        self.lock = threading.RLock()
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA foreign_keys=ON")
         self.conn.execute("PRAGMA synchronous=NORMAL")
@@ -59,13 +64,14 @@ class Database:
     @contextmanager
     def transaction(self):
         """BEGIN IMMEDIATE … COMMIT, or ROLLBACK if the block raises."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+        with self.lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
 
     def close(self) -> None:
         self.conn.close()
