@@ -36,6 +36,45 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX images_config ON images(config_digest);
     """,
+    # 3: pods and containers (corrald; store/sandboxes.py), written before they are acted on
+    """
+    CREATE TABLE pods (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        namespace TEXT NOT NULL,
+        uid TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('creating', 'ready', 'notready', 'removing')),
+        created INTEGER NOT NULL,
+        handler TEXT NOT NULL,
+        config BLOB NOT NULL,
+        ip TEXT NOT NULL DEFAULT '',
+        namespaces TEXT NOT NULL DEFAULT '{}',
+        shim_pid INTEGER NOT NULL DEFAULT 0,
+        cgroup_parent TEXT NOT NULL DEFAULT '',
+        UNIQUE (name, namespace, uid, attempt)
+    );
+    CREATE TABLE containers (
+        id TEXT PRIMARY KEY,
+        pod_id TEXT NOT NULL REFERENCES pods(id),
+        name TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('creating', 'created', 'running', 'exited',
+                                             'removing')),
+        image TEXT NOT NULL,
+        image_id TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        started INTEGER NOT NULL DEFAULT 0,
+        finished INTEGER NOT NULL DEFAULT 0,
+        exit_code INTEGER NOT NULL DEFAULT 0,
+        reason TEXT NOT NULL DEFAULT '',
+        message TEXT NOT NULL DEFAULT '',
+        config BLOB NOT NULL,
+        log_path TEXT NOT NULL DEFAULT '',
+        UNIQUE (pod_id, name, attempt)
+    );
+    CREATE INDEX containers_pod ON containers(pod_id);
+    """,
 ]
 
 
