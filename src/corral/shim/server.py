@@ -37,6 +37,7 @@ from corral.runtime.errors import (
     RuntimeFailure,
 )
 from corral.shim.logs import CriLog
+from corral.shim.oci import OciContainer
 from corral.shim.protocol import MAX_FRAME, ShimError, decode_frames, encode
 
 OUTPUT_LIMIT = 16 << 20  # per stream of an exec_sync, as the CRI's ExecSync allows
@@ -199,7 +200,7 @@ class Shim:
 
     def _reply(self, conn: Connection, reply: dict) -> None:
         conn.busy = False
-        data = encode(reply)
+        data = encode(reply if "ok" in reply else {"ok": True, **reply})
         try:
             conn.sock.setblocking(True)
             conn.sock.sendall(data)
@@ -224,7 +225,7 @@ class Shim:
         except OSError as e:
             reply = {"ok": False, "kind": "failed", "error": f"{op}: {e}"}
         if reply is not None:  # None: answered later (wait, exec_sync)
-            self._reply(conn, {"ok": True, **reply} if "ok" not in reply else reply)
+            self._reply(conn, reply)
 
     # --- children ------------------------------------------------------------------------------
     def _reap(self) -> None:
@@ -334,9 +335,15 @@ class Shim:
         stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
         stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        runtime = request.get("runtime") or {"type": "native"}
         try:
-            container = Container.create(self.runtime_root, container_id, bundle,
-                                         stdio=(null, stdout_w, stderr_w))
+            if runtime.get("type") == "oci":
+                container = OciContainer.create(runtime["path"], os.path.join(self.dir, "oci"),
+                                                container_id, bundle,
+                                                stdio=(null, stdout_w, stderr_w))
+            else:
+                container = Container.create(self.runtime_root, container_id, bundle,
+                                             stdio=(null, stdout_w, stderr_w))
         except BaseException:
             for fd in (stdout_r, stderr_r):
                 os.close(fd)
@@ -446,6 +453,8 @@ class Shim:
             process = Process.parse(request["process"], "process")
         except SpecError as e:
             raise ShimError("invalid", str(e)) from None
+        if isinstance(managed.container, OciContainer):
+            process = request["process"]  # the binary reads the JSON itself
         stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
         stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
