@@ -1,0 +1,388 @@
+"""The CRI gRPC servicers: each method validates, calls the core, and maps errors to codes.
+
+    NotFound → NOT_FOUND, AlreadyExists → ALREADY_EXISTS, InvalidArgument →
+    INVALID_ARGUMENT, FailedPrecondition → FAILED_PRECONDITION,
+    DeadlineExceeded → DEADLINE_EXCEEDED, anything else → INTERNAL with a
+    one-line message (the traceback goes to corrald's log, never the client).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+
+import grpc
+from cri_api.v1 import api_pb2, api_pb2_grpc
+
+from corral.images.service import ImageError
+from corral.sandbox import errors
+from corral.sandbox.containers import container_config
+from corral.sandbox.pods import pod_config
+
+log = logging.getLogger("corrald.cri")
+
+RUNTIME_NAME = "corral"
+RUNTIME_VERSION = "0.1.0"
+CRI_VERSION = "v1"
+
+_CODES = {
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+_POD_STATES = {"ready": api_pb2.SANDBOX_READY, "notready": api_pb2.SANDBOX_NOTREADY}
+_CONTAINER_STATES = {"created": api_pb2.CONTAINER_CREATED, "running": api_pb2.CONTAINER_RUNNING,
+                     "exited": api_pb2.CONTAINER_EXITED}
+
+
+def rpc(method):
+    """Run a servicer method; turn corral's errors into gRPC status codes."""
+    @functools.wraps(method)
+    def wrapper(self, request, context):
+        started = time.monotonic()
+        try:
+            return method(self, request, context)
+        except errors.SandboxError as e:
+            code = _CODES.get(type(e), grpc.StatusCode.INTERNAL)
+            log.log(logging.WARNING if code == grpc.StatusCode.INTERNAL else logging.DEBUG,
+                    "%s: %s", method.__name__, e)
+            context.abort(code, str(e))
+        except ImageError as e:
+            context.abort(_image_code(e), str(e))
+        except grpc.RpcError:
+            raise
+        except Exception as e:  # noqa: BLE001 - never a traceback to the client
+            if isinstance(e, Exception) and type(e).__name__ == "_AbortedError":
+                raise
+            log.exception("%s failed", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"{method.__name__}: {e}")
+        finally:
+            log.debug("%s took %.1f ms", method.__name__, (time.monotonic() - started) * 1000)
+    return wrapper
+
+
+def _image_code(error: ImageError) -> grpc.StatusCode:
+    text = str(error)
+    if "not found" in text:
+        return grpc.StatusCode.NOT_FOUND
+    if "invalid reference" in text:
+        return grpc.StatusCode.INVALID_ARGUMENT
+    return grpc.StatusCode.UNKNOWN if "registry" in text else grpc.StatusCode.INTERNAL
+
+
+def _matches_labels(labels, selector) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
+    def __init__(self, ctx):
+        self.ctx = ctx
+
+    @rpc
+    def Version(self, request, context):
+        return api_pb2.VersionResponse(version="0.1.0", runtime_name=RUNTIME_NAME,
+                                       runtime_version=RUNTIME_VERSION,
+                                       runtime_api_version=CRI_VERSION)
+
+    @rpc
+    def Status(self, request, context):
+        network_ready, network_message = self.ctx.network.status()
+        conditions = [
+            api_pb2.RuntimeCondition(type="RuntimeReady", status=True),
+            api_pb2.RuntimeCondition(type="NetworkReady", status=network_ready,
+                                     reason="" if network_ready else "NetworkPluginNotReady",
+                                     message=network_message),
+        ]
+        handlers = [api_pb2.RuntimeHandler(name=name) for name in sorted(self.ctx.config.runtimes)]
+        return api_pb2.StatusResponse(status=api_pb2.RuntimeStatus(conditions=conditions),
+                                      runtime_handlers=handlers)
+
+    @rpc
+    def RuntimeConfig(self, request, context):
+        return api_pb2.RuntimeConfigResponse(linux=api_pb2.LinuxRuntimeConfiguration(
+            cgroup_driver=api_pb2.CGROUPFS))
+
+    @rpc
+    def UpdateRuntimeConfig(self, request, context):
+        return api_pb2.UpdateRuntimeConfigResponse()
+
+    # --- pods ----------------------------------------------------------------------------------
+    @rpc
+    def RunPodSandbox(self, request, context):
+        pod_id = self.ctx.pods.run(request.config, request.runtime_handler)
+        return api_pb2.RunPodSandboxResponse(pod_sandbox_id=pod_id)
+
+    @rpc
+    def StopPodSandbox(self, request, context):
+        self._require_id(request.pod_sandbox_id, "pod_sandbox_id")
+        self.ctx.pods.stop(request.pod_sandbox_id)
+        return api_pb2.StopPodSandboxResponse()
+
+    @rpc
+    def RemovePodSandbox(self, request, context):
+        self._require_id(request.pod_sandbox_id, "pod_sandbox_id")
+        self.ctx.pods.remove(request.pod_sandbox_id)
+        return api_pb2.RemovePodSandboxResponse()
+
+    def _pod_status(self, record) -> api_pb2.PodSandboxStatus:
+        config = pod_config(record)
+        options = config.linux.security_context.namespace_options
+        return api_pb2.PodSandboxStatus(
+            id=record.id, metadata=config.metadata, state=_POD_STATES.get(record.state, 1),
+            created_at=record.created, network=api_pb2.PodSandboxNetworkStatus(ip=record.ip),
+            linux=api_pb2.LinuxPodSandboxStatus(namespaces=api_pb2.Namespace(options=options)),
+            labels=config.labels, annotations=config.annotations,
+            runtime_handler=record.handler)
+
+    @rpc
+    def PodSandboxStatus(self, request, context):
+        self._require_id(request.pod_sandbox_id, "pod_sandbox_id")
+        record = self.ctx.pods.get(request.pod_sandbox_id)
+        info = {}
+        if request.verbose:
+            import json
+
+            info["info"] = json.dumps({
+                "pid": record.shim_pid, "handler": record.handler,
+                "namespaces": record.pinned, "cgroupParent": record.cgroup_parent,
+                "shim": self.ctx.pods.paths(record.id).shim_socket})
+        return api_pb2.PodSandboxStatusResponse(status=self._pod_status(record), info=info)
+
+    @rpc
+    def ListPodSandbox(self, request, context):
+        wanted = request.filter
+        items = []
+        for record in self.ctx.store.pods():
+            if record.state in ("creating", "removing"):
+                continue
+            if wanted.id and not record.id.startswith(wanted.id):
+                continue
+            status = self._pod_status(record)
+            if wanted.HasField("state") and status.state != wanted.state.state:
+                continue
+            if not _matches_labels(status.labels, wanted.label_selector):
+                continue
+            items.append(api_pb2.PodSandbox(
+                id=status.id, metadata=status.metadata, state=status.state,
+                created_at=status.created_at, labels=status.labels,
+                annotations=status.annotations, runtime_handler=status.runtime_handler))
+        return api_pb2.ListPodSandboxResponse(items=items)
+
+    # --- containers ----------------------------------------------------------------------------
+    @rpc
+    def CreateContainer(self, request, context):
+        self._require_id(request.pod_sandbox_id, "pod_sandbox_id")
+        container_id = self.ctx.containers.create(request.pod_sandbox_id, request.config,
+                                                  request.sandbox_config)
+        return api_pb2.CreateContainerResponse(container_id=container_id)
+
+    @rpc
+    def StartContainer(self, request, context):
+        self._require_id(request.container_id, "container_id")
+        self.ctx.containers.start(request.container_id)
+        return api_pb2.StartContainerResponse()
+
+    @rpc
+    def StopContainer(self, request, context):
+        self._require_id(request.container_id, "container_id")
+        self.ctx.containers.stop(request.container_id, timeout=max(0, request.timeout))
+        return api_pb2.StopContainerResponse()
+
+    @rpc
+    def RemoveContainer(self, request, context):
+        self._require_id(request.container_id, "container_id")
+        self.ctx.containers.remove(request.container_id)
+        return api_pb2.RemoveContainerResponse()
+
+    def _image_ref(self, record) -> str:
+        try:
+            return self.ctx.images.get(record.image_id).repo_digest
+        except (ImageError, AttributeError):
+            return record.image_id
+
+    def _container_status(self, record) -> api_pb2.ContainerStatus:
+        config = container_config(record)
+        return api_pb2.ContainerStatus(
+            id=record.id, metadata=config.metadata,
+            state=_CONTAINER_STATES.get(record.state, api_pb2.CONTAINER_UNKNOWN),
+            created_at=record.created, started_at=record.started, finished_at=record.finished,
+            exit_code=record.exit_code, image=config.image, image_ref=self._image_ref(record),
+            image_id=record.image_id, reason=record.reason, message=record.message,
+            labels=config.labels, annotations=config.annotations, mounts=config.mounts,
+            log_path=record.log_path)
+
+    @rpc
+    def ContainerStatus(self, request, context):
+        self._require_id(request.container_id, "container_id")
+        record = self.ctx.containers.status(request.container_id)
+        info = {}
+        if request.verbose:
+            import json
+
+            info["info"] = json.dumps({"sandboxID": record.pod_id, "logPath": record.log_path})
+        return api_pb2.ContainerStatusResponse(status=self._container_status(record), info=info)
+
+    @rpc
+    def ListContainers(self, request, context):
+        wanted = request.filter
+        items = []
+        for record in self.ctx.containers.list():
+            if wanted.id and not record.id.startswith(wanted.id):
+                continue
+            if wanted.pod_sandbox_id and not record.pod_id.startswith(wanted.pod_sandbox_id):
+                continue
+            status = self._container_status(record)
+            if wanted.HasField("state") and status.state != wanted.state.state:
+                continue
+            if not _matches_labels(status.labels, wanted.label_selector):
+                continue
+            items.append(api_pb2.Container(
+                id=status.id, pod_sandbox_id=record.pod_id, metadata=status.metadata,
+                image=status.image, image_ref=status.image_ref, image_id=status.image_id,
+                state=status.state, created_at=status.created_at, labels=status.labels,
+                annotations=status.annotations))
+        return api_pb2.ListContainersResponse(containers=items)
+
+    @rpc
+    def ExecSync(self, request, context):
+        self._require_id(request.container_id, "container_id")
+        result = self.ctx.containers.exec_sync(request.container_id, list(request.cmd),
+                                               int(request.timeout))
+        return api_pb2.ExecSyncResponse(stdout=result["stdout"].encode(),
+                                        stderr=result["stderr"].encode(),
+                                        exit_code=result["exit_code"])
+
+    @rpc
+    def ReopenContainerLog(self, request, context):
+        self._require_id(request.container_id, "container_id")
+        self.ctx.containers.reopen_log(request.container_id)
+        return api_pb2.ReopenContainerLogResponse()
+
+    @staticmethod
+    def _require_id(value: str, field: str) -> None:
+        if not value:
+            raise errors.InvalidArgument(f"{field} is required")
+
+
+class ImageService(api_pb2_grpc.ImageServiceServicer):
+    def __init__(self, ctx):
+        self.ctx = ctx
+
+    def _image(self, record) -> api_pb2.Image:
+        images = self.ctx.images
+        names = [r.name for r in images.list() if r.id == record.id]
+        tags = [n for n in names if "@" not in n]
+        digests = sorted({r.repo_digest for r in images.list() if r.id == record.id})
+        user = ""
+        try:
+            user = (self.ctx.image_config(record).get("config") or {}).get("User") or ""
+        except (OSError, ValueError):
+            pass
+        image = api_pb2.Image(id=record.id, repo_tags=tags, repo_digests=digests,
+                              size=record.size, spec=api_pb2.ImageSpec(image=record.id))
+        uid, _, _ = user.partition(":")
+        if uid.isdigit():
+            image.uid.value = int(uid)
+        elif uid:
+            image.username = uid
+        return image
+
+    @rpc
+    def ListImages(self, request, context):
+        wanted = request.filter.image.image if request.HasField("filter") else ""
+        seen, images = set(), []
+        for record in self.ctx.images.list():
+            if record.id in seen:
+                continue
+            if wanted:
+                try:
+                    if self.ctx.images.get(wanted).id != record.id:
+                        continue
+                except ImageError:
+                    continue
+            seen.add(record.id)
+            images.append(self._image(record))
+        return api_pb2.ListImagesResponse(images=images)
+
+    @rpc
+    def ImageStatus(self, request, context):
+        if not request.image.image:
+            raise errors.InvalidArgument("image.image is required")
+        try:
+            record = self.ctx.images.get(request.image.image)
+        except ImageError:
+            return api_pb2.ImageStatusResponse()  # the CRI: an absent image is no error
+        return api_pb2.ImageStatusResponse(image=self._image(record))
+
+    @rpc
+    def PullImage(self, request, context):
+        from corral.images.pull import Puller
+
+        if not request.image.image:
+            raise errors.InvalidArgument("image.image is required")
+        credentials = _credentials(request.auth) if request.HasField("auth") else None
+        puller = Puller(self.ctx.images, self.ctx.registries)
+        try:
+            record = puller.pull(request.image.image, credentials=credentials)
+        finally:
+            puller.close()
+        self.ctx.unpack_image(record.name)
+        return api_pb2.PullImageResponse(image_ref=record.id)
+
+    @rpc
+    def RemoveImage(self, request, context):
+        if not request.image.image:
+            raise errors.InvalidArgument("image.image is required")
+        try:
+            record = self.ctx.images.get(request.image.image)
+        except ImageError:
+            return api_pb2.RemoveImageResponse()  # idempotent, as the CRI asks
+        if record.id in self.ctx.store.images_in_use():
+            raise errors.FailedPrecondition(f"image {request.image.image} is in use by a "
+                                            "container")
+        self.ctx.images.remove(record.id)
+        return api_pb2.RemoveImageResponse()
+
+    @rpc
+    def ImageFsInfo(self, request, context):
+        root = self.ctx.config.root
+        used, inodes = _usage(root)
+        usage = api_pb2.FilesystemUsage(
+            timestamp=time.time_ns(), fs_id=api_pb2.FilesystemIdentifier(
+                mountpoint=os.path.join(root, "snapshotter")))
+        usage.used_bytes.value = used
+        usage.inodes_used.value = inodes
+        return api_pb2.ImageFsInfoResponse(image_filesystems=[usage])
+
+
+def _credentials(auth) -> tuple[str, str] | None:
+    if auth.username:
+        return auth.username, auth.password
+    if auth.auth:
+        import base64
+
+        try:
+            user, _, password = base64.b64decode(auth.auth).decode().partition(":")
+        except ValueError:
+            raise errors.InvalidArgument("auth.auth is not base64 of user:password") from None
+        return user, password
+    return None
+
+
+def _usage(root: str) -> tuple[int, int]:
+    used = inodes = 0
+    for directory, _, files in os.walk(root):
+        inodes += 1 + len(files)
+        for name in files:
+            try:
+                used += os.lstat(os.path.join(directory, name)).st_blocks * 512
+            except OSError:
+                pass
+    return used, inodes
+
+
+__all__ = ["RuntimeService", "ImageService", "pod_config", "container_config"]

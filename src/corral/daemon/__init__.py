@@ -1,0 +1,1 @@
+"""corrald: the high-level runtime daemon serving Kubernetes' CRI."""

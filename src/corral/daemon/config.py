@@ -1,0 +1,182 @@
+"""corrald's configuration: one TOML file, every key with a default.
+
+    root = "/var/lib/corral"              # images, snapshots, metadata.db
+    state = "/run/corral"                 # shims, pinned namespaces, bundles (tmpfs)
+    listen = "unix:///run/corral/corral.sock"
+    registries_conf = ""                  # containers-registries.conf(5); "" = none
+    auth_file = ""                        # Docker config.json / containers-auth.json
+    certs_dir = "/etc/containers/certs.d"
+    log_level = "info"                    # debug | info | warning | error
+    default_runtime = "native"
+    pod_cgroup_parent = "/corral"         # pods without a CRI cgroup_parent go here
+    sandbox_image = ""                    # not used: pods pin namespaces, no pause container
+
+    [cni]
+    conf_dir = "/etc/cni/net.d"
+    bin_dirs = ["/usr/lib/cni", "/opt/cni/bin"]
+    cache_dir = ""                        # "" = <state>/cni
+
+    [runtimes.native]                     # containers forked by the shim, corral.runtime in process
+    type = "native"
+    [runtimes.runc]                       # any runc-compatible binary: a RuntimeClass handler
+    type = "oci"
+    path = "/usr/sbin/runc"
+
+Flags (`--root`, `--state`, `--listen`, `--config`) override the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class RuntimeHandler:
+    __slots__ = ("name", "type", "path", "options")
+
+    def __init__(self, name: str, type: str, path: str = "", options: dict | None = None):
+        self.name = name
+        self.type = type
+        self.path = path
+        self.options = options or {}
+
+
+class CniConfig:
+    __slots__ = ("conf_dir", "bin_dirs", "cache_dir")
+
+    def __init__(self, conf_dir: str, bin_dirs: list[str], cache_dir: str):
+        self.conf_dir = conf_dir
+        self.bin_dirs = bin_dirs
+        self.cache_dir = cache_dir
+
+
+class Config:
+    def __init__(self, values: dict, runtimes: dict[str, RuntimeHandler], cni: CniConfig):
+        self.root: str = values["root"]
+        self.state: str = values["state"]
+        self.listen: str = values["listen"]
+        self.registries_conf: str = values["registries_conf"]
+        self.auth_file: str = values["auth_file"]
+        self.certs_dir: str = values["certs_dir"]
+        self.log_level: str = values["log_level"]
+        self.default_runtime: str = values["default_runtime"]
+        self.pod_cgroup_parent: str = values["pod_cgroup_parent"]
+        self.runtimes = runtimes
+        self.cni = cni
+
+    @property
+    def socket_path(self) -> str:
+        return self.listen.removeprefix("unix://")
+
+    def handler(self, name: str) -> RuntimeHandler:
+        """The runtime handler for a CRI runtime_handler ("" is the default)."""
+        handler = self.runtimes.get(name or self.default_runtime)
+        if handler is None:
+            raise ConfigError(f"no runtime handler {name!r} (configured: "
+                              f"{', '.join(sorted(self.runtimes))})")
+        return handler
+
+
+DEFAULTS = {
+    "root": "/var/lib/corral",
+    "state": "/run/corral",
+    "listen": "",  # from state
+    "registries_conf": "",
+    "auth_file": "",
+    "certs_dir": "/etc/containers/certs.d",
+    "log_level": "info",
+    "default_runtime": "native",
+    "pod_cgroup_parent": "/corral",
+    "sandbox_image": "",
+}
+DEFAULT_RUNTIMES = {
+    "native": {"type": "native"},
+    "runc": {"type": "oci", "path": "/usr/sbin/runc"},
+    "crun": {"type": "oci", "path": "/usr/bin/crun"},
+    "runsc": {"type": "oci", "path": "/usr/bin/runsc"},
+}
+
+
+def load(path: str | None = None, **overrides) -> Config:
+    document = {}
+    if path:
+        try:
+            with open(path, "rb") as f:
+                document = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config {path}: no such file") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config {path}: not valid TOML: {e}") from None
+    where = f"config {path}" if path else "config"
+    known = set(DEFAULTS) | {"cni", "runtimes"}
+    unknown = sorted(set(document) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    values = dict(DEFAULTS)
+    for key in DEFAULTS:
+        if key in document:
+            if not isinstance(document[key], str):
+                raise ConfigError(f"{where}: {key} must be a string")
+            values[key] = document[key]
+    for key, value in overrides.items():
+        if value:
+            values[key] = value
+    for key in ("root", "state"):
+        if not os.path.isabs(values[key]):
+            raise ConfigError(f"{where}: {key} must be an absolute path, not {values[key]!r}")
+    if not values["listen"]:
+        values["listen"] = "unix://" + os.path.join(values["state"], "corral.sock")
+    if not values["listen"].startswith("unix:///"):
+        raise ConfigError(f"{where}: listen must be unix:///absolute/path, not "
+                          f"{values['listen']!r}")
+    if values["log_level"] not in LOG_LEVELS:
+        raise ConfigError(f"{where}: log_level must be one of {', '.join(LOG_LEVELS)}")
+    return Config(values, _runtimes(document.get("runtimes", {}), where, values),
+                  _cni(document.get("cni", {}), where, values))
+
+
+def _runtimes(table, where: str, values: dict) -> dict[str, RuntimeHandler]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: runtimes must be a table")
+    merged = {name: dict(spec) for name, spec in DEFAULT_RUNTIMES.items()}
+    for name, spec in table.items():
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}: runtimes.{name} must be a table")
+        merged[name] = {**merged.get(name, {}), **spec}
+    handlers = {}
+    for name, spec in merged.items():
+        kind = spec.get("type", "oci")
+        if kind not in ("native", "oci"):
+            raise ConfigError(f"{where}: runtimes.{name}.type must be native or oci")
+        path = spec.get("path", "")
+        if kind == "oci" and not (isinstance(path, str) and os.path.isabs(path)):
+            raise ConfigError(f"{where}: runtimes.{name}.path must be an absolute path")
+        handlers[name] = RuntimeHandler(name, kind, path,
+                                        {k: v for k, v in spec.items() if k not in ("type",
+                                                                                  "path")})
+    if values["default_runtime"] not in handlers:
+        raise ConfigError(f"{where}: default_runtime {values['default_runtime']!r} is not in "
+                          "runtimes")
+    return handlers
+
+
+def _cni(table, where: str, values: dict) -> CniConfig:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: cni must be a table")
+    unknown = sorted(set(table) - {"conf_dir", "bin_dirs", "cache_dir"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) cni.{', cni.'.join(unknown)}")
+    conf_dir = table.get("conf_dir", "/etc/cni/net.d")
+    bin_dirs = table.get("bin_dirs", ["/usr/lib/cni", "/opt/cni/bin"])
+    cache_dir = table.get("cache_dir", "") or os.path.join(values["state"], "cni")
+    if not isinstance(conf_dir, str) or not isinstance(cache_dir, str):
+        raise ConfigError(f"{where}: cni.conf_dir and cni.cache_dir must be strings")
+    if not isinstance(bin_dirs, list) or not all(isinstance(d, str) for d in bin_dirs):
+        raise ConfigError(f"{where}: cni.bin_dirs must be a list of strings")
+    return CniConfig(conf_dir, bin_dirs, cache_dir)

@@ -1,0 +1,98 @@
+"""What corrald's parts share: config, the store, images, network, pods and containers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+
+from corral.daemon.config import Config
+from corral.images.registries import RegistryConfig
+from corral.images.service import ImageService
+from corral.sandbox.containers import Containers
+from corral.sandbox.pods import Pods
+from corral.store.db import Database
+from corral.store.sandboxes import SandboxStore
+
+log = logging.getLogger("corrald")
+
+
+class Context:
+    def __init__(self, config: Config):
+        from corral.network.manager import PodNetwork
+
+        self.config = config
+        os.makedirs(config.root, mode=0o711, exist_ok=True)
+        os.makedirs(config.state, mode=0o711, exist_ok=True)
+        self.db = Database(os.path.join(config.root, "metadata.db"))
+        self.store = SandboxStore(self.db)
+        self.images = ImageService(config.root)
+        self.registries = RegistryConfig.load(config.registries_conf or None,
+                                              config.auth_file or None, config.certs_dir)
+        self.network = PodNetwork(config.cni.conf_dir, config.cni.bin_dirs,
+                                  config.cni.cache_dir)
+        self.pods = Pods(self)
+        self.containers = Containers(self)
+        self.cgroup_v2 = _cgroup_v2_only()
+        self.min_oom_score_adj = _current_oom_score_adj()
+        self._unpack_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.images.close()
+        self.db.close()
+
+    # --- images --------------------------------------------------------------------------------
+    def unpack_image(self, name: str) -> str:
+        """The image's top chain ID, unpacked once (layers are shared; unpacking is serialized)."""
+        with self._unpack_lock:
+            return self.images.unpack(name)
+
+    def image_config(self, image) -> dict:
+        return json.loads(self.images.content.read(image.id))
+
+    # --- cgroups -------------------------------------------------------------------------------
+    def remove_pod_cgroup(self, record) -> None:
+        """The pod's cgroup parent directories, if empty (its containers' cgroups are gone)."""
+        if record is None or not record.cgroup_parent:
+            return
+        relative = record.cgroup_parent.strip("/")
+        if not relative or not relative.startswith(self.config.pod_cgroup_parent.strip("/")
+                                                    + "/pod-"):
+            return  # a parent kubelet chose is kubelet's to remove
+        base = "/sys/fs/cgroup"
+        hierarchies = [base] if self.cgroup_v2 else [
+            os.path.join(base, name) for name in os.listdir(base)
+            if os.path.isdir(os.path.join(base, name)) and
+            not os.path.islink(os.path.join(base, name))]
+        for hierarchy in hierarchies:
+            try:
+                os.rmdir(os.path.join(hierarchy, relative))
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+            except OSError as e:
+                log.warning("pod cgroup %s in %s: %s", relative, hierarchy, e)
+
+
+def _cgroup_v2_only() -> bool:
+    return os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+
+
+def _current_oom_score_adj() -> int | None:
+    """Where oom_score_adj may not go below without CAP_SYS_RESOURCE (containerd's
+    restrict_oom_score_adj): corrald's own value, if lowering it is not allowed here."""
+    try:
+        with open("/proc/self/oom_score_adj") as f:
+            current = int(f.read())
+    except (OSError, ValueError):
+        return None
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(current - 1 if current > -1000 else current))
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(current))
+        return None
+    except PermissionError:
+        log.info("oom_score_adj cannot be lowered here (no CAP_SYS_RESOURCE): container values "
+                 "below %d are raised to it", current)
+        return current

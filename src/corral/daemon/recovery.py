@@ -1,0 +1,108 @@
+"""Start-up recovery: make the world consistent with the store, touching nothing healthy.
+
+    pod `creating` / `removing`        undo it all (shim, CNI DEL, namespaces, shm, dirs)
+    container `creating` / `removing`  undo it all (shim delete, rootfs mount, snapshot, bundle)
+    pod whose shim died                its containers are marked exited with the exit code the
+                                       shim recorded (255 if none); a new shim serves the pod
+    container whose process ended      marked exited with its recorded exit code
+    pod directory without a record     torn down (a crash between cleanup and record removal)
+    active snapshot without a record   removed
+
+Each step is idempotent, so a crash during recovery is recovered by the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+
+from corral.sandbox.pods import pod_config
+from corral.shim.protocol import ShimClient, ShimError
+
+log = logging.getLogger("corrald.recovery")
+_ID = re.compile(r"[0-9a-f]{64}")
+
+
+def recover(ctx) -> None:
+    store = ctx.store
+    for container in store.containers():
+        if container.state in ("creating", "removing"):
+            log.info("container %s was %s: undoing it", container.id[:12], container.state)
+            ctx.containers._undo(container.id, container.pod_id)
+            store.remove_container(container.id)
+    for pod in store.pods():
+        if pod.state in ("creating", "removing"):
+            log.info("pod %s was %s: undoing it", pod.id[:12], pod.state)
+            for container in store.containers(pod.id):
+                ctx.containers._undo(container.id, pod.id)
+            ctx.pods._teardown(pod.id, pod_config(pod), network=True)
+            store.remove_pod(pod.id)
+            continue
+        if not _shim_alive(ctx, pod.id):
+            _replace_shim(ctx, pod)
+    for container in store.containers():
+        ctx.containers._sync(container)
+    _remove_strays(ctx)
+
+
+def _shim_alive(ctx, pod_id: str) -> bool:
+    try:
+        with ShimClient(ctx.pods.paths(pod_id).shim_socket, timeout=5) as shim:
+            shim.call("ping")
+        return True
+    except (OSError, ShimError):
+        return False
+
+
+def _replace_shim(ctx, pod) -> None:
+    """The pod's shim died: record its containers' ends, clear them, serve the pod anew."""
+    from corral.runtime.container import Container
+    from corral.shim.launch import start_shim
+    from corral.shim.server import recorded_exit
+
+    paths = ctx.pods.paths(pod.id)
+    log.warning("pod %s: shim is gone; its containers are marked exited", pod.id[:12])
+    for container in ctx.store.containers(pod.id):
+        if container.state in ("created", "running"):
+            exit_record = recorded_exit(paths.shim, container.id) or {
+                "exit_code": 255, "finished_at": 0, "reason": "shim died"}
+            ctx.store.update_container(container.id, state="exited",
+                                       exit_code=exit_record["exit_code"],
+                                       finished=exit_record["finished_at"],
+                                       reason=exit_record.get("reason") or "Error")
+        # A process left without its shim has no one reading its output: end it.
+        try:
+            Container.load(os.path.join(paths.shim, "runtime"), container.id).delete(force=True)
+        except Exception as e:  # noqa: BLE001 - gone already is the usual case
+            log.debug("container %s: runtime delete: %s", container.id[:12], e)
+    if os.path.isdir(paths.dir):
+        pid = start_shim(pod.id, paths.shim)
+        ctx.store.update_pod(pod.id, shim_pid=pid)
+
+
+def _remove_strays(ctx) -> None:
+    pods_dir = os.path.join(ctx.config.state, "pods")
+    known_pods = {pod.id for pod in ctx.store.pods()}
+    for name in os.listdir(pods_dir) if os.path.isdir(pods_dir) else []:
+        if _ID.fullmatch(name) and name not in known_pods:
+            log.info("pod directory %s has no record: tearing it down", name[:12])
+            _teardown_unrecorded(ctx, name)
+    known_containers = {container.id for container in ctx.store.containers()}
+    active = ctx.images.db.conn.execute("SELECT key FROM snapshots WHERE kind = 'active'")
+    for (key,) in active.fetchall():
+        if _ID.fullmatch(key) and key not in known_containers:
+            log.info("snapshot %s has no container: removing it", key[:12])
+            ctx.images.snapshots.remove(key)
+
+
+def _teardown_unrecorded(ctx, pod_id: str) -> None:
+    from cri_api.v1 import api_pb2
+
+    paths = ctx.pods.paths(pod_id)
+    for name in os.listdir(paths.containers) if os.path.isdir(paths.containers) else []:
+        ctx.containers._undo(name, pod_id)
+    ctx.pods._teardown(pod_id, api_pb2.PodSandboxConfig(), network=False)
+    ctx.network.teardown(pod_id, "", name="", namespace="", uid="", port_mappings=[])
+    shutil.rmtree(paths.dir, ignore_errors=True)

@@ -1,0 +1,257 @@
+"""Pod sandboxes: pinned namespaces, CNI networking, the pod's files and its shim.
+
+A pod has no pause container: its network, IPC and UTS namespaces are
+pinned (bind-mounted nsfs files under `<state>/pods/<id>/ns/`), and its
+shim is started on RunPodSandbox.  Steps run in order and each is undone,
+in reverse, if a later one fails; the record is written as `creating`
+first and removed last, so a crash in between is found and undone by the
+recovery (recovery.py).
+
+    <state>/pods/<id>/
+        ns/{net,ipc,uts}      pinned namespaces
+        hostname hosts resolv.conf
+        shm/                  the pod's /dev/shm (tmpfs)
+        shim/                 the shim's socket, exit records, runtime state
+        containers/<cid>/     bundles (config.json, rootfs mount point)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import sqlite3
+import threading
+import time
+
+from corral.sandbox.errors import AlreadyExists, InvalidArgument, NotFound
+from corral.sandbox.files import HOST_HOSTS, host_file, hosts_text, resolv_conf_text, write_file
+
+log = logging.getLogger("corrald.pods")
+
+SHM_OPTIONS = "mode=1777,size=65536k"  # Docker's and containerd's 64 MiB /dev/shm
+
+
+class PodPaths:
+    def __init__(self, state: str, pod_id: str):
+        self.dir = os.path.join(state, "pods", pod_id)
+        self.ns = os.path.join(self.dir, "ns")
+        self.shm = os.path.join(self.dir, "shm")
+        self.shim = os.path.join(self.dir, "shim")
+        self.containers = os.path.join(self.dir, "containers")
+        self.hostname = os.path.join(self.dir, "hostname")
+        self.hosts = os.path.join(self.dir, "hosts")
+        self.resolv_conf = os.path.join(self.dir, "resolv.conf")
+
+    @property
+    def shim_socket(self) -> str:
+        return os.path.join(self.shim, "shim.sock")
+
+
+def namespace_mode(config, kind: str) -> int:
+    """The CRI NamespaceMode (POD=0, CONTAINER=1, NODE=2, TARGET=3) of a pod's namespace."""
+    options = config.linux.security_context.namespace_options
+    return getattr(options, kind)
+
+
+class Pods:
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.store = ctx.store
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+
+    def lock(self, pod_id: str) -> threading.Lock:
+        with self._locks_lock:
+            return self._locks.setdefault(pod_id, threading.Lock())
+
+    def paths(self, pod_id: str) -> PodPaths:
+        return PodPaths(self.ctx.config.state, pod_id)
+
+    def get(self, pod_id: str):
+        record = self.store.pod(pod_id) if pod_id else None
+        if record is None and pod_id and len(pod_id) < 64:
+            matches = self.store.pod_ids_with_prefix(pod_id)
+            if len(matches) == 1:
+                record = self.store.pod(matches[0])
+        if record is None or record.state in ("creating", "removing"):
+            raise NotFound(f"pod sandbox {pod_id!r} not found")
+        return record
+
+    # --- run -----------------------------------------------------------------------------------
+    def run(self, config, handler_name: str = "") -> str:
+        from corral.daemon.config import ConfigError
+
+        metadata = config.metadata
+        if not metadata.name or not metadata.namespace or not metadata.uid:
+            raise InvalidArgument("pod sandbox config: metadata.name, metadata.namespace and "
+                                  "metadata.uid are required")
+        try:
+            handler = self.ctx.config.handler(handler_name)
+        except ConfigError as e:
+            raise InvalidArgument(str(e)) from None
+        pod_id = secrets.token_hex(32)
+        host_network = namespace_mode(config, "network") == 2
+        cgroup_parent = config.linux.cgroup_parent or \
+            os.path.join(self.ctx.config.pod_cgroup_parent, f"pod-{pod_id[:12]}")
+        try:
+            self.store.add_pod(id=pod_id, name=metadata.name, namespace=metadata.namespace,
+                               uid=metadata.uid, attempt=metadata.attempt, state="creating",
+                               created=time.time_ns(), handler=handler.name,
+                               config=config.SerializeToString(), cgroup_parent=cgroup_parent)
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(f"pod sandbox {metadata.name}_{metadata.namespace}_"
+                                f"{metadata.uid}_{metadata.attempt} already exists") from None
+        with self.lock(pod_id):
+            try:
+                ip, pinned, shim_pid = self._make(pod_id, config, host_network)
+            except BaseException:
+                self._teardown(pod_id, config, network=not host_network)
+                self.store.remove_pod(pod_id)
+                raise
+            self.store.update_pod(pod_id, state="ready", ip=ip, namespaces=json.dumps(pinned),
+                                  shim_pid=shim_pid)
+        log.info("pod %s (%s/%s) ready ip=%s", pod_id[:12], metadata.namespace, metadata.name,
+                 ip or "host")
+        return pod_id
+
+    def _make(self, pod_id: str, config, host_network: bool) -> tuple[str, dict, int]:
+        from corral.network import netns
+        from corral.shim.launch import start_shim
+
+        paths = self.paths(pod_id)
+        os.makedirs(paths.containers, exist_ok=True)
+        kinds = []
+        if not host_network:
+            kinds += ["net", "uts"]
+        if namespace_mode(config, "ipc") != 2:
+            kinds.append("ipc")
+        hostname = config.hostname or (os.uname().nodename if host_network else
+                                       config.metadata.name)
+        pinned = netns.pin_namespaces(kinds, paths.ns, hostname=hostname) if kinds else {}
+        if "ipc" in kinds:
+            self._mount_shm(paths.shm)
+        ip = ""
+        if not host_network:
+            result = self.ctx.network.setup(
+                pod_id, pinned["net"], name=config.metadata.name,
+                namespace=config.metadata.namespace, uid=config.metadata.uid,
+                port_mappings=port_mappings(config))
+            ip = result.ip or ""
+        write_file(paths.hostname, hostname + "\n")
+        write_file(paths.hosts, host_file(HOST_HOSTS) if host_network else
+                   hosts_text(hostname, ip))
+        write_file(paths.resolv_conf, resolv_conf_text(config.dns_config
+                                                       if config.HasField("dns_config") else None))
+        shim_pid = start_shim(pod_id, paths.shim)
+        return ip, pinned, shim_pid
+
+    def _mount_shm(self, path: str) -> None:
+        from corral.runtime import syscalls as k
+
+        os.makedirs(path, exist_ok=True)
+        k.Syscalls().mount("shm", path, "tmpfs", k.MS_NOSUID | k.MS_NODEV | k.MS_NOEXEC,
+                           SHM_OPTIONS)
+
+    # --- stop and remove -----------------------------------------------------------------------
+    def stop(self, pod_id: str) -> None:
+        """Stop every container, tear the network down; idempotent, as the CRI requires."""
+        record = self.store.pod(pod_id)
+        if record is None or record.state == "removing":
+            return  # the CRI: stopping what is gone is not an error
+        with self.lock(record.id):
+            for container in self.store.containers(record.id):
+                self.ctx.containers.stop(container.id, timeout=0, pod_locked=True)
+            if record.state != "notready":
+                config = pod_config(record)
+                if namespace_mode(config, "network") != 2:
+                    self.ctx.network.teardown(record.id, record.pinned.get("net", ""),
+                                              name=config.metadata.name,
+                                              namespace=config.metadata.namespace,
+                                              uid=config.metadata.uid,
+                                              port_mappings=port_mappings(config))
+                self.store.update_pod(record.id, state="notready")
+        log.info("pod %s stopped", record.id[:12])
+
+    def remove(self, pod_id: str) -> None:
+        record = self.store.pod(pod_id)
+        if record is None:
+            return
+        self.stop(record.id)
+        with self.lock(record.id):
+            for container in self.store.containers(record.id):
+                self.ctx.containers.remove(container.id, pod_locked=True)
+            self.store.update_pod(record.id, state="removing")
+            self._teardown(record.id, pod_config(record), network=False)
+            self.store.remove_pod(record.id)
+        with self._locks_lock:
+            self._locks.pop(record.id, None)
+        log.info("pod %s removed", record.id[:12])
+
+    def _teardown(self, pod_id: str, config, network: bool) -> None:
+        """Undo whatever of the pod exists: each step tolerates what is already gone."""
+        from corral.network import netns
+        from corral.shim.protocol import ShimClient, ShimError
+
+        paths = self.paths(pod_id)
+        if os.path.exists(paths.shim_socket):
+            try:
+                with ShimClient(paths.shim_socket, timeout=30) as shim:
+                    shim.call("shutdown", force=True)
+            except (OSError, ShimError) as e:
+                log.warning("pod %s: shim shutdown: %s", pod_id[:12], e)
+        _kill_shim(paths.shim)
+        if network:
+            record = self.store.pod(pod_id)
+            self.ctx.network.teardown(pod_id, (record.pinned if record else {}).get("net", ""),
+                                      name=config.metadata.name,
+                                      namespace=config.metadata.namespace,
+                                      uid=config.metadata.uid,
+                                      port_mappings=port_mappings(config))
+        _unmount(paths.shm)
+        netns.unpin_namespaces(paths.ns)
+        self.ctx.remove_pod_cgroup(self.store.pod(pod_id))
+        shutil.rmtree(paths.dir, ignore_errors=True)
+
+
+def pod_config(record):
+    from cri_api.v1 import api_pb2
+
+    config = api_pb2.PodSandboxConfig()
+    config.ParseFromString(record.config)
+    return config
+
+
+def port_mappings(config) -> list[dict]:
+    protocols = {0: "tcp", 1: "udp", 2: "sctp"}
+    return [{"hostPort": m.host_port, "containerPort": m.container_port,
+             "protocol": protocols.get(m.protocol, "tcp"), "hostIP": m.host_ip}
+            for m in config.port_mappings if m.host_port]
+
+
+def _unmount(path: str) -> None:
+    from corral.runtime import syscalls as k
+
+    try:
+        k.Syscalls().umount(path, k.MNT_DETACH)
+    except OSError:
+        pass
+
+
+def _kill_shim(shim_dir: str) -> None:
+    """A shim that did not exit by itself (or never answered) is killed by its recorded PID."""
+    try:
+        with open(os.path.join(shim_dir, "shim.pid")) as f:
+            pid = int(f.read())
+    except (OSError, ValueError):
+        return
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"corral.shim" not in f.read():
+                return  # the PID was reused
+        os.kill(pid, 9)
+    except (OSError, ProcessLookupError):
+        pass
+

@@ -1,0 +1,221 @@
+"""A real corrald for tests: its own root, state, socket and CNI network, and a CRI client.
+
+`Corrald.start()` runs `python -m corral.daemon.main` and waits for its
+ready line; `kill()` sends any signal (SIGKILL for the crash tests);
+`cleanup()` removes every pod through CRI, then makes sure of it: no shim
+process, mount, netns, veth, cgroup or IP allocation of this daemon is
+left.  The CNI network is a test-only bridge and subnet, so nothing of
+the host's own networking is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from cri_api.v1 import api_pb2, api_pb2_grpc
+
+from corral.images.busybox import build_rootfs
+from corral.images.layout import build_image, write_archive
+from corral.images.service import ImageService
+
+BUSYBOX = "docker.io/library/busybox:latest"
+CNI_BIN_DIRS = ["/usr/lib/cni"]
+
+
+def cni_conflist(bridge: str, subnet: str, data_dir: str) -> dict:
+    return {
+        "cniVersion": "1.0.0",
+        "name": f"{bridge}-net",
+        "plugins": [
+            {"type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": False,
+             "hairpinMode": True,
+             "ipam": {"type": "host-local", "dataDir": data_dir,
+                      "ranges": [[{"subnet": subnet}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+        ],
+    }
+
+
+class Corrald:
+    def __init__(self, base: Path, bridge: str = "corralt0", subnet: str = "10.99.7.0/24"):
+        self.base = base
+        self.root = base / "root"
+        self.state = base / "state"
+        self.socket = self.state / "corral.sock"
+        self.log_path = base / "corrald.log"
+        self.cni_dir = base / "cni"
+        self.bridge = bridge
+        self.process: subprocess.Popen | None = None
+        self.channel = None
+        self.cni_dir.mkdir(parents=True, exist_ok=True)
+        (self.cni_dir / "10-test.conflist").write_text(json.dumps(
+            cni_conflist(bridge, subnet, str(base / "ipam"))))
+        self.config = base / "corrald.toml"
+        self.config.write_text(f'[cni]\nconf_dir = "{self.cni_dir}"\nbin_dirs = {CNI_BIN_DIRS!r}\n'
+                               .replace("'", '"'))
+
+    def import_busybox(self) -> str:
+        """The embedded busybox image, imported into the root before the daemon starts."""
+        rootfs = self.base / "busybox-rootfs"
+        if not rootfs.exists():
+            build_rootfs(str(rootfs))
+        archive = self.base / "busybox.tar"
+        write_archive(build_image(str(rootfs), BUSYBOX, cmd=["sh"]), str(archive))
+        service = ImageService(str(self.root))
+        try:
+            return service.import_archive(str(archive))[0].id
+        finally:
+            service.close()
+
+    def start(self, timeout: float = 30) -> None:
+        ready_r, ready_w = os.pipe()
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "corral.daemon.main", "--config", str(self.config),
+             "--root", str(self.root), "--state", str(self.state), "--log-level", "debug",
+             "--ready-fd", str(ready_w)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(ready_w,))
+        os.close(ready_w)
+        log.close()
+        deadline = time.monotonic() + timeout
+        line = b""
+        try:
+            while time.monotonic() < deadline and not line.endswith(b"\n"):
+                chunk = os.read(ready_r, 64)
+                if not chunk:
+                    break
+                line += chunk
+        finally:
+            os.close(ready_r)
+        if line != b"ready\n":
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"corrald did not start:\n{self.log()}")
+        self.channel = grpc.insecure_channel(f"unix://{self.socket}")
+        self.runtime = api_pb2_grpc.RuntimeServiceStub(self.channel)
+        self.images = api_pb2_grpc.ImageServiceStub(self.channel)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text()[-6000:]
+        except FileNotFoundError:
+            return ""
+
+    def kill(self, signum: int = signal.SIGKILL) -> int:
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+        self.process.send_signal(signum)
+        return self.process.wait(30)
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    # --- CRI helpers -------------------------------------------------------------------------
+    def pod_config(self, name: str, **fields) -> api_pb2.PodSandboxConfig:
+        config = api_pb2.PodSandboxConfig(
+            metadata=api_pb2.PodSandboxMetadata(name=name, namespace="test", uid=f"uid-{name}"),
+            hostname=name, log_directory=str(self.base / "logs" / name), **fields)
+        config.linux.security_context.namespace_options.pid = api_pb2.CONTAINER
+        return config
+
+    def container_config(self, name: str, args: list[str], **fields) -> api_pb2.ContainerConfig:
+        return api_pb2.ContainerConfig(
+            metadata=api_pb2.ContainerMetadata(name=name),
+            image=api_pb2.ImageSpec(image=BUSYBOX), command=args[:1], args=args[1:],
+            log_path=f"{name}.log", **fields)
+
+    def run_pod(self, name: str, **fields) -> tuple[str, api_pb2.PodSandboxConfig]:
+        config = self.pod_config(name, **fields)
+        reply = self.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=config))
+        return reply.pod_sandbox_id, config
+
+    def create_container(self, pod_id: str, pod_config, name: str, args: list[str],
+                         **fields) -> str:
+        reply = self.runtime.CreateContainer(api_pb2.CreateContainerRequest(
+            pod_sandbox_id=pod_id, config=self.container_config(name, args, **fields),
+            sandbox_config=pod_config))
+        return reply.container_id
+
+    def container_state(self, container_id: str):
+        return self.runtime.ContainerStatus(
+            api_pb2.ContainerStatusRequest(container_id=container_id)).status
+
+    def wait_exited(self, container_id: str, timeout: float = 20):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.container_state(container_id)
+            if status.state == api_pb2.CONTAINER_EXITED:
+                return status
+            time.sleep(0.05)
+        raise AssertionError(f"container {container_id[:12]} did not exit")
+
+    # --- cleanup -----------------------------------------------------------------------------
+    def cleanup(self) -> None:
+        """Remove every pod (through CRI if the daemon runs), then whatever is left by hand."""
+        if self.running() and self.channel is not None:
+            try:
+                for pod in self.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items:
+                    self.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(
+                        pod_sandbox_id=pod.id))
+                    self.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(
+                        pod_sandbox_id=pod.id))
+            except grpc.RpcError:
+                pass
+        if self.running():
+            self.kill(signal.SIGTERM)
+        for pid in self.shim_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for mount in reversed(self.mounts()):
+            subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
+        if os.path.exists(f"/sys/class/net/{self.bridge}"):
+            subprocess.run(["ip", "link", "del", self.bridge], check=False, capture_output=True)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def shim_pids(self) -> list[int]:
+        pids = []
+        for pid_file in self.state.glob("pods/*/shim/shim.pid"):
+            try:
+                pid = int(pid_file.read_text())
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if b"corral.shim" in f.read():
+                        pids.append(pid)
+            except (OSError, ValueError):
+                pass
+        return pids
+
+    def mounts(self) -> list[str]:
+        base = str(self.base)
+        with open("/proc/self/mountinfo") as f:
+            points = [line.split()[4] for line in f]
+        return [p for p in points if p == base or p.startswith(base + "/")]
+
+    def leftovers(self) -> dict:
+        """What of this daemon's pods exists outside the daemon: all should be empty."""
+        ipam = self.base / "ipam"
+        return {
+            "shims": self.shim_pids(),
+            "mounts": self.mounts(),
+            "pod_dirs": sorted(p.name for p in (self.state / "pods").glob("*"))
+            if (self.state / "pods").exists() else [],
+            "ip_allocations": sorted(p.name for p in ipam.rglob("*")
+                                     if p.is_file() and p.name[0].isdigit())
+            if ipam.exists() else [],
+            "veths": _veths_on(self.bridge),
+        }
+
+
+def _veths_on(bridge: str) -> list[str]:
+    path = f"/sys/class/net/{bridge}/brif"
+    return sorted(os.listdir(path)) if os.path.isdir(path) else []

@@ -1,0 +1,181 @@
+"""The CRI against a real corrald over its Unix socket: pods, containers, exec, logs, errors."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import grpc
+import pytest
+from cri_api.v1 import api_pb2
+
+from tests.integration.corrald import BUSYBOX, Corrald
+
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z (stdout|stderr) (F|P) (.*)$")
+
+
+@pytest.fixture(scope="module")
+def corrald(tmp_path_factory):
+    daemon = Corrald(tmp_path_factory.mktemp("corrald"))
+    try:
+        daemon.import_busybox()
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.cleanup()
+
+
+@pytest.fixture
+def daemon(corrald):
+    """The shared daemon; after each test no pod of it may be left, nor anything of one."""
+    yield corrald
+    for pod in corrald.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items:
+        corrald.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod.id))
+        corrald.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod.id))
+    assert corrald.leftovers() == {"shims": [], "mounts": [], "pod_dirs": [],
+                                   "ip_allocations": [], "veths": []}
+
+
+def code_of(call, request) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as info:
+        call(request)
+    assert "Traceback" not in info.value.details()
+    return info.value.code()
+
+
+def test_version_and_status(daemon):
+    version = daemon.runtime.Version(api_pb2.VersionRequest())
+    assert (version.runtime_name, version.runtime_api_version) == ("corral", "v1")
+    conditions = {c.type: c.status for c in
+                  daemon.runtime.Status(api_pb2.StatusRequest()).status.conditions}
+    assert conditions == {"RuntimeReady": True, "NetworkReady": True}
+
+
+def test_pod_and_container_lifecycle_with_logs(daemon):
+    pod_id, pod_config = daemon.run_pod("life")
+    status = daemon.runtime.PodSandboxStatus(
+        api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True))
+    assert status.status.state == api_pb2.SANDBOX_READY
+    assert status.status.network.ip.startswith("10.99.7.")
+    assert "shim" in status.info["info"]
+
+    container_id = daemon.create_container(
+        pod_id, pod_config, "hello",
+        ["sh", "-c", "echo hello from $(hostname); echo oops >&2; exit 3"])
+    assert daemon.container_state(container_id).state == api_pb2.CONTAINER_CREATED
+    daemon.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=container_id))
+    final = daemon.wait_exited(container_id)
+    assert final.exit_code == 3
+    assert final.started_at > 0 and final.finished_at >= final.started_at
+    assert final.image.image == BUSYBOX and final.image_id.startswith("sha256:")
+
+    lines = open(final.log_path).read().splitlines()
+    parsed = [LOG_LINE.match(line).groups() for line in lines]
+    assert ("stdout", "F", "hello from life") in parsed
+    assert ("stderr", "F", "oops") in parsed
+
+    listed = daemon.runtime.ListContainers(api_pb2.ListContainersRequest(
+        filter=api_pb2.ContainerFilter(pod_sandbox_id=pod_id)))
+    assert [c.id for c in listed.containers] == [container_id]
+    daemon.runtime.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=container_id))
+    daemon.runtime.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=container_id))
+    for _ in range(2):  # idempotent, as the CRI requires
+        daemon.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+    for _ in range(2):
+        daemon.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    assert not daemon.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items
+
+
+def test_exec_sync_and_stop(daemon):
+    pod_id, pod_config = daemon.run_pod("execs")
+    container_id = daemon.create_container(
+        pod_id, pod_config, "sleeper",
+        ["sh", "-c", "trap 'exit 7' TERM; while :; do sleep 0.1; done"])
+    daemon.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=container_id))
+    reply = daemon.runtime.ExecSync(api_pb2.ExecSyncRequest(
+        container_id=container_id, cmd=["sh", "-c", "echo out; echo err >&2; exit 4"],
+        timeout=10))
+    assert (reply.stdout, reply.stderr, reply.exit_code) == (b"out\n", b"err\n", 4)
+    assert code_of(daemon.runtime.ExecSync, api_pb2.ExecSyncRequest(
+        container_id=container_id, cmd=["sleep", "30"], timeout=1)) == \
+        grpc.StatusCode.DEADLINE_EXCEEDED
+    started = time.monotonic()
+    daemon.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=container_id,
+                                                              timeout=10))
+    assert time.monotonic() - started < 5  # the TERM trap ends it long before the timeout
+    assert daemon.container_state(container_id).exit_code == 7
+    daemon.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=container_id))
+
+
+def test_stop_escalates_to_kill(daemon):
+    pod_id, pod_config = daemon.run_pod("stubborn")
+    container_id = daemon.create_container(
+        pod_id, pod_config, "deaf", ["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"])
+    daemon.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=container_id))
+    daemon.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=container_id,
+                                                              timeout=1))
+    assert daemon.container_state(container_id).exit_code == 137
+
+
+def test_error_codes(daemon):
+    rt = daemon.runtime
+    missing = "f" * 64
+    assert code_of(rt.ContainerStatus, api_pb2.ContainerStatusRequest(
+        container_id=missing)) == grpc.StatusCode.NOT_FOUND
+    assert code_of(rt.PodSandboxStatus, api_pb2.PodSandboxStatusRequest(
+        pod_sandbox_id=missing)) == grpc.StatusCode.NOT_FOUND
+    assert code_of(rt.StartContainer, api_pb2.StartContainerRequest(
+        container_id="")) == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(rt.RunPodSandbox, api_pb2.RunPodSandboxRequest(
+        config=api_pb2.PodSandboxConfig())) == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(rt.RunPodSandbox, api_pb2.RunPodSandboxRequest(
+        config=daemon.pod_config("h"), runtime_handler="nope")) == \
+        grpc.StatusCode.INVALID_ARGUMENT
+
+    pod_id, pod_config = daemon.run_pod("errors")
+    assert code_of(rt.RunPodSandbox, api_pb2.RunPodSandboxRequest(config=pod_config)) == \
+        grpc.StatusCode.ALREADY_EXISTS
+    assert code_of(rt.CreateContainer, api_pb2.CreateContainerRequest(
+        pod_sandbox_id=pod_id, config=api_pb2.ContainerConfig(
+            metadata=api_pb2.ContainerMetadata(name="x"),
+            image=api_pb2.ImageSpec(image="no/such:image")))) == grpc.StatusCode.NOT_FOUND
+    container_id = daemon.create_container(pod_id, pod_config, "once", ["true"])
+    assert code_of(rt.CreateContainer, api_pb2.CreateContainerRequest(
+        pod_sandbox_id=pod_id, config=daemon.container_config("once", ["true"]))) == \
+        grpc.StatusCode.ALREADY_EXISTS
+    rt.StartContainer(api_pb2.StartContainerRequest(container_id=container_id))
+    daemon.wait_exited(container_id)
+    assert code_of(rt.StartContainer, api_pb2.StartContainerRequest(
+        container_id=container_id)) == grpc.StatusCode.FAILED_PRECONDITION
+    assert code_of(rt.ExecSync, api_pb2.ExecSyncRequest(
+        container_id=container_id, cmd=["true"])) == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_list_filters(daemon):
+    first, _ = daemon.run_pod("first", labels={"app": "a"})
+    second, _ = daemon.run_pod("second", labels={"app": "b"})
+    rt = daemon.runtime
+
+    def ids(**filter_fields):
+        request = api_pb2.ListPodSandboxRequest(filter=api_pb2.PodSandboxFilter(**filter_fields))
+        return sorted(pod.id for pod in rt.ListPodSandbox(request).items)
+
+    assert ids() == sorted([first, second])
+    assert ids(id=first[:13]) == [first]
+    assert ids(label_selector={"app": "b"}) == [second]
+    rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=second))
+    assert ids(state=api_pb2.PodSandboxStateValue(state=api_pb2.SANDBOX_NOTREADY)) == [second]
+    assert ids(state=api_pb2.PodSandboxStateValue(state=api_pb2.SANDBOX_READY)) == [first]
+
+
+def test_images_through_cri(daemon):
+    images = daemon.images.ListImages(api_pb2.ListImagesRequest()).images
+    assert any(BUSYBOX in image.repo_tags for image in images)
+    status = daemon.images.ImageStatus(api_pb2.ImageStatusRequest(
+        image=api_pb2.ImageSpec(image="busybox")))
+    assert status.image.id.startswith("sha256:") and BUSYBOX in status.image.repo_tags
+    absent = daemon.images.ImageStatus(api_pb2.ImageStatusRequest(
+        image=api_pb2.ImageSpec(image="no/such:image")))
+    assert not absent.HasField("image")
+    info = daemon.images.ImageFsInfo(api_pb2.ImageFsInfoRequest())
+    assert info.image_filesystems[0].used_bytes.value > 0

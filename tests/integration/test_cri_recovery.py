@@ -1,0 +1,145 @@
+"""corrald killed (SIGKILL) at the worst moments: the restarted daemon reports a consistent
+world, keeps what was healthy, and nothing is leaked; shims and containers outlive it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import grpc
+import pytest
+from cri_api.v1 import api_pb2
+
+from tests.integration.corrald import Corrald
+
+EMPTY = {"shims": [], "mounts": [], "pod_dirs": [], "ip_allocations": [], "veths": []}
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    corrald = Corrald(tmp_path / "corrald", bridge="corralt1", subnet="10.99.8.0/24")
+    try:
+        corrald.import_busybox()
+        corrald.start()
+        yield corrald
+    finally:
+        corrald.cleanup()
+
+
+def remove_everything(daemon: Corrald) -> None:
+    for pod in daemon.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items:
+        daemon.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod.id))
+        daemon.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod.id))
+    assert daemon.leftovers() == EMPTY
+
+
+def test_containers_and_shim_survive_corrald(daemon):
+    pod_id, pod_config = daemon.run_pod("survivor")
+    container_id = daemon.create_container(
+        pod_id, pod_config, "ticker", ["sh", "-c", "while :; do echo tick; sleep 0.1; done"])
+    daemon.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=container_id))
+    (shim_pid,) = daemon.shim_pids()
+    assert os.getsid(shim_pid) == shim_pid  # its own session, not corrald's
+    daemon.kill(signal.SIGKILL)
+    time.sleep(0.5)
+    os.kill(shim_pid, 0)  # still alive
+    log_path = daemon.base / "logs" / "survivor" / "ticker.log"
+    size = log_path.stat().st_size
+    time.sleep(0.5)
+    assert log_path.stat().st_size > size  # logs keep flowing without corrald
+    daemon.start()
+    status = daemon.container_state(container_id)
+    assert status.state == api_pb2.CONTAINER_RUNNING
+    assert daemon.shim_pids() == [shim_pid]  # reconnected, not replaced
+    reply = daemon.runtime.ExecSync(api_pb2.ExecSyncRequest(container_id=container_id,
+                                                            cmd=["echo", "still here"]))
+    assert reply.stdout == b"still here\n"
+    remove_everything(daemon)
+
+
+def test_exit_while_corrald_is_down_is_seen_after_restart(daemon):
+    pod_id, pod_config = daemon.run_pod("brief")
+    container_id = daemon.create_container(pod_id, pod_config, "short",
+                                           ["sh", "-c", "sleep 0.5; exit 9"])
+    daemon.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=container_id))
+    daemon.kill(signal.SIGKILL)
+    time.sleep(1.0)
+    daemon.start()
+    status = daemon.container_state(container_id)
+    assert (status.state, status.exit_code) == (api_pb2.CONTAINER_EXITED, 9)
+    remove_everything(daemon)
+
+
+def test_dead_shim_marks_its_containers_exited(daemon):
+    pod_id, pod_config = daemon.run_pod("orphaned")
+    container_id = daemon.create_container(pod_id, pod_config, "sleeper", ["sleep", "60"])
+    daemon.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=container_id))
+    daemon.kill(signal.SIGKILL)
+    for pid in daemon.shim_pids():
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.3)
+    daemon.start()
+    status = daemon.container_state(container_id)
+    assert status.state == api_pb2.CONTAINER_EXITED
+    remove_everything(daemon)
+
+
+def kill_during(daemon: Corrald, call, seconds: float) -> None:
+    """Start `call` in a thread and SIGKILL corrald `seconds` later, mid-call."""
+    errors = []
+
+    def run():
+        try:
+            call()
+        except grpc.RpcError as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(seconds)
+    daemon.kill(signal.SIGKILL)
+    thread.join(30)
+
+
+@pytest.mark.parametrize("delay", [0.02, 0.1, 0.3])
+def test_kill_during_run_pod_sandbox(daemon, delay):
+    kill_during(daemon, lambda: daemon.run_pod("crashy"), delay)
+    daemon.start()
+    pods = daemon.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items
+    # Either the pod was made whole before the kill, or nothing of it is left.
+    assert all(pod.state == api_pb2.SANDBOX_READY for pod in pods)
+    remove_everything(daemon)
+
+
+@pytest.mark.parametrize("delay", [0.02, 0.1])
+def test_kill_during_create_and_start_container(daemon, delay):
+    pod_id, pod_config = daemon.run_pod("crashc")
+
+    def create_and_start():
+        container_id = daemon.create_container(pod_id, pod_config, "c", ["sleep", "30"])
+        daemon.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=container_id))
+
+    kill_during(daemon, create_and_start, delay)
+    daemon.start()
+    containers = daemon.runtime.ListContainers(api_pb2.ListContainersRequest()).containers
+    for container in containers:
+        assert container.state in (api_pb2.CONTAINER_CREATED, api_pb2.CONTAINER_RUNNING)
+    remove_everything(daemon)
+
+
+@pytest.mark.parametrize("delay", [0.02, 0.1])
+def test_kill_during_stop_pod_sandbox(daemon, delay):
+    pod_id, pod_config = daemon.run_pod("crashs")
+    container_id = daemon.create_container(pod_id, pod_config, "c", ["sleep", "30"])
+    daemon.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=container_id))
+    kill_during(daemon, lambda: daemon.runtime.StopPodSandbox(
+        api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod_id)), delay)
+    daemon.start()
+    daemon.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+    status = daemon.runtime.PodSandboxStatus(
+        api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod_id)).status
+    assert status.state == api_pb2.SANDBOX_NOTREADY
+    assert daemon.container_state(container_id).state == api_pb2.CONTAINER_EXITED
+    remove_everything(daemon)
