@@ -1,0 +1,1 @@
+"""Pod networking: pinned namespaces and the real CNI plugins."""
