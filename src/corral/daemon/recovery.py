@@ -78,7 +78,7 @@ def _replace_shim(ctx, pod) -> None:
         except Exception as e:  # noqa: BLE001 - gone already is the usual case
             log.debug("container %s: runtime delete: %s", container.id[:12], e)
     if os.path.isdir(paths.dir):
-        pid = start_shim(pod.id, paths.shim)
+        pid = start_shim(pod.id, paths.shim, paths.shim_socket)
         ctx.store.update_pod(pod.id, shim_pid=pid)
 
 

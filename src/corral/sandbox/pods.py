@@ -37,6 +37,8 @@ SHM_OPTIONS = "mode=1777,size=65536k"  # Docker's and containerd's 64 MiB /dev/s
 class PodPaths:
     def __init__(self, state: str, pod_id: str):
         self.dir = os.path.join(state, "pods", pod_id)
+        # Unix socket paths are short (107 bytes): sockets live apart, named by an ID prefix.
+        self.shim_socket = os.path.join(state, "sockets", f"{pod_id[:20]}.sock")
         self.ns = os.path.join(self.dir, "ns")
         self.shm = os.path.join(self.dir, "shm")
         self.shim = os.path.join(self.dir, "shim")
@@ -44,10 +46,6 @@ class PodPaths:
         self.hostname = os.path.join(self.dir, "hostname")
         self.hosts = os.path.join(self.dir, "hosts")
         self.resolv_conf = os.path.join(self.dir, "resolv.conf")
-
-    @property
-    def shim_socket(self) -> str:
-        return os.path.join(self.shim, "shim.sock")
 
 
 def namespace_mode(config, kind: str) -> int:
@@ -145,7 +143,7 @@ class Pods:
                    hosts_text(hostname, ip))
         write_file(paths.resolv_conf, resolv_conf_text(config.dns_config
                                                        if config.HasField("dns_config") else None))
-        shim_pid = start_shim(pod_id, paths.shim)
+        shim_pid = start_shim(pod_id, paths.shim, paths.shim_socket)
         return ip, pinned, shim_pid
 
     def _mount_shm(self, path: str) -> None:

@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="corral-shim")
     parser.add_argument("--id", required=True, help="the pod's ID")
     parser.add_argument("--dir", required=True, help="the shim's state directory")
+    parser.add_argument("--socket", help="its control socket (default DIR/shim.sock; a Unix "
+                        "socket path has at most 107 bytes)")
     opts = parser.parse_args(argv)
     os.makedirs(opts.dir, mode=0o700, exist_ok=True)
 
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     os.set_inheritable(ready, False)
     try:
         syscalls.Syscalls().prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
-        shim = Shim(opts.id, opts.dir)
+        shim = Shim(opts.id, opts.dir, opts.socket)
         shim.listen()
         with open(os.path.join(opts.dir, "shim.pid"), "w") as f:
             f.write(str(os.getpid()))

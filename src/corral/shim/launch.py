@@ -9,11 +9,14 @@ import sys
 from corral.shim.protocol import ShimError
 
 
-def start_shim(pod_id: str, directory: str, python: str | None = None,
-               timeout: float = 30.0) -> int:
+def start_shim(pod_id: str, directory: str, socket_path: str | None = None,
+               python: str | None = None, timeout: float = 30.0) -> int:
     """Start the shim detached and return its PID once its socket listens."""
-    process = subprocess.Popen([python or sys.executable, "-m", "corral.shim", "--id", pod_id,
-                                "--dir", directory],
+    command = [python or sys.executable, "-m", "corral.shim", "--id", pod_id, "--dir", directory]
+    if socket_path:
+        os.makedirs(os.path.dirname(socket_path), mode=0o700, exist_ok=True)
+        command += ["--socket", socket_path]
+    process = subprocess.Popen(command,
                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, start_new_session=True,
                                close_fds=True)

@@ -74,9 +74,10 @@ class ShimClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def call(self, op: str, timeout: float | None = None, **arguments) -> dict:
-        if timeout is not None:
-            self.sock.settimeout(timeout)
+    def call(self, op: str, io_timeout: float | None = None, **arguments) -> dict:
+        """One request; `io_timeout` bounds the socket wait (arguments go to the shim)."""
+        if io_timeout is not None:
+            self.sock.settimeout(io_timeout)
         self.sock.sendall(encode({"op": op, **arguments}))
         buffer = bytearray()
         while True:

@@ -99,12 +99,12 @@ class ExecJob:
 
 
 class Shim:
-    def __init__(self, pod_id: str, directory: str):
+    def __init__(self, pod_id: str, directory: str, socket_path: str | None = None):
         self.pod_id = pod_id
         self.dir = directory
         self.runtime_root = os.path.join(directory, "runtime")
         self.exits_dir = os.path.join(directory, "exits")
-        self.socket_path = os.path.join(directory, "shim.sock")
+        self.socket_path = socket_path or os.path.join(directory, "shim.sock")
         self.selector = selectors.DefaultSelector()
         self.containers: dict[str, Managed] = {}
         self.execs: dict[int, ExecJob] = {}

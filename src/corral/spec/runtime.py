@@ -379,8 +379,9 @@ class Spec(Record):
         return spec
 
     def _check_consistency(self) -> None:
-        if (self.hostname or self.domainname) and not self.has_new_namespace("uts"):
-            raise SpecError("hostname: setting a hostname needs a new uts namespace")
+        # As runc: a uts namespace of the container's own, made or joined (a pod's), not the host's.
+        if (self.hostname or self.domainname) and self.linux.namespace("uts") is None:
+            raise SpecError("hostname: setting a hostname needs a uts namespace")
         user = self.linux.namespace("user")
         if self.linux.uid_mappings or self.linux.gid_mappings:
             if user is None or user.path:

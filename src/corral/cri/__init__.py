@@ -1,0 +1,1 @@
+"""The CRI: gRPC servicers over the core, and CRI → OCI translation."""

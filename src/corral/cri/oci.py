@@ -1,0 +1,366 @@
+"""CRI ContainerConfig → OCI runtime config, with the defaults containerd's CRI plugin uses.
+
+Pure translation: the only I/O is reading the container rootfs's
+/etc/passwd and /etc/group to resolve a user name, and stat'ing host
+device nodes.  Anything that cannot be honoured is a TranslationError
+naming the CRI field (corrald answers INVALID_ARGUMENT).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+from corral.spec.defaults import DEFAULT_PATH, MASKED_PATHS, READONLY_PATHS, default_config
+
+# containerd's default capability set (pkg/cri/opts/spec_opts.go: DefaultCapabilities)
+DEFAULT_CAPABILITIES = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+]
+ALL_CAPABILITIES = DEFAULT_CAPABILITIES + [
+    "CAP_DAC_READ_SEARCH", "CAP_LINUX_IMMUTABLE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN",
+    "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_LEASE", "CAP_AUDIT_CONTROL", "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
+    "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+]
+# Namespaced sysctls a pod may set (Kubernetes' safe + unsafe namespaced sets).
+_NAMESPACED_SYSCTLS = ("kernel.shm", "kernel.msg", "kernel.sem", "fs.mqueue.", "net.")
+# CRI MountPropagation → OCI rootfs propagation option
+_PROPAGATION = {0: "rprivate", 1: "rslave", 2: "rshared"}
+# A modest default seccomp profile: allow everything but what no container needs.
+_DENIED_SYSCALLS = [
+    "acct", "add_key", "bpf", "clock_adjtime", "clock_settime", "create_module",
+    "delete_module", "finit_module", "get_kernel_syms", "get_mempolicy", "init_module",
+    "ioperm", "iopl", "kcmp", "kexec_file_load", "kexec_load", "keyctl", "lookup_dcookie",
+    "mbind", "mount", "move_pages", "name_to_handle_at", "nfsservctl", "open_by_handle_at",
+    "perf_event_open", "personality", "pivot_root", "process_vm_readv", "process_vm_writev",
+    "ptrace", "query_module", "quotactl", "reboot", "request_key", "set_mempolicy", "setns",
+    "settimeofday", "stime", "swapoff", "swapon", "sysfs", "_sysctl", "umount", "umount2",
+    "unshare", "uselib", "userfaultfd", "ustat", "vm86", "vm86old",
+]
+
+
+class TranslationError(ValueError):
+    pass
+
+
+class PodContext:
+    """What the pod gives each of its containers."""
+
+    def __init__(self, *, pod_id: str, namespaces: dict[str, str], share_pid: bool = False,
+                 host_pid: bool = False, cgroup_parent: str = "", hostname: str = "",
+                 etc_hosts: str = "", resolv_conf: str = "", hostname_file: str = "",
+                 shm: str = "", sysctls: dict[str, str] | None = None):
+        self.pod_id = pod_id
+        self.namespaces = namespaces
+        self.share_pid = share_pid
+        self.host_pid = host_pid
+        self.cgroup_parent = cgroup_parent
+        self.hostname = hostname
+        self.etc_hosts = etc_hosts
+        self.resolv_conf = resolv_conf
+        self.hostname_file = hostname_file
+        self.shm = shm
+        self.sysctls = sysctls or {}
+
+
+def container_spec(config, pod_config, image_config: dict, pod: PodContext, *, rootfs: str,
+                   container_id: str, cgroups_path: str | None = None, cgroup_v2: bool = False,
+                   min_oom_score_adj: int | None = None) -> dict:
+    image = image_config.get("config") or {}
+    security = config.linux.security_context
+    privileged = security.privileged
+    if privileged and not pod_config.linux.security_context.privileged:
+        raise TranslationError("linux.security_context.privileged: the pod sandbox is not "
+                               "privileged")
+    spec = default_config(args=_args(config, image), terminal=config.tty)
+    process = spec["process"]
+    process["env"] = _env(image.get("Env") or [], config.envs)
+    process["cwd"] = config.working_dir or image.get("WorkingDir") or "/"
+    process["user"] = _user(security, image.get("User") or "", rootfs)
+    process["noNewPrivileges"] = bool(security.no_new_privs)
+    process.pop("rlimits", None)  # inherit corrald's: raising them needs CAP_SYS_RESOURCE
+    caps = ALL_CAPABILITIES if privileged else _capabilities(security.capabilities)
+    process["capabilities"] = {"bounding": caps, "effective": list(caps),
+                               "permitted": list(caps)}
+    if config.linux.resources.oom_score_adj or min_oom_score_adj is not None:
+        value = config.linux.resources.oom_score_adj
+        if min_oom_score_adj is not None:
+            value = max(value, min_oom_score_adj)
+        process["oomScoreAdj"] = value
+    spec["hostname"] = pod.hostname
+    spec["root"] = {"path": rootfs, "readonly": bool(security.readonly_rootfs)}
+    spec["mounts"] = _mounts(spec["mounts"], config, pod, privileged)
+    linux = spec["linux"]
+    linux["namespaces"] = _namespaces(pod, cgroup_v2)
+    linux["maskedPaths"] = [] if privileged else (
+        list(security.masked_paths) if security.masked_paths else list(MASKED_PATHS))
+    linux["readonlyPaths"] = [] if privileged else (
+        list(security.readonly_paths) if security.readonly_paths else list(READONLY_PATHS))
+    linux["sysctl"] = _sysctls(pod)
+    linux["resources"] = _resources(config.linux.resources, privileged)
+    linux["devices"] = _devices(config.devices)
+    if cgroups_path:
+        linux["cgroupsPath"] = cgroups_path
+    seccomp = _seccomp(security)
+    if seccomp and not privileged:
+        linux["seccomp"] = seccomp
+    _check_lsm(security)
+    spec["annotations"] = {
+        **dict(config.annotations),
+        "io.kubernetes.cri.container-type": "container",
+        "io.kubernetes.cri.container-name": config.metadata.name,
+        "io.kubernetes.cri.sandbox-id": pod.pod_id,
+        "io.kubernetes.cri.sandbox-name": pod_config.metadata.name,
+        "io.kubernetes.cri.sandbox-namespace": pod_config.metadata.namespace,
+        "io.kubernetes.cri.sandbox-uid": pod_config.metadata.uid,
+        "io.kubernetes.cri.image-name": config.image.image,
+    }
+    return spec
+
+
+def exec_process(base_process: dict, cmd: list[str], *, tty: bool = False) -> dict:
+    """The process of an ExecSync: the container's user, env, cwd, caps and flags."""
+    process = json.loads(json.dumps(base_process))
+    process["args"] = list(cmd)
+    process["terminal"] = tty
+    process.pop("consoleSize", None)
+    return process
+
+
+# --- pieces -------------------------------------------------------------------------------------
+def _args(config, image: dict) -> list[str]:
+    """Kubernetes' rule: command replaces the entrypoint, args replace the cmd."""
+    entrypoint = list(config.command) or list(image.get("Entrypoint") or [])
+    args = list(config.args) if (config.args or config.command) else \
+        list(image.get("Cmd") or [])
+    if config.command and not config.args:
+        args = []
+    combined = entrypoint + args
+    if not combined:
+        raise TranslationError("command: neither the config nor the image gives one")
+    return combined
+
+
+def _env(image_env: list[str], envs) -> list[str]:
+    merged: dict[str, str] = {}
+    for item in image_env:
+        key, _, value = item.partition("=")
+        merged[key] = value
+    for kv in envs:
+        if not kv.key:
+            raise TranslationError("envs: a variable without a name")
+        merged[kv.key] = kv.value
+    if "PATH" not in merged:
+        merged["PATH"] = DEFAULT_PATH.partition("=")[2]
+    return [f"{key}={value}" for key, value in merged.items()]
+
+
+def _user(security, image_user: str, rootfs: str) -> dict:
+    passwd = _read_table(os.path.join(rootfs, "etc/passwd"))
+    groups = _read_table(os.path.join(rootfs, "etc/group"))
+    if security.HasField("run_as_user"):
+        spec = str(security.run_as_user.value)
+    elif security.run_as_username:
+        spec = security.run_as_username
+    else:
+        spec = image_user
+    name, _, group = spec.partition(":")
+    uid, gid, username = 0, 0, "root"
+    if name:
+        if name.isdigit():
+            uid = int(name)
+            entry = next((e for e in passwd if e[2] == name), None)
+            gid = int(entry[3]) if entry else 0
+            username = entry[0] if entry else ""
+        else:
+            entry = next((e for e in passwd if e[0] == name), None)
+            if entry is None:
+                raise TranslationError(f"user {name!r}: not in the image's /etc/passwd")
+            uid, gid, username = int(entry[2]), int(entry[3]), name
+    if group:
+        if group.isdigit():
+            gid = int(group)
+        else:
+            entry = next((e for e in groups if e[0] == group), None)
+            if entry is None:
+                raise TranslationError(f"group {group!r}: not in the image's /etc/group")
+            gid = int(entry[2])
+    if security.HasField("run_as_group"):
+        gid = security.run_as_group.value
+    additional = sorted({int(e[2]) for e in groups if len(e) > 3 and username and
+                         username in e[3].split(",") and e[2].isdigit()} |
+                        set(security.supplemental_groups))
+    user = {"uid": uid, "gid": gid}
+    if additional:
+        user["additionalGids"] = additional
+    return user
+
+
+def _read_table(path: str) -> list[list[str]]:
+    try:
+        with open(path, errors="replace") as f:
+            return [line.rstrip("\n").split(":") for line in f if line.count(":") >= 2]
+    except OSError:
+        return []
+
+
+def _capabilities(capabilities) -> list[str]:
+    def names(values) -> list[str]:
+        return [v.upper() if v.upper().startswith("CAP_") or v.upper() == "ALL"
+                else "CAP_" + v.upper() for v in values]
+
+    add, drop = names(capabilities.add_capabilities), names(capabilities.drop_capabilities)
+    for name in add + drop:
+        if name != "ALL" and name not in ALL_CAPABILITIES:
+            raise TranslationError(f"linux.security_context.capabilities: unknown capability "
+                                   f"{name!r}")
+    caps = list(ALL_CAPABILITIES) if "ALL" in add else list(DEFAULT_CAPABILITIES)
+    caps += [c for c in add if c != "ALL" and c not in caps]
+    if "ALL" in drop:
+        return [c for c in add if c != "ALL"]
+    return [c for c in caps if c not in drop]
+
+
+def _mounts(defaults: list[dict], config, pod: PodContext, privileged: bool) -> list[dict]:
+    wanted = {os.path.normpath(m.container_path) for m in config.mounts}
+    mounts = []
+    for mount in defaults:
+        if mount["destination"] in wanted:
+            continue
+        if mount["destination"] == "/dev/shm" and pod.shm:
+            mount = {"destination": "/dev/shm", "type": "bind", "source": pod.shm,
+                     "options": ["rbind", "rw", "nosuid", "nodev", "noexec"]}
+        if privileged and mount["type"] in ("sysfs", "cgroup"):
+            mount = dict(mount, options=[o for o in mount["options"] if o != "ro"] + ["rw"])
+        mounts.append(mount)
+    for path, target in ((pod.etc_hosts, "/etc/hosts"), (pod.resolv_conf, "/etc/resolv.conf"),
+                         (pod.hostname_file, "/etc/hostname")):
+        if path and target not in wanted:
+            mounts.append({"destination": target, "type": "bind", "source": path,
+                           "options": ["rbind", "rprivate", "rw"]})
+    for i, mount in enumerate(config.mounts):
+        where = f"mounts[{i}]"
+        if not os.path.isabs(mount.container_path):
+            raise TranslationError(f"{where}.container_path must be absolute, not "
+                                   f"{mount.container_path!r}")
+        if not os.path.isabs(mount.host_path):
+            raise TranslationError(f"{where}.host_path must be absolute, not "
+                                   f"{mount.host_path!r}")
+        if not os.path.exists(mount.host_path):
+            raise TranslationError(f"{where}.host_path {mount.host_path} does not exist")
+        options = ["rbind", _PROPAGATION.get(mount.propagation, "rprivate"),
+                   "ro" if mount.readonly else "rw"]
+        mounts.append({"destination": mount.container_path, "type": "bind",
+                       "source": mount.host_path, "options": options})
+    return mounts
+
+
+def _namespaces(pod: PodContext, cgroup_v2: bool) -> list[dict]:
+    namespaces = [{"type": "mount"}]
+    if not pod.host_pid:
+        namespaces.append({"type": "pid"})
+    for kind in ("network", "ipc", "uts"):
+        path = pod.namespaces.get(kind, "")
+        if path:
+            namespaces.append({"type": kind, "path": path})
+    if cgroup_v2:
+        namespaces.append({"type": "cgroup"})
+    return namespaces
+
+
+def _sysctls(pod: PodContext) -> dict[str, str]:
+    for key in pod.sysctls:
+        if not key.startswith(_NAMESPACED_SYSCTLS):
+            raise TranslationError(f"linux.sysctls: {key} is not a namespaced sysctl")
+        if key.startswith("net.") and not pod.namespaces.get("network"):
+            raise TranslationError(f"linux.sysctls: {key} needs the pod's own network "
+                                   "namespace (not the host's)")
+    return dict(pod.sysctls)
+
+
+def _resources(resources, privileged: bool) -> dict:
+    result: dict = {"devices": [{"allow": privileged, "access": "rwm"}]}
+    cpu = {}
+    if resources.cpu_shares:
+        cpu["shares"] = resources.cpu_shares
+    if resources.cpu_quota:
+        if resources.cpu_quota < 1000 and resources.cpu_quota != -1:
+            raise TranslationError("linux.resources.cpu_quota: at least 1000 (1 ms)")
+        cpu["quota"] = resources.cpu_quota
+    if resources.cpu_period:
+        cpu["period"] = resources.cpu_period
+    if resources.cpuset_cpus:
+        cpu["cpus"] = resources.cpuset_cpus
+    if resources.cpuset_mems:
+        cpu["mems"] = resources.cpuset_mems
+    if cpu:
+        result["cpu"] = cpu
+    if resources.memory_limit_in_bytes:
+        if resources.memory_limit_in_bytes < 0:
+            raise TranslationError("linux.resources.memory_limit_in_bytes: negative")
+        result["memory"] = {"limit": resources.memory_limit_in_bytes}
+        if resources.memory_swap_limit_in_bytes:
+            result["memory"]["swap"] = resources.memory_swap_limit_in_bytes
+    if resources.hugepage_limits:
+        result["hugepageLimits"] = [{"pageSize": h.page_size, "limit": h.limit}
+                                    for h in resources.hugepage_limits]
+    if resources.unified:
+        result["unified"] = dict(resources.unified)
+    return result
+
+
+def _devices(devices) -> list[dict]:
+    result = []
+    for i, device in enumerate(devices):
+        try:
+            info = os.stat(device.host_path)
+        except OSError as e:
+            raise TranslationError(f"devices[{i}].host_path {device.host_path}: "
+                                   f"{e.strerror}") from None
+        if stat.S_ISCHR(info.st_mode):
+            kind = "c"
+        elif stat.S_ISBLK(info.st_mode):
+            kind = "b"
+        else:
+            raise TranslationError(f"devices[{i}].host_path {device.host_path}: not a device")
+        result.append({"path": device.container_path or device.host_path, "type": kind,
+                       "major": os.major(info.st_rdev), "minor": os.minor(info.st_rdev),
+                       "fileMode": stat.S_IMODE(info.st_mode), "uid": 0, "gid": 0})
+    return result
+
+
+def _seccomp(security) -> dict | None:
+    profile = security.seccomp if security.HasField("seccomp") else None
+    kind = profile.profile_type if profile is not None else 0  # 0 Unconfined by CRI default
+    if kind == 0:
+        return None
+    if kind == 1:  # RuntimeDefault
+        return {"defaultAction": "SCMP_ACT_ALLOW",
+                "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+                "syscalls": [{"names": list(_DENIED_SYSCALLS), "action": "SCMP_ACT_ERRNO",
+                              "errnoRet": 1}]}
+    path = profile.localhost_ref
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise TranslationError(f"linux.security_context.seccomp.localhost_ref {path}: "
+                               f"{e}") from None
+
+
+def _check_lsm(security) -> None:
+    apparmor = security.apparmor.localhost_ref if security.HasField("apparmor") else ""
+    profile_type = security.apparmor.profile_type if security.HasField("apparmor") else 0
+    if profile_type == 2 or apparmor:  # Localhost
+        raise TranslationError("linux.security_context.apparmor: AppArmor is not supported "
+                               "on this host")
+    label = security.selinux_options
+    if label.user or label.role or label.type or label.level:
+        raise TranslationError("linux.security_context.selinux_options: SELinux is not "
+                               "supported on this host")
