@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,6 +43,11 @@ def cni_conflist(bridge: str, subnet: str, data_dir: str) -> dict:
             {"type": "portmap", "capabilities": {"portMappings": True}},
         ],
     }
+
+
+def short_base() -> Path:
+    """A short temp dir: Unix socket paths (corrald's, the shims') have at most 107 bytes."""
+    return Path(tempfile.mkdtemp(prefix="crl-", dir="/tmp"))
 
 
 class Corrald:

@@ -9,14 +9,14 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2
 
-from tests.integration.corrald import BUSYBOX, Corrald
+from tests.integration.corrald import BUSYBOX, Corrald, short_base
 
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z (stdout|stderr) (F|P) (.*)$")
 
 
 @pytest.fixture(scope="module")
-def corrald(tmp_path_factory):
-    daemon = Corrald(tmp_path_factory.mktemp("corrald"))
+def corrald():
+    daemon = Corrald(short_base())
     try:
         daemon.import_busybox()
         daemon.start()

@@ -12,14 +12,14 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2
 
-from tests.integration.corrald import Corrald
+from tests.integration.corrald import Corrald, short_base
 
 EMPTY = {"shims": [], "mounts": [], "pod_dirs": [], "ip_allocations": [], "veths": []}
 
 
 @pytest.fixture
-def daemon(tmp_path):
-    corrald = Corrald(tmp_path / "corrald", bridge="corralt1", subnet="10.99.8.0/24")
+def daemon():
+    corrald = Corrald(short_base(), bridge="corralt1", subnet="10.99.8.0/24")
     try:
         corrald.import_busybox()
         corrald.start()
