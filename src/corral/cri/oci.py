@@ -93,7 +93,10 @@ def container_spec(config, pod_config, image_config: dict, pod: PodContext, *, r
         if min_oom_score_adj is not None:
             value = max(value, min_oom_score_adj)
         process["oomScoreAdj"] = value
-    spec["hostname"] = pod.hostname
+    if pod.namespaces.get("uts"):
+        spec["hostname"] = pod.hostname
+    else:
+        spec.pop("hostname", None)  # the host's UTS namespace: its hostname is the host's
     spec["root"] = {"path": rootfs, "readonly": bool(security.readonly_rootfs)}
     spec["mounts"] = _mounts(spec["mounts"], config, pod, privileged)
     linux = spec["linux"]
