@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 
@@ -179,3 +180,51 @@ def test_images_through_cri(daemon):
     assert not absent.HasField("image")
     info = daemon.images.ImageFsInfo(api_pb2.ImageFsInfoRequest())
     assert info.image_filesystems[0].used_bytes.value > 0
+
+
+def test_runc_runtime_handler(daemon):
+    """The `oci` handler: the same pod lifecycle through Debian's runc (a RuntimeClass)."""
+    pod_config = daemon.pod_config("viarunc")
+    pod_id = daemon.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(
+        config=pod_config, runtime_handler="runc")).pod_sandbox_id
+    assert daemon.runtime.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(
+        pod_sandbox_id=pod_id)).status.runtime_handler == "runc"
+    container_id = daemon.create_container(pod_id, pod_config, "r",
+                                           ["sh", "-c", "echo via runc; sleep 30"])
+    daemon.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=container_id))
+    reply = daemon.runtime.ExecSync(api_pb2.ExecSyncRequest(
+        container_id=container_id, cmd=["hostname"], timeout=10))
+    assert reply.stdout == b"viarunc\n"
+    daemon.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=container_id))
+    status = daemon.container_state(container_id)
+    assert (status.state, status.exit_code) == (api_pb2.CONTAINER_EXITED, 137)
+    assert "via runc" in open(status.log_path).read()
+
+
+def test_low_oom_score_adj_is_clamped_not_refused(daemon):
+    """This host's root lacks CAP_SYS_RESOURCE: -998 is raised to corrald's own value."""
+    pod_id, pod_config = daemon.run_pod("oom")
+    config = daemon.container_config("c", ["sh", "-c", "cat /proc/self/oom_score_adj"])
+    config.linux.resources.oom_score_adj = -998
+    container_id = daemon.runtime.CreateContainer(api_pb2.CreateContainerRequest(
+        pod_sandbox_id=pod_id, config=config, sandbox_config=pod_config)).container_id
+    daemon.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=container_id))
+    status = daemon.wait_exited(container_id)
+    assert status.exit_code == 0
+    value = int(LOG_LINE.match(open(status.log_path).read().splitlines()[0]).group(3))
+    assert value == int(open(f"/proc/{daemon.process.pid}/oom_score_adj").read())
+
+
+def test_reopen_container_log(daemon):
+    pod_id, pod_config = daemon.run_pod("rotate")
+    container_id = daemon.create_container(
+        pod_id, pod_config, "c", ["sh", "-c", "while :; do echo tick; sleep 0.05; done"])
+    daemon.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=container_id))
+    log_path = daemon.container_state(container_id).log_path
+    time.sleep(0.3)
+    os.rename(log_path, log_path + ".1")
+    daemon.runtime.ReopenContainerLog(api_pb2.ReopenContainerLogRequest(
+        container_id=container_id))
+    time.sleep(0.3)
+    assert "tick" in open(log_path).read()  # a new file at the same path
+    assert "tick" in open(log_path + ".1").read()
