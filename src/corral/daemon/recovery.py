@@ -7,6 +7,7 @@
     container whose process ended      marked exited with its recorded exit code
     pod directory without a record     torn down (a crash between cleanup and record removal)
     active snapshot without a record   removed
+    layer extraction of a dead process its mount and half-made snapshot removed
 
 Each step is idempotent, so a crash during recovery is recovered by the next start.
 """
@@ -27,6 +28,9 @@ _ID = re.compile(r"[0-9a-f]{64}")
 
 def recover(ctx) -> None:
     store = ctx.store
+    stale = ctx.images.snapshots.remove_stale_extractions()
+    if stale:
+        log.info("removed %d layer extraction(s) a crash interrupted", stale)
     for container in store.containers():
         if container.state in ("creating", "removing"):
             log.info("container %s was %s: undoing it", container.id[:12], container.state)

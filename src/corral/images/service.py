@@ -15,7 +15,9 @@ import platform
 import tarfile
 import time
 
+from corral.images import gc
 from corral.images.content import ContentError, ContentStore
+from corral.images.reference import ReferenceError
 from corral.images.reference import parse as parse_reference
 from corral.images.snapshots import OverlaySnapshotter
 from corral.images.unpack import open_layer
@@ -40,14 +42,30 @@ class ImageError(ValueError):
     pass
 
 
+_COLUMNS = ("name, manifest_digest, config_digest, size, created, target_digest, "
+            "target_media_type, platform")
+
+
 class ImageRecord:
     def __init__(self, name: str, manifest_digest: str, config_digest: str, size: int,
-                 created: float):
+                 created: float, target_digest: str = "", target_media_type: str = "",
+                 platform: str = ""):
         self.name = name
         self.manifest_digest = manifest_digest
         self.id = config_digest  # the image ID, as CRI and docker show it
         self.size = size
         self.created = created
+        self.target_digest = target_digest or manifest_digest  # an index, or the manifest
+        self.target_media_type = target_media_type
+        self.platform = platform
+
+    @property
+    def repo_digest(self) -> str:
+        """repository@digest of what the name points to, as `docker images --digests` shows."""
+        repository = self.name.split("@")[0]
+        if repository.rfind(":") > repository.rfind("/"):
+            repository = repository[:repository.rfind(":")]
+        return f"{repository}@{self.target_digest}"
 
 
 class ImageService:
@@ -62,17 +80,76 @@ class ImageService:
 
     # --- records ---------------------------------------------------------------------------------
     def list(self) -> list[ImageRecord]:
-        rows = self.db.conn.execute("SELECT name, manifest_digest, config_digest, size, created "
-                                    "FROM images ORDER BY name").fetchall()
+        rows = self.db.conn.execute(f"SELECT {_COLUMNS} FROM images ORDER BY name").fetchall()
         return [ImageRecord(*row) for row in rows]
 
     def get(self, name: str) -> ImageRecord:
-        ref = str(parse_reference(name))
-        row = self.db.conn.execute("SELECT name, manifest_digest, config_digest, size, created "
-                                   "FROM images WHERE name = ?", (ref,)).fetchone()
+        """By name ("busybox" is docker.io/library/busybox:latest), image ID or ID prefix."""
+        if not isinstance(name, str) or not name:
+            raise ImageError("image name is empty")
+        if _looks_like_id(name):
+            hex_part = name.removeprefix("sha256:")
+            rows = self.db.conn.execute(
+                f"SELECT {_COLUMNS} FROM images WHERE config_digest >= ? AND config_digest < ? "
+                "ORDER BY name", (f"sha256:{hex_part}", f"sha256:{hex_part}g")).fetchall()
+            if len({row[2] for row in rows}) > 1:
+                raise ImageError(f"image ID prefix {name!r} is ambiguous")
+            if rows:
+                return ImageRecord(*rows[0])
+        try:
+            ref = str(parse_reference(name))
+        except ReferenceError as e:
+            raise ImageError(str(e)) from None
+        row = self.db.conn.execute(f"SELECT {_COLUMNS} FROM images WHERE name = ?",
+                                   (ref,)).fetchone()
         if row is None:
             raise ImageError(f"image {name!r} not found")
         return ImageRecord(*row)
+
+    def record(self, name: str, *, target: dict, manifest_digest: str, config_digest: str,
+               platform: str, size: int) -> ImageRecord:
+        """Name an image whose blobs are all stored (the puller and importers call this)."""
+        name = str(parse_reference(name))
+        with self.db.transaction() as tx:
+            tx.execute(f"INSERT OR REPLACE INTO images ({_COLUMNS}) VALUES "
+                       "(?, ?, ?, ?, ?, ?, ?, ?)",
+                       (name, manifest_digest, config_digest, size, time.time(),
+                        target["digest"], target.get("mediaType", ""), platform))
+        return self.get(name)
+
+    def tag(self, source: str, new_name: str) -> ImageRecord:
+        record = self.get(source)
+        return self.record(new_name, target={"digest": record.target_digest,
+                                             "mediaType": record.target_media_type},
+                           manifest_digest=record.manifest_digest, config_digest=record.id,
+                           platform=record.platform, size=record.size)
+
+    def in_use(self, record: ImageRecord) -> bool:
+        """Whether a container's snapshot is made from the image."""
+        return gc.image_in_use(self, record)
+
+    def remove(self, name_or_id: str, force: bool = False) -> list[str]:
+        """Untag (every name, when given an ID) and collect what nothing uses any more."""
+        record = self.get(name_or_id)
+        all_names = [r.name for r in self.list() if r.id == record.id]
+        by_id = _looks_like_id(name_or_id) and _maybe_reference(name_or_id) != record.name
+        names = all_names if by_id else [record.name]
+        last = len(names) == len(all_names)
+        if last and not force and self.in_use(record):
+            raise ImageError(f"image {name_or_id} is in use by a container")
+        with self.db.transaction() as tx:
+            for name in names:
+                tx.execute("DELETE FROM images WHERE name = ?", (name,))
+        self.gc()
+        return names
+
+    def gc_lock(self, shared: bool):
+        """LOCK_SH while pulling or importing, LOCK_EX while collecting garbage."""
+        return gc.lock(self.root, shared)
+
+    def gc(self, wait: bool = True) -> gc.Report | None:
+        """Remove blobs and snapshots no image or container uses (None: others hold the lock)."""
+        return gc.collect(self, wait)
 
     # --- import ----------------------------------------------------------------------------------
     def import_archive(self, path: str, name: str | None = None) -> list[ImageRecord]:
@@ -118,7 +195,7 @@ class ImageService:
         manifest_digest, manifest = self._resolve_manifest(entry)
         config = manifest.get("config") or {}
         config_digest = check_digest(config.get("digest"))
-        self._blob_json(config_digest, "config")
+        config_doc = self._blob_json(config_digest, "config")
         layers = manifest.get("layers")
         if not isinstance(layers, list):
             raise ImageError(f"manifest {manifest_digest}: no layers")
@@ -126,10 +203,12 @@ class ImageService:
             if not self.content.exists(check_digest(layer.get("digest"))):
                 raise ImageError(f"layer {layer.get('digest')} is missing from the archive")
         size = sum(int(d.get("size", 0)) for d in (config, *layers))
-        with self.db.transaction() as tx:
-            tx.execute("INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?)",
-                       (name, manifest_digest, config_digest, size, time.time()))
-        return self.get(name)
+        platform = "/".join(filter(None, (config_doc.get("os"), config_doc.get("architecture"),
+                                          config_doc.get("variant"))))
+        return self.record(name, target={"digest": entry.get("digest"),
+                                         "mediaType": entry.get("mediaType", "")},
+                           manifest_digest=manifest_digest, config_digest=config_digest,
+                           platform=platform, size=size)
 
     def _resolve_manifest(self, entry: dict) -> tuple[str, dict]:
         """Follow an index to the manifest for this platform."""
@@ -185,6 +264,18 @@ def _json_object(data: bytes, what: str) -> dict:
     if not isinstance(value, dict):
         raise ImageError(f"{what}: not a JSON object")
     return value
+
+
+def _looks_like_id(text: str) -> bool:
+    hex_part = text.removeprefix("sha256:")
+    return len(hex_part) >= 4 and all(c in "0123456789abcdef" for c in hex_part)
+
+
+def _maybe_reference(text: str) -> str:
+    try:
+        return str(parse_reference(text))
+    except ReferenceError:
+        return ""
 
 
 def _chunks(stream, size: int = 1 << 20):

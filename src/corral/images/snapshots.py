@@ -18,15 +18,22 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 
 from corral.images.unpack import apply_layer as unpack_into
 from corral.store.db import Database
 
+EXTRACT_PREFIX = "extract-"
+
 
 class SnapshotError(ValueError):
     pass
+
+
+def _extraction_alive(key: str) -> bool:
+    """Whether the process named in an extraction key (extract-<pid>-<chain>) still runs."""
+    pid = key.removeprefix(EXTRACT_PREFIX).split("-", 1)[0]
+    return pid.isdigit() and os.path.exists(f"/proc/{pid}")
 
 
 class Mount:
@@ -140,6 +147,29 @@ class OverlaySnapshotter:
             return [Mount("bind", chain[0], ["rbind", "ro"])]
         return [Mount("overlay", "overlay", ["lowerdir=" + ":".join(chain)])]
 
+    def remove_stale_extractions(self) -> int:
+        """Undo layer applications whose process died (a crash): mounts, snapshots, dirs."""
+        from corral.runtime.syscalls import MNT_DETACH, Syscalls
+
+        removed = 0
+        apply_dir = os.path.join(self.root, "apply")
+        for name in os.listdir(apply_dir) if os.path.isdir(apply_dir) else []:
+            if _extraction_alive(name):
+                continue
+            path = os.path.join(apply_dir, name)
+            try:
+                Syscalls().umount(path, MNT_DETACH)
+            except OSError:
+                pass
+            os.rmdir(path)
+        rows = self.db.conn.execute("SELECT key FROM snapshots WHERE kind = 'active' AND "
+                                    "key LIKE ?", (EXTRACT_PREFIX + "%",)).fetchall()
+        for (key,) in rows:
+            if not _extraction_alive(key):
+                self.remove(key)
+                removed += 1
+        return removed
+
     # --- layers ----------------------------------------------------------------------------------
     def apply_layer(self, chain_id: str, parent: str | None, stream, *, limit: int,
                     expected_diff_id: str | None = None) -> str:
@@ -148,10 +178,13 @@ class OverlaySnapshotter:
         A failure, or a diff ID other than the image config promised, removes the
         half-made snapshot: nothing is left.
         """
-        key = f"extract-{os.getpid()}-{chain_id}"
+        key = f"{EXTRACT_PREFIX}{os.getpid()}-{chain_id}"
         (mount,) = self.prepare(key, parent)
         try:
-            target = tempfile.mkdtemp(prefix="corral-apply-")
+            # Under the root, not /tmp: a crash mid-apply leaves a mount that
+            # `remove_stale_extractions` finds.
+            target = os.path.join(self.root, "apply", key)
+            os.makedirs(target)
             try:
                 mount.mount(target)
                 try:

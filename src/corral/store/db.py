@@ -75,6 +75,12 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX containers_pod ON containers(pod_id);
     """,
+    # 4: what an image name points to (an index or a manifest) and the platform chosen
+    """
+    ALTER TABLE images ADD COLUMN target_digest TEXT NOT NULL DEFAULT '';
+    ALTER TABLE images ADD COLUMN target_media_type TEXT NOT NULL DEFAULT '';
+    ALTER TABLE images ADD COLUMN platform TEXT NOT NULL DEFAULT ''
+    """,
 ]
 
 

@@ -1,0 +1,149 @@
+"""Garbage collection of the data root, as containerd's: what no root reaches is removed.
+
+    roots       image records, and active/view snapshots (containers' root filesystems)
+    reachable   from an image: its target (index or manifest), the index's manifests that
+                are stored, each manifest's config and layers, and the layers' snapshots
+                (chain IDs from the config's diff_ids); from a snapshot: its parents
+    removed     every other blob and committed snapshot (children before parents), and
+                files in content/ingest older than an hour (a crashed writer's)
+
+Pulls and imports hold `<root>/gc.lock` shared from their first stored blob
+to their record; collection holds it exclusive, so it never sees a blob
+that is stored but not yet named.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from contextlib import contextmanager
+
+from corral.spec.image import chain_ids
+
+STRAY_AGE = 3600.0
+
+
+class Report:
+    def __init__(self):
+        self.blobs = 0
+        self.snapshots = 0
+        self.bytes = 0
+
+    def __repr__(self) -> str:
+        return f"Report(blobs={self.blobs}, snapshots={self.snapshots}, bytes={self.bytes})"
+
+
+@contextmanager
+def lock(root: str, shared: bool, wait: bool = True):
+    """Yield True once the lock is held; False (without it) if `wait` is off and it is busy."""
+    fd = os.open(os.path.join(root, "gc.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        try:
+            fcntl.flock(fd, mode if wait else mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _json(service, digest: str) -> dict:
+    try:
+        value = json.loads(service.content.read(digest))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def reachable(service) -> tuple[set[str], set[str]]:
+    """(blob digests, snapshot keys) that images reach."""
+    blobs: set[str] = set()
+    snapshots: set[str] = set()
+    for record in service.list():
+        manifests = [record.manifest_digest]
+        blobs.update((record.target_digest, record.manifest_digest, record.id))
+        target = _json(service, record.target_digest)
+        for entry in target.get("manifests") or []:
+            digest = entry.get("digest") if isinstance(entry, dict) else None
+            if isinstance(digest, str) and service.content.exists(digest):
+                blobs.add(digest)
+                manifests.append(digest)
+        for digest in manifests:
+            manifest = _json(service, digest)
+            config = manifest.get("config") or {}
+            if isinstance(config.get("digest"), str):
+                blobs.add(config["digest"])
+            for layer in manifest.get("layers") or []:
+                if isinstance(layer, dict) and isinstance(layer.get("digest"), str):
+                    blobs.add(layer["digest"])
+        diff_ids = (_json(service, record.id).get("rootfs") or {}).get("diff_ids") or []
+        try:
+            snapshots.update(chain_ids(diff_ids))
+        except ValueError:
+            pass
+    return blobs, snapshots
+
+
+def _snapshot_rows(service) -> list[tuple[str, str | None, str, int]]:
+    return service.db.conn.execute(
+        "SELECT key, parent, kind, id FROM snapshots ORDER BY id DESC").fetchall()
+
+
+def image_in_use(service, record) -> bool:
+    """Whether an active or view snapshot (a container) stands on the image's top layer."""
+    diff_ids = (_json(service, record.id).get("rootfs") or {}).get("diff_ids") or []
+    if not diff_ids:
+        return False
+    top = chain_ids(diff_ids)[-1]
+    rows = _snapshot_rows(service)
+    parents = {key: parent for key, parent, _, _ in rows}
+    for _, parent, kind, _ in rows:
+        if kind == "committed":
+            continue
+        while parent is not None:
+            if parent == top:
+                return True
+            parent = parents.get(parent)
+    return False
+
+
+def collect(service, wait: bool = True) -> Report | None:
+    with lock(service.root, shared=False, wait=wait) as held:
+        if not held:
+            return None
+        report = Report()
+        blobs, keep = reachable(service)
+        rows = _snapshot_rows(service)
+        parents = {key: parent for key, parent, _, _ in rows}
+        for key, parent, kind, _ in rows:
+            if kind != "committed":
+                keep.add(key)
+                while parent is not None:
+                    keep.add(parent)
+                    parent = parents.get(parent)
+        for key, _, kind, _ in rows:  # newest first: children before parents
+            if kind == "committed" and key not in keep:
+                service.snapshots.remove(key)
+                report.snapshots += 1
+        for digest in service.content.digests():
+            if digest not in blobs:
+                path = service.content.path(digest)
+                try:
+                    report.bytes += os.lstat(path).st_size
+                except FileNotFoundError:
+                    continue
+                service.content.delete(digest)
+                report.blobs += 1
+        now = time.time()
+        for name in os.listdir(service.content.ingest_dir):
+            path = os.path.join(service.content.ingest_dir, name)
+            try:
+                if now - os.lstat(path).st_mtime > STRAY_AGE:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+        return report
