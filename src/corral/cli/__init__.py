@@ -1,0 +1,1 @@
+"""`corral`, the user command line."""
