@@ -219,6 +219,7 @@ class Corrald:
                                      if p.is_file() and p.name[0].isdigit())
             if ipam.exists() else [],
             "veths": _veths_on(self.bridge),
+            "sockets": sorted(p.name for p in (self.state / "sockets").glob("*")),
         }
 
 

@@ -34,7 +34,7 @@ def daemon(corrald):
         corrald.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod.id))
         corrald.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod.id))
     assert corrald.leftovers() == {"shims": [], "mounts": [], "pod_dirs": [],
-                                   "ip_allocations": [], "veths": []}
+                                   "ip_allocations": [], "veths": [], "sockets": []}
 
 
 def code_of(call, request) -> grpc.StatusCode:

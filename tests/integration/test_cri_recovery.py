@@ -14,7 +14,8 @@ from cri_api.v1 import api_pb2
 
 from tests.integration.corrald import Corrald, short_base
 
-EMPTY = {"shims": [], "mounts": [], "pod_dirs": [], "ip_allocations": [], "veths": []}
+EMPTY = {"shims": [], "mounts": [], "pod_dirs": [], "ip_allocations": [], "veths": [],
+         "sockets": []}
 
 
 @pytest.fixture

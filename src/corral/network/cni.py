@@ -176,7 +176,7 @@ def default_conflist() -> dict:
         "plugins": [
             {"type": "bridge", "bridge": "corral0", "isGateway": True, "ipMasq": True,
              "hairpinMode": True,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}]],
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.85.0.0/16"}]],
                       "routes": [{"dst": "0.0.0.0/0"}]}},
             {"type": "portmap", "capabilities": {"portMappings": True}},
         ],

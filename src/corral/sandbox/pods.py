@@ -201,6 +201,10 @@ class Pods:
             except (OSError, ShimError) as e:
                 log.warning("pod %s: shim shutdown: %s", pod_id[:12], e)
         _kill_shim(paths.shim)
+        try:
+            os.unlink(paths.shim_socket)
+        except FileNotFoundError:
+            pass
         if network:
             record = self.store.pod(pod_id)
             self.ctx.network.teardown(pod_id, (record.pinned if record else {}).get("net", ""),
@@ -238,18 +242,29 @@ def _unmount(path: str) -> None:
         pass
 
 
-def _kill_shim(shim_dir: str) -> None:
-    """A shim that did not exit by itself (or never answered) is killed by its recorded PID."""
+def _kill_shim(shim_dir: str, grace: float = 2.0) -> None:
+    """A shim that does not exit by itself (after `shutdown`) is killed by its recorded PID."""
     try:
         with open(os.path.join(shim_dir, "shim.pid")) as f:
             pid = int(f.read())
     except (OSError, ValueError):
         return
+    deadline = time.monotonic() + grace
+    while _is_shim(pid):
+        if time.monotonic() > deadline:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+            return
+        time.sleep(0.005)
+
+
+def _is_shim(pid: int) -> bool:
+    """Alive, not a zombie, and still a shim (not a reused PID)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if b"corral.shim" not in f.read():
-                return  # the PID was reused
-        os.kill(pid, 9)
-    except (OSError, ProcessLookupError):
-        pass
+            return b"corral.shim" in f.read()
+    except OSError:
+        return False
 
