@@ -46,7 +46,7 @@ location = "mirror.example.com/hub"
 insecure = true
 """)
     assert describe(config.endpoints(parse("busybox:1.36"))) == [
-        ("127.0.0.1:5001", "library/busybox", ("https",), True),
+        ("127.0.0.1:5001", "library/busybox", ("http",), True),  # loopback: plain HTTP
         ("mirror.example.com", "hub/library/busybox", ("https", "http"), True),
         ("registry-1.docker.io", "library/busybox", ("https",), False),
     ]

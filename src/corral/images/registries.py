@@ -8,8 +8,8 @@
     certs dir         `<dir>/<host[:port]>/*.crt` are CAs; `*.cert` + `*.key` a client cert
 
 Endpoints for a reference: its registry's mirrors in order, then the
-registry itself.  Transport: registries on localhost or 127.0.0.0/8 with no
-registries.conf entry speak plain HTTP (as Docker treats them); an entry
+registry itself.  Transport: registries (and mirrors) on localhost or
+127.0.0.0/8 with no registries.conf entry of their own speak plain HTTP (as Docker treats them); an entry
 makes such a registry a normal one.  Everything else is HTTPS, verified
 against the system CAs plus the registry's certs dir, unless marked
 insecure (then TLS is not verified and plain HTTP is the fallback).
@@ -123,7 +123,10 @@ class RegistryConfig:
             raise RegistryError(f"registry for {name} is blocked in registries.conf")
         endpoints = []
         for location, insecure in (entry.mirrors if entry else []):
-            endpoints.append(self._endpoint(entry.rewrite(name, location), insecure, True, True))
+            # A loopback mirror is plain HTTP too, unless it has a [[registry]] entry itself.
+            mirror_configured = self.entry_for(location) is not None
+            endpoints.append(self._endpoint(entry.rewrite(name, location), insecure, True,
+                                            mirror_configured))
         location = entry.rewrite(name, entry.location) if entry else name
         endpoints.append(self._endpoint(location, bool(entry and entry.insecure), False,
                                         entry is not None))

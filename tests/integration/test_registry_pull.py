@@ -1,0 +1,243 @@
+"""Pulling from a real registry (Debian's docker-registry on 127.0.0.1), friendly and hostile."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import tempfile
+import threading
+
+import pytest
+
+from corral.images.pull import Puller
+from corral.images.registries import RegistryConfig, RegistryError
+from corral.images.service import ImageService
+from corral.runtime.syscalls import MNT_DETACH, Syscalls
+from tests.integration.registry_server import (
+    Registry,
+    TamperingProxy,
+    actual_tree,
+    expected_tree,
+    layered_image,
+)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    base = tmp_path_factory.mktemp("layouts")
+    single, multi = str(base / "single"), str(base / "multi")
+    layered_image(single, marker=b"amd64")
+    layered_image(multi, marker=b"amd64", extra_platforms=[("arm64", "", b"arm64"),
+                                                           ("arm", "v7", b"armv7")])
+    return {"single": single, "multi": multi}
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory, images):
+    server = Registry(str(tmp_path_factory.mktemp("registry")))
+    try:
+        server.push(images["single"], "test/layered")
+        server.push(images["multi"], "test/multi", all_platforms=True)
+        server.push(images["single"], "library/busybox")  # served as a docker.io mirror
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def service(tmp_path):
+    svc = ImageService(str(tmp_path / "root"))
+    yield svc
+    for record in svc.list():
+        svc.remove(record.name, force=True)
+    svc.close()
+
+
+def pull(service, ref: str, config: RegistryConfig | None = None, **options):
+    puller = Puller(service, config or RegistryConfig())
+    try:
+        return puller.pull(ref, **options)
+    finally:
+        puller.close()
+
+
+def unpacked_tree(service, name: str) -> dict:
+    top = service.unpack(name)
+    target = tempfile.mkdtemp()
+    key = f"view-{os.getpid()}"
+    try:
+        for mount in service.snapshots.view(key, top):
+            mount.mount(target)
+        try:
+            return actual_tree(target)
+        finally:
+            Syscalls().umount(target, MNT_DETACH)
+    finally:
+        service.snapshots.remove(key)
+        os.rmdir(target)
+
+
+def assert_nothing_stored(service) -> None:
+    assert service.list() == []
+    assert service.content.digests() == []
+    assert [n for n in os.listdir(service.content.ingest_dir) if not n.endswith(".lock")] == []
+    assert service.db.conn.execute("SELECT COUNT(*) FROM snapshots").fetchone()[0] == 0
+
+
+def test_pull_unpacks_what_was_pushed_file_by_file(service, registry):
+    events = []
+    record = pull(service, f"{registry.host}/test/layered", progress=lambda p: events.append(
+        (p.digest, p.status, p.done, p.total)))
+    assert record.name == f"{registry.host}/test/layered:latest"
+    assert record.platform == "linux/amd64"
+    tree = unpacked_tree(service, record.name)
+    expected = expected_tree(b"amd64")
+    for path, value in expected.items():
+        if value[0] != "dir":
+            assert tree.get(path) == value, path
+    assert "etc/gone" not in tree and "data/old" not in tree  # whiteout, opaque dir
+    finals = {digest: (status, done, total) for digest, status, done, total in events}
+    assert len(finals) == 3
+    assert all(status == "done" and done == total for status, done, total in finals.values())
+
+
+def test_platform_choice_from_an_index(service, registry):
+    for platform, marker in ((None, b"amd64"), ("linux/arm64", b"arm64"),
+                             ("linux/arm/v7", b"armv7")):
+        record = pull(service, f"{registry.host}/test/multi", platform=platform)
+        tree = unpacked_tree(service, record.name)
+        assert tree["platform"] == expected_tree(marker)["platform"]
+        assert record.target_digest != record.manifest_digest  # the name points to the index
+    with pytest.raises(RegistryError, match=r"no image for linux/s390x .*linux/amd64"):
+        pull(service, f"{registry.host}/test/multi", platform="linux/s390x")
+
+
+def test_mirror_serves_docker_hub_offline(service, registry, tmp_path):
+    conf = tmp_path / "registries.conf"
+    conf.write_text(f'[[registry]]\nlocation = "docker.io"\n'
+                    f'[[registry.mirror]]\nlocation = "127.0.0.1:1"\n'  # down: skipped
+                    f'[[registry.mirror]]\nlocation = "{registry.host}"\n')
+    record = pull(service, "busybox", RegistryConfig.load(registries_conf=str(conf)))
+    assert record.name == "docker.io/library/busybox:latest"
+
+
+def test_concurrent_pulls_fetch_each_blob_once(service, registry):
+    proxy = TamperingProxy(registry.host)
+    try:
+        errors = []
+
+        def one():
+            try:
+                pull(service, f"{proxy.host}/test/layered")
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=one) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        layer_gets = {d: n for d, n in proxy.blob_gets.items()}
+        assert layer_gets and max(layer_gets.values()) <= 4  # configs: read by each pull
+        manifest = json.loads(service.content.read(service.list()[0].manifest_digest))
+        for layer in manifest["layers"]:
+            assert proxy.blob_gets[layer["digest"]] == 1
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture
+def proxy(registry):
+    server = TamperingProxy(registry.host)
+    yield server
+    server.stop()
+
+
+def first_layer(registry_host: str, service_root: str) -> str:
+    """The digest of the layered image's first layer (from a throwaway pull)."""
+    svc = ImageService(service_root)
+    try:
+        record = pull(svc, f"{registry_host}/test/layered")
+        manifest = json.loads(svc.content.read(record.manifest_digest))
+        return manifest["layers"][0]["digest"]
+    finally:
+        svc.close()
+
+
+@pytest.mark.parametrize("mode, message", [
+    ("corrupt", "content has digest"),
+    ("truncate", r"truncated|connection closed|gave up"),
+])
+def test_bad_blob_is_rejected_and_nothing_stored(service, registry, proxy, tmp_path, mode,
+                                                 message):
+    proxy.target = first_layer(registry.host, str(tmp_path / "scratch"))
+    proxy.mode = mode
+    with pytest.raises(RegistryError, match=message):
+        pull(service, f"{proxy.host}/test/layered")
+    assert_nothing_stored(service)
+
+
+def test_dropped_connection_resumes_with_range(service, registry, proxy, tmp_path):
+    proxy.target = first_layer(registry.host, str(tmp_path / "scratch"))
+    proxy.mode = "drop-once"
+    record = pull(service, f"{proxy.host}/test/layered")
+    assert proxy.mode == "dropped"
+    assert proxy.blob_gets[proxy.target] == 2  # the drop, then the rest with Range
+    assert unpacked_tree(service, record.name)["etc/motd"] == expected_tree(b"")["etc/motd"]
+
+
+def test_server_errors_are_retried(service, proxy):
+    proxy.mode = "500-twice"
+    pull(service, f"{proxy.host}/test/layered")
+    assert proxy.failures == 2
+
+
+@pytest.mark.parametrize("mode, message", [
+    ("not-json", "not JSON"),
+    ("huge", "more than the"),
+    ("schema1", "schema 1"),
+])
+def test_hostile_manifests(service, proxy, mode, message):
+    proxy.target, proxy.mode = "manifest", mode
+    with pytest.raises(RegistryError, match=message):
+        pull(service, f"{proxy.host}/test/layered")
+    assert_nothing_stored(service)
+
+
+@pytest.fixture(scope="module")
+def private_registry(tmp_path_factory, images):
+    server = Registry(str(tmp_path_factory.mktemp("private")), htpasswd=("alice", "s3cret"))
+    try:
+        server.push(images["single"], "team/app")
+        yield server
+    finally:
+        server.stop()
+
+
+def test_basic_auth(service, private_registry, tmp_path):
+    ref = f"{private_registry.host}/team/app"
+    with pytest.raises(RegistryError, match=r"credentials|401"):
+        pull(service, ref)
+    assert_nothing_stored(service)
+    with pytest.raises(RegistryError, match="401"):
+        pull(service, ref, credentials=("alice", "wrong"))
+    pull(service, ref, credentials=("alice", "s3cret"))
+    auth_file = tmp_path / "auth.json"
+    auth_file.write_text(json.dumps({"auths": {private_registry.host: {
+        "auth": base64.b64encode(b"alice:s3cret").decode()}}}))
+    other = ImageService(str(tmp_path / "other"))
+    try:
+        pull(other, ref, RegistryConfig.load(auth_file=str(auth_file)))
+        assert other.get(ref).id == service.get(ref).id
+    finally:
+        other.close()
+
+
+def test_unknown_image_and_registry_down(service, registry):
+    with pytest.raises(RegistryError, match="not found"):
+        pull(service, f"{registry.host}/test/absent")
+    with pytest.raises(RegistryError, match=r"127.0.0.1:1: .*refused"):
+        pull(service, "127.0.0.1:1/test/layered")
+    assert_nothing_stored(service)
