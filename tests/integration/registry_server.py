@@ -47,7 +47,8 @@ def free_port() -> int:
 
 
 class Registry:
-    def __init__(self, base: str, htpasswd: tuple[str, str] | None = None):
+    def __init__(self, base: str, htpasswd: tuple[str, str] | None = None,
+                 extra_config: str = "", tls: tuple[str, str] | None = None):
         self.base = base
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
@@ -61,11 +62,14 @@ class Registry:
                 f.write(line)
             auth = (f"auth:\n  htpasswd:\n    realm: test\n"
                     f"    path: {os.path.join(base, 'htpasswd')}\n")
+        self.tls = tls
+        http_tls = f"  tls:\n    certificate: {tls[0]}\n    key: {tls[1]}\n" if tls else ""
         config = os.path.join(base, "config.yml")
         with open(config, "w") as f:
             f.write(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
                     f"    rootdirectory: {os.path.join(base, 'data')}\n  delete:\n"
-                    f"    enabled: true\nhttp:\n  addr: {self.host}\n{auth}")
+                    f"    enabled: true\nhttp:\n  addr: {self.host}\n{http_tls}"
+                    f"{auth}{extra_config}")
         self.log = open(os.path.join(base, "registry.log"), "wb")
         self.process = subprocess.Popen(["docker-registry", "serve", config],
                                         stdout=self.log, stderr=self.log)
@@ -81,7 +85,7 @@ class Registry:
                 time.sleep(0.05)
 
     def push(self, layout: str, repository: str, tag: str = "latest", all_platforms=False):
-        command = ["skopeo", "copy", "-q", "--dest-tls-verify=false"]
+        command = ["skopeo", "copy", "-q", "--dest-tls-verify=false"]  # also plain HTTP
         if self.credentials:
             command += ["--dest-creds", ":".join(self.credentials)]
         if all_platforms:
