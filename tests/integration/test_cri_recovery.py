@@ -3,6 +3,7 @@ world, keeps what was healthy, and nothing is leaked; shims and containers outli
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -143,4 +144,50 @@ def test_kill_during_stop_pod_sandbox(daemon, delay):
         api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod_id)).status
     assert status.state == api_pb2.SANDBOX_NOTREADY
     assert daemon.container_state(container_id).state == api_pb2.CONTAINER_EXITED
+    remove_everything(daemon)
+
+
+@pytest.fixture
+def registry_with_image(tmp_path):
+    from tests.integration.registry_server import Registry, layered_image
+
+    layout = str(tmp_path / "layout")
+    layered_image(layout, marker=b"amd64")
+    server = Registry(str(tmp_path / "registry"))
+    try:
+        server.push(layout, "crash/app")
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("delay", [0.01, 0.05, 0.2])
+def test_kill_during_pull_image(daemon, registry_with_image, delay):
+    ref = f"{registry_with_image.host}/crash/app:latest"
+    kill_during(daemon, lambda: daemon.images.PullImage(api_pb2.PullImageRequest(
+        image=api_pb2.ImageSpec(image=ref))), delay)
+    daemon.start()
+    status = daemon.images.ImageStatus(api_pb2.ImageStatusRequest(
+        image=api_pb2.ImageSpec(image=ref)))
+    content = daemon.root / "content"
+    blobs = sorted(os.listdir(content / "blobs" / "sha256"))
+    strays = [n for n in os.listdir(content / "ingest") if not n.endswith(".lock")]
+    assert strays == []
+    if not status.HasField("image"):
+        # The pull died before recording: nothing of it may remain, only busybox's blobs.
+        from corral.images.service import ImageService
+
+        service = ImageService(str(daemon.root))
+        try:
+            (busybox,) = service.list()
+            kept = {busybox.manifest_digest, busybox.id, busybox.target_digest}
+            manifest = json.loads(service.content.read(busybox.manifest_digest))
+            kept |= {layer["digest"] for layer in manifest["layers"]}
+        finally:
+            service.close()
+        assert {"sha256:" + b for b in blobs} == kept
+    # Either way the image pulls (again), whole.
+    daemon.images.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref)))
+    assert daemon.images.ImageStatus(api_pb2.ImageStatusRequest(
+        image=api_pb2.ImageSpec(image=ref))).image.size > 0
     remove_everything(daemon)

@@ -8,6 +8,7 @@
     pod directory without a record     torn down (a crash between cleanup and record removal)
     active snapshot without a record   removed
     layer extraction of a dead process its mount and half-made snapshot removed
+    blobs of an interrupted pull       garbage-collected (if no other pull runs)
 
 Each step is idempotent, so a crash during recovery is recovered by the next start.
 """
@@ -49,6 +50,12 @@ def recover(ctx) -> None:
     for container in store.containers():
         ctx.containers._sync(container)
     _remove_strays(ctx)
+    # A pull killed midway leaves blobs no image names, and temp files: collect them, unless
+    # another process (a `corral pull`) is pulling right now.
+    report = ctx.images.gc(wait=False, stray_age=0)
+    if report and (report.blobs or report.snapshots):
+        log.info("collected %d blob(s) and %d snapshot(s) nothing uses", report.blobs,
+                 report.snapshots)
 
 
 def _shim_alive(ctx, pod_id: str) -> bool:

@@ -111,7 +111,7 @@ def image_in_use(service, record) -> bool:
     return False
 
 
-def collect(service, wait: bool = True) -> Report | None:
+def collect(service, wait: bool = True, stray_age: float = STRAY_AGE) -> Report | None:
     with lock(service.root, shared=False, wait=wait) as held:
         if not held:
             return None
@@ -142,7 +142,7 @@ def collect(service, wait: bool = True) -> Report | None:
         for name in os.listdir(service.content.ingest_dir):
             path = os.path.join(service.content.ingest_dir, name)
             try:
-                if now - os.lstat(path).st_mtime > STRAY_AGE:
+                if now - os.lstat(path).st_mtime >= stray_age:
                     os.unlink(path)
             except FileNotFoundError:
                 pass

@@ -9,10 +9,11 @@
 
 Endpoints for a reference: its registry's mirrors in order, then the
 registry itself.  Transport: registries (and mirrors) on localhost or
-127.0.0.0/8 with no registries.conf entry of their own speak plain HTTP (as Docker treats them); an entry
-makes such a registry a normal one.  Everything else is HTTPS, verified
-against the system CAs plus the registry's certs dir, unless marked
-insecure (then TLS is not verified and plain HTTP is the fallback).
+127.0.0.0/8 with no registries.conf entry of their own speak plain HTTP
+(as Docker treats them); an entry makes such a registry a normal one.
+Everything else is HTTPS, verified against the system CAs plus the
+registry's certs dir, unless marked insecure (then TLS is not verified
+and plain HTTP is the fallback).
 """
 
 from __future__ import annotations

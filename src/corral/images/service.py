@@ -147,9 +147,12 @@ class ImageService:
         """LOCK_SH while pulling or importing, LOCK_EX while collecting garbage."""
         return gc.lock(self.root, shared)
 
-    def gc(self, wait: bool = True) -> gc.Report | None:
-        """Remove blobs and snapshots no image or container uses (None: others hold the lock)."""
-        return gc.collect(self, wait)
+    def gc(self, wait: bool = True, stray_age: float = gc.STRAY_AGE) -> gc.Report | None:
+        """Remove blobs and snapshots no image or container uses (None: others hold the lock).
+
+        `stray_age`: ingest files older than this are a dead writer's (0 when nothing else
+        can be writing, e.g. at corrald's start)."""
+        return gc.collect(self, wait, stray_age)
 
     # --- import ----------------------------------------------------------------------------------
     def import_archive(self, path: str, name: str | None = None) -> list[ImageRecord]:
