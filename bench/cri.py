@@ -5,7 +5,7 @@
    RemovePodSandbox; medians per step and in all, daemons taking turns.
 2. Memory per running pod: PODS pods, each with a busybox `sleep`; the PSS
    (/proc/PID/smaps_rollup) of the daemon, its shims and its sandbox holders
-   (containerd's pause containers; corral has none) over PODS.  The
+   (containerd's pause containers; corrald's shim zygote) over PODS.  The
    containers' own processes are not counted, for either.
 
 Each daemon gets a temp root, state, socket, CNI bridge and subnet; both
@@ -111,7 +111,9 @@ class Corrald(Daemon):
         self.connect()
 
     def overhead_pids(self) -> list[int]:
-        pids = [self.process.pid]
+        zygote = os.path.join(self.base, "s", "zygote.sock")
+        pids = [self.process.pid] + [pid for pid in _all_pids()
+                                     if _cmdline(pid).endswith(f"corral.shim.zygote {zygote}")]
         for pid_file in _glob(os.path.join(self.base, "s", "pods"), "shim/shim.pid"):
             with open(pid_file) as f:
                 pids.append(int(f.read()))
@@ -270,7 +272,7 @@ def memory_per_pod(daemon: Daemon, pods: int) -> tuple[float, float]:
             sandbox_config=config)).container_id
         rt.StartContainer(api_pb2.StartContainerRequest(container_id=container_id))
     time.sleep(2)
-    pids = daemon.overhead_pids()
+    pids = set(daemon.overhead_pids())  # zygote-forked shims share the zygote's cmdline
     total = sum(pss_kib(pid) for pid in pids)
     daemon_own = pss_kib(daemon.process.pid)
     for pod in rt.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items:

@@ -12,6 +12,7 @@ from corral.images.registries import RegistryConfig
 from corral.images.service import ImageService
 from corral.sandbox.containers import Containers
 from corral.sandbox.pods import Pods
+from corral.shim.launch import ShimLauncher
 from corral.store.db import Database
 from corral.store.sandboxes import SandboxStore
 
@@ -37,8 +38,11 @@ class Context:
         self.cgroup_v2 = _cgroup_v2_only()
         self.min_oom_score_adj = _current_oom_score_adj()
         self._unpack_lock = threading.Lock()
+        self.shims = ShimLauncher(os.path.join(config.state, "zygote.sock"),
+                                  os.path.join(config.state, "zygote.log"))
 
     def close(self) -> None:
+        self.shims.close()
         self.images.close()
         self.db.close()
 

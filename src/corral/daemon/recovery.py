@@ -70,7 +70,6 @@ def _shim_alive(ctx, pod_id: str) -> bool:
 def _replace_shim(ctx, pod) -> None:
     """The pod's shim died: record its containers' ends, clear them, serve the pod anew."""
     from corral.runtime.container import Container
-    from corral.shim.launch import start_shim
     from corral.shim.server import recorded_exit
 
     paths = ctx.pods.paths(pod.id)
@@ -89,7 +88,7 @@ def _replace_shim(ctx, pod) -> None:
         except Exception as e:  # noqa: BLE001 - gone already is the usual case
             log.debug("container %s: runtime delete: %s", container.id[:12], e)
     if os.path.isdir(paths.dir):
-        pid = start_shim(pod.id, paths.shim, paths.shim_socket)
+        pid = ctx.shims.start(pod.id, paths.shim, paths.shim_socket)
         ctx.store.update_pod(pod.id, shim_pid=pid)
 
 

@@ -117,7 +117,6 @@ class Pods:
 
     def _make(self, pod_id: str, config, host_network: bool) -> tuple[str, dict, int]:
         from corral.network import netns
-        from corral.shim.launch import start_shim
 
         paths = self.paths(pod_id)
         os.makedirs(paths.containers, exist_ok=True)
@@ -143,7 +142,7 @@ class Pods:
                    hosts_text(hostname, ip))
         write_file(paths.resolv_conf, resolv_conf_text(config.dns_config
                                                        if config.HasField("dns_config") else None))
-        shim_pid = start_shim(pod_id, paths.shim, paths.shim_socket)
+        shim_pid = self.ctx.shims.start(pod_id, paths.shim, paths.shim_socket)
         return ip, pinned, shim_pid
 
     def _mount_shm(self, path: str) -> None:

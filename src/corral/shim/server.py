@@ -342,8 +342,9 @@ class Shim:
                                                 container_id, bundle,
                                                 stdio=(null, stdout_w, stderr_w))
             else:
-                container = Container.create(self.runtime_root, container_id, bundle,
-                                             stdio=(null, stdout_w, stderr_w))
+                in_helper(lambda: Container.create(self.runtime_root, container_id, bundle,
+                                                   stdio=(null, stdout_w, stderr_w)).id)
+                container = Container.load(self.runtime_root, container_id)
         except BaseException:
             for fd in (stdout_r, stderr_r):
                 os.close(fd)
@@ -459,7 +460,11 @@ class Shim:
         stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            pid = managed.container.exec(process, stdio=(null, stdout_w, stderr_w))
+            if isinstance(managed.container, OciContainer):
+                pid = managed.container.exec(process, stdio=(null, stdout_w, stderr_w))
+            else:
+                pid = in_helper(lambda: managed.container.exec(
+                    process, stdio=(null, stdout_w, stderr_w)))
         except BaseException:
             os.close(stdout_r)
             os.close(stderr_r)
@@ -506,6 +511,53 @@ class Shim:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+
+
+def in_helper(work):
+    """Run `work` in a short-lived child and return its (JSON) result or raise its error.
+
+    Creating a container touches hundreds of objects, and in CPython touching is
+    writing (reference counts): done here, it would turn ~2 MiB of the pages this
+    shim shares with its zygote and sibling shims into private copies, per pod.
+    Done in a child, those copies die with it.  The processes the child starts
+    are orphaned when it exits and, this shim being a subreaper, become ours.
+    """
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        status = 0
+        try:
+            os.close(read_end)
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            try:
+                reply = {"ok": True, "result": work()}
+            except RuntimeFailure as e:
+                reply = {"ok": False, "kind": _kind(e), "error": str(e)}
+            except (ValueError, KeyError, TypeError, OSError) as e:
+                reply = {"ok": False, "kind": "failed", "error": str(e)}
+            data = encode(reply)
+            while data:
+                data = data[os.write(write_end, data):]
+        except BaseException:  # noqa: BLE001 - never return into the shim's loop
+            status = 1
+        os._exit(status)
+    os.close(write_end)
+    # One framed reply, not EOF: the container's init inherits the write end until execve.
+    buffer, replies = bytearray(), []
+    try:
+        while not replies and (chunk := os.read(read_end, 1 << 16)):
+            buffer += chunk
+            replies = decode_frames(buffer)
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    if not replies:
+        raise ShimError("failed", "the helper process died without a reply")
+    reply = replies[0]
+    if not reply["ok"]:
+        raise ShimError(reply["kind"], reply["error"])
+    return reply["result"]
 
 
 def _kind(error: RuntimeFailure) -> str:
