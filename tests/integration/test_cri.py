@@ -228,3 +228,48 @@ def test_reopen_container_log(daemon):
     time.sleep(0.3)
     assert "tick" in open(log_path).read()  # a new file at the same path
     assert "tick" in open(log_path + ".1").read()
+
+
+def zombies_below(ancestor: int) -> list[int]:
+    """Zombie processes among the descendants of `ancestor`."""
+    parents, states = {}, {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(name)], states[int(name)] = int(fields[1]), fields[0]
+
+    def descends(pid: int) -> bool:
+        while pid > 1:
+            pid = parents.get(pid, 0)
+            if pid == ancestor:
+                return True
+        return False
+
+    return [pid for pid, state in states.items() if state == "Z" and descends(pid)]
+
+
+@pytest.mark.parametrize("host_pid", [False, True])
+def test_orphaned_grandchildren_leave_no_zombie(daemon, host_pid):
+    """Orphans are reaped: by the shim (a subreaper) when the container shares the host's PID
+    namespace, at once; in its own PID namespace they are its init's until it ends."""
+    pod_config = daemon.pod_config(f"orphans{int(host_pid)}")
+    if host_pid:
+        pod_config.linux.security_context.namespace_options.pid = api_pb2.NODE
+    pod_id = daemon.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(
+        config=pod_config)).pod_sandbox_id
+    container_id = daemon.create_container(
+        pod_id, pod_config, "parent",
+        ["sh", "-c", "(sleep 0.2 &) ; (sleep 0.3 &) ; exec sleep 30"])
+    daemon.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=container_id))
+    shims = daemon.shim_pids()
+    time.sleep(1.0)  # every grandchild has ended
+    if host_pid:
+        assert [zombies_below(shim) for shim in shims] == [[] for _ in shims]
+    daemon.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=container_id))
+    time.sleep(0.2)
+    assert [zombies_below(shim) for shim in shims] == [[] for _ in shims]
+    assert all(os.path.exists(f"/proc/{shim}") for shim in shims)  # the shims live on
