@@ -1,0 +1,123 @@
+"""The `corral` command line, run as a user runs it: images on a data root, pods via corrald."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.corrald import Corrald, short_base
+from tests.integration.registry_server import Registry, layered_image
+
+CORRAL = str(Path(sys.executable).parent / "corral")
+
+
+def corral(*args: str, check: bool = True, **env) -> subprocess.CompletedProcess:
+    done = subprocess.run([CORRAL, *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **env})
+    if check and done.returncode != 0:
+        raise AssertionError(f"corral {' '.join(args)}: {done.returncode}\n{done.stderr}")
+    return done
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    layout = str(tmp_path_factory.mktemp("layout") / "image")
+    layered_image(layout, marker=b"amd64")
+    server = Registry(str(tmp_path_factory.mktemp("registry")))
+    try:
+        server.push(layout, "cli/app", tag="1.0")
+        yield server
+    finally:
+        server.stop()
+
+
+def test_pull_images_tag_inspect_rmi_prune(tmp_path, registry):
+    root = str(tmp_path / "root")
+    ref = f"{registry.host}/cli/app:1.0"
+    image_id = corral("--root", root, "pull", "-q", ref).stdout.strip()
+    assert image_id.startswith("sha256:")
+    table = corral("--root", root, "images").stdout
+    assert f"{registry.host}/cli/app" in table and "1.0" in table and image_id[7:19] in table
+    corral("--root", root, "tag", ref, "mine/app:v2")
+    listed = json.loads(corral("--root", root, "images", "--format", "json").stdout)
+    assert sorted(i["name"] for i in listed) == sorted([ref, "docker.io/mine/app:v2"])
+    assert corral("--root", root, "images", "-q").stdout.split() == [image_id[7:19]]
+    (inspected,) = json.loads(corral("--root", root, "image", "inspect", "mine/app:v2").stdout)
+    assert inspected["Id"] == image_id and inspected["Config"]["os"] == "linux"
+    assert corral("--root", root, "rmi", "mine/app:v2").stdout.strip() == \
+        "Untagged: docker.io/mine/app:v2"
+    corral("--root", root, "rmi", image_id[7:19])  # by ID prefix: the last name goes
+    assert corral("--root", root, "images", "-q").stdout == ""
+    assert os.listdir(os.path.join(root, "content", "blobs", "sha256")) == []
+    assert "removed 0 blobs" in corral("--root", root, "image", "prune").stdout
+
+
+def test_pull_draws_progress_bars_on_a_terminal(tmp_path, registry):
+    ref = f"{registry.host}/cli/app:1.0"
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execv(CORRAL, [CORRAL, "--root", str(tmp_path / "root"), "pull", ref])
+    output = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    _, status = os.waitpid(pid, 0)
+    text = output.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert "done" in text and "sha256:" in text and "linux/amd64" in text
+
+
+def test_errors_are_one_line(tmp_path):
+    done = corral("--root", str(tmp_path), "rmi", "nope", check=False)
+    assert done.returncode == 1
+    assert done.stderr == "corral: image 'nope' not found\n"
+    done = corral("--root", str(tmp_path), "pull", "127.0.0.1:1/x", check=False)
+    assert done.returncode == 1 and done.stderr.startswith("corral: 127.0.0.1:1")
+    assert len(done.stderr.splitlines()) == 1
+    assert corral("bogus", check=False).returncode == 2
+    done = corral("--socket", str(tmp_path / "none.sock"), "ps", check=False)
+    assert done.returncode == 1 and "corrald is not running" in done.stderr
+
+
+@pytest.fixture
+def daemon():
+    corrald = Corrald(short_base(), bridge="corralt3", subnet="10.99.10.0/24")
+    try:
+        corrald.import_busybox()
+        corrald.start()
+        yield corrald
+    finally:
+        corrald.cleanup()
+
+
+def test_run_ps_pods_logs_stop_rm(daemon):
+    sock = str(daemon.socket)
+    done = corral("--socket", sock, "run", "--rm", "--name", "hello", "-e", "WHO=corral",
+                  "busybox", "sh", "-c", "echo hi $WHO from $(hostname); echo err >&2; exit 3",
+                  check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "hi corral from hello\n",
+                                                           "err\n")
+    assert corral("--socket", sock, "pods", "-q").stdout == ""  # --rm removed the pod
+
+    container = corral("--socket", sock, "run", "-d", "--name", "web", "busybox", "sh", "-c",
+                       "echo started; exec sleep 60").stdout.strip()
+    assert len(container) == 64
+    assert "web" in corral("--socket", sock, "ps").stdout
+    assert "web" in corral("--socket", sock, "pods").stdout
+    assert corral("--socket", sock, "logs", container[:12]).stdout == "started\n"
+    assert "RuntimeReady: yes" in corral("--socket", sock, "info").stdout
+    corral("--socket", sock, "stop", "-t", "1", container[:12])
+    assert "exited (137)" in corral("--socket", sock, "ps", "-a").stdout
+    corral("--socket", sock, "rm", "web")  # the pod (and its container)
+    assert corral("--socket", sock, "ps", "-a", "-q").stdout == ""
