@@ -50,6 +50,11 @@ def test_pull_images_tag_inspect_rmi_prune(tmp_path, registry):
     assert corral("--root", root, "images", "-q").stdout.split() == [image_id[7:19]]
     (inspected,) = json.loads(corral("--root", root, "image", "inspect", "mine/app:v2").stdout)
     assert inspected["Id"] == image_id and inspected["Config"]["os"] == "linux"
+    exported = str(tmp_path / "app.tar")
+    corral("--root", root, "image", "export", "--format", "docker-archive", "-o", exported,
+           "mine/app:v2")
+    other = str(tmp_path / "other")
+    assert image_id in corral("--root", other, "image", "import", exported).stdout
     assert corral("--root", root, "rmi", "mine/app:v2").stdout.strip() == \
         "Untagged: docker.io/mine/app:v2"
     corral("--root", root, "rmi", image_id[7:19])  # by ID prefix: the last name goes

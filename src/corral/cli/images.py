@@ -57,6 +57,12 @@ def add_commands(subparsers) -> None:
     imp.add_argument("source")
     imp.add_argument("name", nargs="?")
     imp.set_defaults(func=cmd_import)
+    export = sub.add_parser("export", help="write images to an archive or OCI layout dir")
+    export.add_argument("--format", choices=("oci-archive", "oci-dir", "docker-archive"),
+                        default="oci-archive")
+    export.add_argument("-o", "--output", required=True, metavar="DEST")
+    export.add_argument("images", nargs="+", metavar="IMAGE")
+    export.set_defaults(func=cmd_export)
     prune = sub.add_parser("prune", help="remove blobs and layers no image or container uses")
     prune.set_defaults(func=cmd_prune)
     build = sub.add_parser("build", help="make an image from a root filesystem directory")
@@ -251,6 +257,15 @@ def cmd_import(opts) -> int:
     try:
         for record in service.import_archive(opts.source, opts.name):
             print(f"{record.name} {record.id}")
+    finally:
+        service.close()
+    return 0
+
+
+def cmd_export(opts) -> int:
+    service = _service(opts)
+    try:
+        service.export(opts.images, opts.output, opts.format)
     finally:
         service.close()
     return 0

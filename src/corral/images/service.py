@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tarfile
 import time
 
 from corral.images import gc
-from corral.images.content import ContentError, ContentStore
+from corral.images.content import ContentStore
 from corral.images.reference import ReferenceError
 from corral.images.reference import parse as parse_reference
 from corral.images.snapshots import OverlaySnapshotter
@@ -156,12 +155,21 @@ class ImageService:
 
     # --- import ----------------------------------------------------------------------------------
     def import_archive(self, path: str, name: str | None = None) -> list[ImageRecord]:
-        """An oci-archive (an OCI image layout in a tar); each image it names is recorded."""
-        try:
-            with tarfile.open(path) as tar:
-                index = self._ingest_archive(tar)
-        except (tarfile.TarError, OSError) as e:
-            raise ImageError(f"{path}: not a readable OCI archive: {e}") from None
+        """An OCI layout (directory or tar) or a docker-save tar; each image in it recorded."""
+        from corral.images.archive import import_image
+
+        return import_image(self, path, name)
+
+    def export(self, names: list[str], dest: str, format: str = "oci-archive") -> None:
+        """Write images as "oci-archive", "oci-dir" or "docker-archive"."""
+        from corral.images.archive import export_images
+
+        export_images(self, names, dest, format)
+
+    def record_index(self, index: bytes | None, name: str | None = None) -> list[ImageRecord]:
+        """Record the images an OCI index.json names (its blobs already stored)."""
+        if index is None:
+            raise ImageError("not an OCI layout: no index.json")
         entries = _json_object(index, "index.json").get("manifests")
         if not isinstance(entries, list) or not entries:
             raise ImageError("index.json: no manifests")
@@ -172,27 +180,12 @@ class ImageService:
                 annotations.get(ANNOTATION_REF_NAME)
             if not image_name:
                 raise ImageError(f"index.json manifests[{i}]: no image name; give one")
-            records.append(self._record(str(parse_reference(image_name)), entry))
+            try:
+                reference = str(parse_reference(image_name))
+            except ReferenceError as e:
+                raise ImageError(f"index.json manifests[{i}]: {e}") from None
+            records.append(self._record(reference, entry))
         return records
-
-    def _ingest_archive(self, tar: tarfile.TarFile) -> bytes:
-        index = None
-        for member in tar:
-            if not member.isfile():
-                continue
-            name = member.name.removeprefix("./")
-            if name == "index.json":
-                index = tar.extractfile(member).read()
-            elif name.startswith("blobs/sha256/"):
-                digest = "sha256:" + name.rsplit("/", 1)[1]
-                try:
-                    check_digest(digest)
-                    self.content.ingest(_chunks(tar.extractfile(member)), digest, member.size)
-                except (ContentError, ValueError) as e:
-                    raise ImageError(f"{name}: {e}") from None
-        if index is None:
-            raise ImageError("not an OCI archive: no index.json")
-        return index
 
     def _record(self, name: str, entry: dict) -> ImageRecord:
         manifest_digest, manifest = self._resolve_manifest(entry)
@@ -279,8 +272,3 @@ def _maybe_reference(text: str) -> str:
         return str(parse_reference(text))
     except ReferenceError:
         return ""
-
-
-def _chunks(stream, size: int = 1 << 20):
-    while chunk := stream.read(size):
-        yield chunk

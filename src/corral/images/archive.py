@@ -1,0 +1,357 @@
+"""Images in and out of files: OCI layouts (a directory or a tar) and `docker save` tarballs.
+
+    import   a directory with index.json (OCI layout), a tar with index.json
+             (oci-archive; also what docker 25+ saves), or a tar with only
+             manifest.json (docker-archive: podman save, older docker save)
+    export   "oci-dir", "oci-archive" or "docker-archive" (loadable by
+             `docker load` / `podman load`: manifest.json, repositories, the
+             config, uncompressed layers whose digests are the diff IDs)
+
+An import stores only blobs it verified, and records images only when
+every blob they need is stored; a failed import collects what it stored.
+Exports are reproducible: sorted entries, fixed modes and times.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+
+from corral.images.content import ContentError
+from corral.images.reference import ReferenceError
+from corral.images.reference import parse as parse_reference
+from corral.spec.image import (
+    MEDIA_DOCKER_CONFIG,
+    MEDIA_DOCKER_MANIFEST,
+    MEDIA_INDEX,
+    MEDIA_MANIFEST,
+    canonical_json,
+    check_digest,
+    descriptor,
+)
+
+MEDIA_DOCKER_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
+FORMATS = ("oci-archive", "oci-dir", "docker-archive")
+_CHUNK = 1 << 20
+
+
+class ArchiveError(ValueError):
+    pass
+
+
+# --- import ---------------------------------------------------------------------------------------
+def import_image(service, path: str, name: str | None = None) -> list:
+    from corral.images.service import ImageError
+
+    try:
+        with service.gc_lock(shared=True):
+            if os.path.isdir(path):
+                return _import_layout_dir(service, path, name)
+            try:
+                tar = tarfile.open(path)
+            except tarfile.TarError:
+                raise ImageError(f"{path}: not a readable image archive (a tar, or an OCI "
+                                 "layout directory)") from None
+            except OSError as e:
+                raise ImageError(f"{path}: {e.strerror}") from None
+            with tar:
+                names = {m.name.removeprefix("./") for m in tar.getmembers()}
+                if "index.json" in names:
+                    return _import_oci_tar(service, tar, name)
+                if "manifest.json" in names:
+                    return _import_docker_tar(service, tar, path, name)
+                raise ImageError(f"{path}: neither an OCI archive (index.json) nor a docker "
+                                 "archive (manifest.json)")
+    except BaseException:
+        service.gc(wait=False)  # what this import stored and nothing names
+        raise
+
+
+def _ingest(service, stream, digest: str, size: int | None, what: str) -> None:
+    from corral.images.service import ImageError
+
+    try:
+        check_digest(digest)
+        service.content.ingest(iter(lambda: stream.read(_CHUNK), b""), digest, size)
+    except (ContentError, ValueError) as e:
+        raise ImageError(f"{what}: {e}") from None
+
+
+def _import_layout_dir(service, path: str, name: str | None) -> list:
+    from corral.images.service import ImageError
+
+    index_path = os.path.join(path, "index.json")
+    if not os.path.exists(index_path):
+        raise ImageError(f"{path}: not an OCI image layout (no index.json)")
+    blobs = os.path.join(path, "blobs", "sha256")
+    for entry in sorted(os.listdir(blobs)) if os.path.isdir(blobs) else []:
+        with open(os.path.join(blobs, entry), "rb") as f:
+            _ingest(service, f, f"sha256:{entry}", os.fstat(f.fileno()).st_size,
+                    f"blobs/sha256/{entry}")
+    with open(index_path, "rb") as f:
+        return service.record_index(f.read(), name)
+
+
+def _import_oci_tar(service, tar: tarfile.TarFile, name: str | None) -> list:
+    index = None
+    for member in tar:
+        if not member.isfile():
+            continue
+        entry = member.name.removeprefix("./")
+        if entry == "index.json":
+            index = tar.extractfile(member).read()
+        elif entry.startswith("blobs/sha256/"):
+            _ingest(service, tar.extractfile(member), "sha256:" + entry.rsplit("/", 1)[1],
+                    member.size, entry)
+    return service.record_index(index, name)
+
+
+def _member(tar: tarfile.TarFile, entry: str, what: str):
+    from corral.images.service import ImageError
+
+    if not isinstance(entry, str) or entry.startswith("/") or ".." in entry.split("/"):
+        raise ImageError(f"manifest.json: {what} {entry!r} is not a path inside the archive")
+    try:
+        member = tar.getmember(entry)
+    except KeyError:
+        try:
+            member = tar.getmember("./" + entry)
+        except KeyError:
+            raise ImageError(f"manifest.json: {what} {entry} is missing from the archive") \
+                from None
+    if not member.isfile():
+        raise ImageError(f"manifest.json: {what} {entry} is not a regular file")
+    return tar.extractfile(member), member.size
+
+
+def _import_docker_tar(service, tar: tarfile.TarFile, path: str, name: str | None) -> list:
+    from corral.images.service import ImageError, _json_object
+
+    stream, _ = _member(tar, "manifest.json", "manifest")
+    try:
+        entries = json.loads(stream.read())
+    except ValueError:
+        raise ImageError(f"{path}: manifest.json is not JSON") from None
+    if not isinstance(entries, list) or not entries:
+        raise ImageError(f"{path}: manifest.json lists no images")
+    records = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ImageError(f"{path}: manifest.json[{i}] is not an object")
+        config_stream, config_size = _member(tar, entry.get("Config"), "config")
+        config_bytes = config_stream.read()
+        config = _json_object(config_bytes, f"config {entry.get('Config')}")
+        config_digest = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
+        service.content.write(config_bytes, config_digest)
+        diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
+        layer_paths = entry.get("Layers")
+        if not isinstance(layer_paths, list) or len(layer_paths) != len(diff_ids):
+            raise ImageError(f"{path}: manifest.json[{i}]: {len(layer_paths or [])} layers, "
+                             f"the config lists {len(diff_ids)} diff IDs")
+        layers = []
+        for layer_path, diff_id in zip(layer_paths, diff_ids, strict=True):
+            layers.append(_store_docker_layer(service, tar, layer_path, diff_id))
+        manifest = canonical_json({
+            "schemaVersion": 2, "mediaType": MEDIA_DOCKER_MANIFEST,
+            "config": descriptor(MEDIA_DOCKER_CONFIG, config_bytes), "layers": layers})
+        manifest_digest = service.content.write(manifest)
+        tags = entry.get("RepoTags") or []
+        if name:
+            tags = [name]
+        if not tags:
+            raise ImageError(f"{path}: manifest.json[{i}] has no RepoTags; give a name")
+        platform = "/".join(filter(None, (config.get("os"), config.get("architecture"),
+                                          config.get("variant"))))
+        size = len(config_bytes) + sum(layer["size"] for layer in layers)
+        for tag in tags:
+            try:
+                reference = str(parse_reference(tag))
+            except ReferenceError as e:
+                raise ImageError(f"{path}: RepoTags: {e}") from None
+            records.append(service.record(
+                reference, target={"digest": manifest_digest, "mediaType": MEDIA_DOCKER_MANIFEST},
+                manifest_digest=manifest_digest, config_digest=config_digest,
+                platform=platform, size=size))
+    return records
+
+
+def _store_docker_layer(service, tar, layer_path: str, diff_id: str) -> dict:
+    """A docker-archive layer (a tar, perhaps compressed), stored as it is; its descriptor.
+
+    The uncompressed digest must be the config's diff ID: checked here, not at unpack."""
+    from corral.images.service import ImageError
+
+    stream, size = _member(tar, layer_path, "layer")
+    with tempfile.TemporaryFile(dir=service.content.ingest_dir) as copy:
+        blob_hash = hashlib.sha256()
+        while chunk := stream.read(_CHUNK):
+            blob_hash.update(chunk)
+            copy.write(chunk)
+        copy.seek(0)
+        magic = copy.read(4)
+        copy.seek(0)
+        media_type = MEDIA_DOCKER_LAYER_TAR
+        if magic[:2] == b"\x1f\x8b":
+            media_type = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+            uncompressed = gzip.GzipFile(fileobj=copy)
+        elif magic == b"\x28\xb5\x2f\xfd":
+            import zstandard
+
+            media_type = "application/vnd.docker.image.rootfs.diff.tar.zstd"
+            uncompressed = zstandard.ZstdDecompressor().stream_reader(copy)
+        else:
+            uncompressed = copy
+        diff_hash = hashlib.sha256()
+        while chunk := uncompressed.read(_CHUNK):
+            diff_hash.update(chunk)
+        if "sha256:" + diff_hash.hexdigest() != diff_id:
+            raise ImageError(f"layer {layer_path}: content has diff ID "
+                             f"sha256:{diff_hash.hexdigest()}, the config says {diff_id}")
+        digest = "sha256:" + blob_hash.hexdigest()
+        copy.seek(0)
+        _ingest(service, copy, digest, size, f"layer {layer_path}")
+    return {"mediaType": media_type, "digest": digest, "size": size}
+
+
+# --- export ---------------------------------------------------------------------------------------
+def export_images(service, names: list[str], dest: str, format: str) -> None:
+    from corral.images.service import ImageError
+
+    if format not in FORMATS:
+        raise ImageError(f"unknown export format {format!r} (one of {', '.join(FORMATS)})")
+    records = [service.get(name) for name in names]
+    if not records:
+        raise ImageError("export: no image given")
+    files = (_docker_files if format == "docker-archive" else _oci_files)(service, records)
+    tmp = dest + ".tmp"
+    try:
+        if format == "oci-dir":
+            os.makedirs(tmp)
+            for entry, source in files:
+                target = os.path.join(tmp, entry)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                _write_entry(service, source, target)
+        else:
+            _write_tar(service, files, tmp)
+        if os.path.isdir(dest):
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _manifest(service, record) -> dict:
+    return json.loads(service.content.read(record.manifest_digest))
+
+
+def _oci_files(service, records) -> list[tuple[str, object]]:
+    """(path in the layout, bytes or a blob digest) for each file."""
+    blobs: set[str] = set()
+    entries = []
+    for record in records:
+        manifest = _manifest(service, record)
+        blobs.add(record.manifest_digest)
+        blobs.add(manifest["config"]["digest"])
+        blobs.update(layer["digest"] for layer in manifest["layers"])
+        os_name, _, rest = record.platform.partition("/")
+        architecture, _, variant = rest.partition("/")
+        platform = {"architecture": architecture, "os": os_name}
+        if variant:
+            platform["variant"] = variant
+        reference = parse_reference(record.name)
+        entries.append(descriptor(
+            manifest.get("mediaType") or MEDIA_MANIFEST, record.manifest_digest,
+            len(service.content.read(record.manifest_digest)), platform=platform,
+            annotations={"io.containerd.image.name": record.name,
+                         "org.opencontainers.image.ref.name": reference.tag or "latest"}))
+    index = {"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": entries}
+    files: list[tuple[str, object]] = [
+        ("oci-layout", canonical_json({"imageLayoutVersion": "1.0.0"})),
+        ("index.json", canonical_json(index))]
+    files += [(f"blobs/sha256/{digest[7:]}", digest) for digest in sorted(blobs)]
+    return files
+
+
+def _docker_files(service, records) -> list[tuple[str, object]]:
+    manifest_json, repositories, files = [], {}, []
+    written: set[str] = set()
+    for record in records:
+        manifest = _manifest(service, record)
+        config = json.loads(service.content.read(record.id))
+        diff_ids = config["rootfs"]["diff_ids"]
+        layer_paths = []
+        for layer, diff_id in zip(manifest["layers"], diff_ids, strict=True):
+            entry = f"{diff_id[7:]}.tar"
+            layer_paths.append(entry)
+            if entry not in written:
+                written.add(entry)
+                files.append((entry, ("layer", layer["digest"], layer["mediaType"])))
+        config_entry = f"{record.id[7:]}.json"
+        if config_entry not in written:
+            written.add(config_entry)
+            files.append((config_entry, record.id))
+        reference = parse_reference(record.name)
+        tag = reference.familiar
+        manifest_json.append({"Config": config_entry, "RepoTags": [tag],
+                              "Layers": layer_paths})
+        repository, _, tag_name = tag.rpartition(":")
+        repositories.setdefault(repository, {})[tag_name] = diff_ids[-1][7:]
+    files.append(("manifest.json", json.dumps(manifest_json).encode()))
+    files.append(("repositories", json.dumps(repositories).encode()))
+    return files
+
+
+def _open_source(service, source):
+    """(stream, size or None) of an entry: bytes, a blob, or a layer decompressed."""
+    from corral.images.unpack import open_layer
+
+    if isinstance(source, bytes):
+        return io.BytesIO(source), len(source)
+    if isinstance(source, tuple):
+        _, digest, media_type = source
+        return open_layer(service.content.path(digest), media_type), None
+    path = service.content.path(source)
+    return open(path, "rb"), os.path.getsize(path)
+
+
+def _write_entry(service, source, target: str) -> None:
+    stream, _ = _open_source(service, source)
+    with stream, open(target, "wb") as out:
+        shutil.copyfileobj(stream, out, _CHUNK)
+    os.chmod(target, 0o644)
+
+
+def _write_tar(service, files, dest: str) -> None:
+    with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tar:
+        directories = sorted({os.path.dirname(entry) for entry, _ in files} - {""})
+        for directory in directories:
+            info = tarfile.TarInfo(directory)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 0
+            tar.addfile(info)
+        for entry, source in sorted(files, key=lambda item: item[0]):
+            stream, size = _open_source(service, source)
+            with stream:
+                if size is None:  # a decompressed layer: its size is known once written
+                    with tempfile.TemporaryFile(dir=service.content.ingest_dir) as spool:
+                        shutil.copyfileobj(stream, spool, _CHUNK)
+                        size = spool.tell()
+                        spool.seek(0)
+                        _add(tar, entry, spool, size)
+                else:
+                    _add(tar, entry, stream, size)
+
+
+def _add(tar: tarfile.TarFile, entry: str, stream, size: int) -> None:
+    info = tarfile.TarInfo(entry)
+    info.size, info.mode, info.mtime = size, 0o644, 0
+    tar.addfile(info, stream)
