@@ -260,19 +260,20 @@ COMPRESSIONS = [(MEDIA_LAYER_GZIP, lambda b: gzip.compress(b, mtime=0)),
 
 
 def layered_image(dest: str, *, arch: str = "amd64", variant: str = "", marker: bytes = b"",
-                  extra_platforms: list[tuple[str, str, bytes]] = ()) -> None:
+                  extra_platforms: list[tuple[str, str, bytes]] = (),
+                  layers: list[list[dict]] | None = None) -> None:
     """An OCI layout: the LAYERS (plus a marker file naming the platform) for each platform;
     an index with all of them when extra platforms are given."""
     blobs: dict[str, bytes] = {}
     entries = []
     for platform_arch, platform_variant, platform_marker in \
             [(arch, variant, marker), *extra_platforms]:
-        layers = [list(layer) for layer in LAYERS]
-        layers[-1] = layers[-1] + [{"name": "platform",
+        chosen = [list(layer) for layer in (layers or LAYERS)]
+        chosen[-1] = chosen[-1] + [{"name": "platform",
                                     "data": platform_marker or arch.encode()}]
-        tars = [_tar(layer) for layer in layers]
+        tars = [_tar(layer) for layer in chosen]
         descriptors = []
-        for tar, (media_type, compress) in zip(tars, COMPRESSIONS, strict=True):
+        for tar, (media_type, compress) in zip(tars, COMPRESSIONS, strict=False):
             blob = compress(tar)
             blobs[hashlib.sha256(blob).hexdigest()] = blob
             descriptors.append(descriptor(media_type, blob))

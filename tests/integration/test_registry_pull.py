@@ -12,7 +12,7 @@ import pytest
 
 from corral.images.pull import Puller
 from corral.images.registries import RegistryConfig, RegistryError
-from corral.images.service import ImageService
+from corral.images.service import ImageError, ImageService
 from corral.runtime.syscalls import MNT_DETACH, Syscalls
 from tests.integration.registry_server import (
     Registry,
@@ -241,3 +241,21 @@ def test_unknown_image_and_registry_down(service, registry):
     with pytest.raises(RegistryError, match=r"127.0.0.1:1: .*refused"):
         pull(service, "127.0.0.1:1/test/layered")
     assert_nothing_stored(service)
+
+
+@pytest.mark.parametrize("layer, message", [
+    ([{"name": "../escaped", "data": b"x"}], r"\.\."),
+    ([{"name": "link", "type": "symlink", "target": "../../../../../tmp"},
+      {"name": "link/owned", "data": b"x"}], "outside|symlink|escape"),
+])
+def test_escaping_layer_is_refused_and_nothing_kept(service, registry, tmp_path, layer,
+                                                    message):
+    layout = str(tmp_path / "evil")
+    layered_image(layout, layers=[layer])
+    registry.push(layout, "test/evil")
+    record = pull(service, f"{registry.host}/test/evil")  # the blobs themselves verify
+    with pytest.raises(ImageError, match=message):
+        service.unpack_new(record.name)
+    assert_nothing_stored(service)
+    assert not os.path.exists("/tmp/owned") and not os.path.exists(
+        os.path.join(os.path.dirname(service.root), "escaped"))

@@ -117,7 +117,7 @@ def cmd_pull(opts) -> int:
             record = _pull_with_bars(puller, opts, credentials)
         else:
             record = puller.pull(opts.image, platform=opts.platform, credentials=credentials)
-        service.unpack(record.name)
+        service.unpack_new(record.name)
     finally:
         puller.close()
         service.close()

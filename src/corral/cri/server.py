@@ -330,7 +330,7 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
             record = puller.pull(request.image.image, credentials=credentials)
         finally:
             puller.close()
-        self.ctx.unpack_image(record.name)
+        self.ctx.unpack_image(record.name, new=True)
         return api_pb2.PullImageResponse(image_ref=record.id)
 
     @rpc

@@ -47,10 +47,11 @@ class Context:
         self.db.close()
 
     # --- images --------------------------------------------------------------------------------
-    def unpack_image(self, name: str) -> str:
-        """The image's top chain ID, unpacked once (layers are shared; unpacking is serialized)."""
+    def unpack_image(self, name: str, new: bool = False) -> str:
+        """The image's top chain ID, unpacked once (layers are shared; unpacking is serialized).
+        `new`: just pulled, so a layer that cannot be unpacked removes the image."""
         with self._unpack_lock:
-            return self.images.unpack(name)
+            return self.images.unpack_new(name) if new else self.images.unpack(name)
 
     def image_config(self, image) -> dict:
         return json.loads(self.images.content.read(image.id))

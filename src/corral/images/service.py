@@ -230,6 +230,19 @@ class ImageService:
             raise ImageError(f"{what} {digest} is missing") from None
         return _json_object(data, f"{what} {digest}")
 
+    def unpack_new(self, name: str) -> str:
+        """Unpack an image just pulled or imported; if a layer is refused, the image goes too.
+
+        The layer's blob verified, but what it would write did not (a `../` or a symlink
+        escape, a tar bomb): nothing of such an image is kept."""
+        try:
+            return self.unpack(name)
+        except BaseException as e:
+            self.remove(name, force=True)
+            if isinstance(e, (ValueError, OSError)) and not isinstance(e, ImageError):
+                raise ImageError(f"image {name}: {e}") from None
+            raise
+
     # --- unpack ----------------------------------------------------------------------------------
     def unpack(self, name: str, limit_factor: int = 64) -> str:
         """Every layer as a committed snapshot; the top chain ID (a container's parent)."""
