@@ -126,3 +126,4 @@ def test_run_ps_pods_logs_stop_rm(daemon):
     assert "exited (137)" in corral("--socket", sock, "ps", "-a").stdout
     corral("--socket", sock, "rm", "web")  # the pod (and its container)
     assert corral("--socket", sock, "ps", "-a", "-q").stdout == ""
+    assert not [d for d in os.listdir("/var/log/corral/pods") if "_web_" in d]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import sys
 import time
 
@@ -111,10 +112,10 @@ def cmd_run(opts) -> int:
             image=pb.ImageSpec(image=opts.image))).HasField("image"):
         print(f"pulling {opts.image} ...", file=sys.stderr)
         cri.call(cri.images.PullImage, pb.PullImageRequest(image=pb.ImageSpec(image=opts.image)))
-    log_dir = os.path.join(LOG_ROOT, name)
+    uid = secrets.token_hex(16)
+    log_dir = os.path.join(LOG_ROOT, f"default_{name}_{uid}")  # kubelet's layout
     pod_config = pb.PodSandboxConfig(
-        metadata=pb.PodSandboxMetadata(name=name, namespace="default",
-                                       uid=secrets.token_hex(16)),
+        metadata=pb.PodSandboxMetadata(name=name, namespace="default", uid=uid),
         hostname=name, log_directory=log_dir, port_mappings=_ports(pb, opts.publish))
     pod_config.linux.security_context.namespace_options.pid = pb.CONTAINER
     pod_id = cri.call(cri.runtime.RunPodSandbox, pb.RunPodSandboxRequest(
@@ -146,9 +147,14 @@ def cmd_run(opts) -> int:
 
 
 def _remove_pod(cri: Cri, pod_id: str) -> None:
+    """Stop and remove a pod, and the log directory `corral run` made for it."""
     pb = cri.pb
+    meta = cri.call(cri.runtime.PodSandboxStatus, pb.PodSandboxStatusRequest(
+        pod_sandbox_id=pod_id)).status.metadata
     cri.call(cri.runtime.StopPodSandbox, pb.StopPodSandboxRequest(pod_sandbox_id=pod_id))
     cri.call(cri.runtime.RemovePodSandbox, pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    shutil.rmtree(os.path.join(LOG_ROOT, f"{meta.namespace}_{meta.name}_{meta.uid}"),
+                  ignore_errors=True)
 
 
 def _ports(pb, specs: list[str]) -> list:
