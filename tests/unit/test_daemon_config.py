@@ -1,0 +1,48 @@
+"""corrald's TOML config: every key has a default; bad values are clear errors."""
+
+import pytest
+
+from corral.daemon.config import ConfigError, load
+
+
+def test_defaults_without_a_file():
+    config = load()
+    assert (config.root, config.state) == ("/var/lib/corral", "/run/corral")
+    assert config.socket_path == "/run/corral/corral.sock"
+    assert config.handler("").type == "native"
+    assert config.handler("runc").path == "/usr/sbin/runc"
+    assert config.cni.conf_dir == "/etc/cni/net.d"
+
+
+def test_file_and_flags(tmp_path):
+    path = tmp_path / "corrald.toml"
+    path.write_text('state = "/run/x"\nlog_level = "debug"\n[cni]\nbin_dirs = ["/opt/cni"]\n'
+                    '[runtimes.kata]\ntype = "oci"\npath = "/usr/bin/kata-runtime"\n')
+    config = load(str(path), root="/srv/corral")
+    assert (config.root, config.state, config.log_level) == ("/srv/corral", "/run/x", "debug")
+    assert config.socket_path == "/run/x/corral.sock"
+    assert config.cni.bin_dirs == ["/opt/cni"] and config.cni.cache_dir == "/run/x/cni"
+    assert config.handler("kata").path == "/usr/bin/kata-runtime"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("root = ", "not valid TOML"),
+    ("rooot = '/x'", "unknown key"),
+    ("root = 'relative'", "absolute"),
+    ("log_level = 'loud'", "log_level"),
+    ("listen = 'tcp://0.0.0.0:1'", "unix:///"),
+    ("[runtimes.x]\ntype = 'vm'", "native or oci"),
+    ("[runtimes.x]\ntype = 'oci'", "absolute path"),
+    ("default_runtime = 'nope'", "default_runtime"),
+    ("[cni]\nbin_dirs = '/usr/lib/cni'", "list of strings"),
+])
+def test_bad_config(tmp_path, text, message):
+    path = tmp_path / "corrald.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load(str(path))
+
+
+def test_unknown_handler():
+    with pytest.raises(ConfigError, match="no runtime handler 'gvisor'"):
+        load().handler("gvisor")
