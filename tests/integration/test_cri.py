@@ -273,3 +273,36 @@ def test_orphaned_grandchildren_leave_no_zombie(daemon, host_pid):
     time.sleep(0.2)
     assert [zombies_below(shim) for shim in shims] == [[] for _ in shims]
     assert all(os.path.exists(f"/proc/{shim}") for shim in shims)  # the shims live on
+
+
+def test_container_config_reaches_the_container(daemon, tmp_path):
+    """User, env, working dir, mounts, read-only rootfs, the pod's /dev/shm and files."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "data").write_text("from the host\n")
+    pod_id, pod_config = daemon.run_pod("configured")
+    config = daemon.container_config("a", ["sleep", "60"])
+    config.envs.add(key="GREETING", value="hello")
+    config.working_dir = "/tmp"
+    config.linux.security_context.run_as_user.value = 1000
+    config.linux.security_context.readonly_rootfs = True
+    config.mounts.add(container_path="/data", host_path=str(shared), readonly=True)
+    first = daemon.runtime.CreateContainer(api_pb2.CreateContainerRequest(
+        pod_sandbox_id=pod_id, config=config, sandbox_config=pod_config)).container_id
+    second = daemon.create_container(pod_id, pod_config, "b", ["sleep", "60"])
+    for container_id in (first, second):
+        daemon.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=container_id))
+
+    def run(container_id: str, script: str) -> str:
+        reply = daemon.runtime.ExecSync(api_pb2.ExecSyncRequest(
+            container_id=container_id, cmd=["sh", "-c", script], timeout=10))
+        return reply.stdout.decode() + reply.stderr.decode()
+
+    assert run(first, "id -u; pwd; echo $GREETING; cat /data/data") == \
+        "1000\n/tmp\nhello\nfrom the host\n"
+    assert "Read-only file system" in run(first, "touch /data/x; touch /etc/x")
+    assert "configured" in run(first, "cat /etc/hosts") and \
+        run(first, "cat /etc/hostname") == "configured\n"
+    run(second, "echo shared-memory > /dev/shm/note")
+    assert run(first, "cat /dev/shm/note") == "shared-memory\n"  # one /dev/shm per pod
+    assert run(second, "cat /proc/1/cmdline | tr '\\0' ' '") == "sleep 60 "  # own PID ns
