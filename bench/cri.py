@@ -34,6 +34,8 @@ from cri_api.v1 import api_pb2, api_pb2_grpc
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "src"))
 
+from pull import unmount_under  # noqa: E402 - bench/ is on sys.path: a sibling
+
 from corral.images.busybox import build_rootfs  # noqa: E402
 from corral.images.layout import build_image, write_archive  # noqa: E402
 from corral.images.service import ImageService  # noqa: E402
@@ -207,14 +209,6 @@ def pss_kib(pid: int) -> int:
     except OSError:
         pass
     return 0
-
-
-def unmount_under(path: str) -> None:
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4] for line in f]
-    for point in reversed(points):
-        if point == path or point.startswith(path + "/"):
-            subprocess.run(["umount", "-l", point], capture_output=True)
 
 
 def pod_config(name: str, uid: str) -> api_pb2.PodSandboxConfig:

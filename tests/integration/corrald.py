@@ -10,6 +10,7 @@ the host's own networking is touched.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -43,6 +44,18 @@ def cni_conflist(bridge: str, subnet: str, data_dir: str) -> dict:
             {"type": "portmap", "capabilities": {"portMappings": True}},
         ],
     }
+
+
+@contextlib.contextmanager
+def running_corrald(bridge: str, subnet: str):
+    """A started corrald with the busybox image; everything of it removed afterwards."""
+    daemon = Corrald(short_base(), bridge=bridge, subnet=subnet)
+    try:
+        daemon.import_busybox()
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.cleanup()
 
 
 def short_base() -> Path:

@@ -359,3 +359,24 @@ def actual_tree(root: str) -> dict[str, tuple]:
                     content = hashlib.sha256(f.read()).hexdigest()
                 tree[relative] = ("file", mode, info.st_uid, info.st_gid, content)
     return tree
+
+
+def snapshot_tree(service, name: str) -> dict[str, tuple]:
+    """The unpacked image as `actual_tree` sees it, through a read-only view of its layers."""
+    import tempfile
+
+    from corral.runtime.syscalls import MNT_DETACH, Syscalls
+
+    top = service.unpack(name)
+    target = tempfile.mkdtemp()
+    key = f"view-{os.getpid()}"
+    try:
+        for mount in service.snapshots.view(key, top):
+            mount.mount(target)
+        try:
+            return actual_tree(target)
+        finally:
+            Syscalls().umount(target, MNT_DETACH)
+    finally:
+        service.snapshots.remove(key)
+        os.rmdir(target)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.corrald import Corrald, short_base
+from tests.integration.corrald import running_corrald
 from tests.integration.registry_server import Registry, layered_image
 
 CORRAL = str(Path(sys.executable).parent / "corral")
@@ -97,13 +97,8 @@ def test_errors_are_one_line(tmp_path):
 
 @pytest.fixture
 def daemon():
-    corrald = Corrald(short_base(), bridge="corralt3", subnet="10.99.10.0/24")
-    try:
-        corrald.import_busybox()
-        corrald.start()
-        yield corrald
-    finally:
-        corrald.cleanup()
+    with running_corrald("corralt3", "10.99.10.0/24") as daemon:
+        yield daemon
 
 
 def test_run_ps_pods_logs_stop_rm(daemon):

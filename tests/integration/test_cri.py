@@ -10,20 +10,15 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2
 
-from tests.integration.corrald import BUSYBOX, Corrald, short_base
+from tests.integration.corrald import BUSYBOX, running_corrald
 
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z (stdout|stderr) (F|P) (.*)$")
 
 
 @pytest.fixture(scope="module")
 def corrald():
-    daemon = Corrald(short_base())
-    try:
-        daemon.import_busybox()
-        daemon.start()
+    with running_corrald("corralt0", "10.99.7.0/24") as daemon:
         yield daemon
-    finally:
-        daemon.cleanup()
 
 
 @pytest.fixture

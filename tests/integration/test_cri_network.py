@@ -9,7 +9,7 @@ import time
 import pytest
 from cri_api.v1 import api_pb2
 
-from tests.integration.corrald import Corrald, short_base
+from tests.integration.corrald import Corrald, running_corrald
 
 EMPTY = {"shims": [], "mounts": [], "pod_dirs": [], "ip_allocations": [], "veths": [],
          "sockets": []}
@@ -17,13 +17,8 @@ EMPTY = {"shims": [], "mounts": [], "pod_dirs": [], "ip_allocations": [], "veths
 
 @pytest.fixture(scope="module")
 def daemon():
-    corrald = Corrald(short_base(), bridge="corralt2", subnet="10.99.9.0/24")
-    try:
-        corrald.import_busybox()
-        corrald.start()
-        yield corrald
-    finally:
-        corrald.cleanup()
+    with running_corrald("corralt2", "10.99.9.0/24") as daemon:
+        yield daemon
 
 
 def nat_rules() -> list[str]:

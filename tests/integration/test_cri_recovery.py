@@ -13,7 +13,7 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2
 
-from tests.integration.corrald import Corrald, short_base
+from tests.integration.corrald import Corrald, running_corrald
 
 EMPTY = {"shims": [], "mounts": [], "pod_dirs": [], "ip_allocations": [], "veths": [],
          "sockets": []}
@@ -21,13 +21,8 @@ EMPTY = {"shims": [], "mounts": [], "pod_dirs": [], "ip_allocations": [], "veths
 
 @pytest.fixture
 def daemon():
-    corrald = Corrald(short_base(), bridge="corralt1", subnet="10.99.8.0/24")
-    try:
-        corrald.import_busybox()
-        corrald.start()
-        yield corrald
-    finally:
-        corrald.cleanup()
+    with running_corrald("corralt1", "10.99.8.0/24") as daemon:
+        yield daemon
 
 
 def remove_everything(daemon: Corrald) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import subprocess
 import tarfile
@@ -14,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from corral.images.service import ImageError, ImageService
-from corral.runtime.syscalls import MNT_DETACH, Syscalls
-from tests.integration.registry_server import actual_tree, expected_tree, layered_image
+from tests.integration.registry_server import expected_tree, layered_image, snapshot_tree
 
 
 @pytest.fixture(scope="module")
@@ -29,25 +27,10 @@ def service_at(path) -> ImageService:
     return ImageService(str(path))
 
 
-def tree_of(service: ImageService, name: str) -> dict:
-    top = service.unpack(name)
-    target = tempfile.mkdtemp()
-    try:
-        for mount in service.snapshots.view("check", top):
-            mount.mount(target)
-        try:
-            return actual_tree(target)
-        finally:
-            Syscalls().umount(target, MNT_DETACH)
-    finally:
-        service.snapshots.remove("check")
-        os.rmdir(target)
-
-
 def test_layout_dir_import_and_every_export_round_trips(tmp_path, layout):
     source = service_at(tmp_path / "a")
     (record,) = source.import_archive(layout, "example.com/round/trip:1")
-    expected = tree_of(source, record.name)
+    expected = snapshot_tree(source, record.name)
     assert expected["platform"] == expected_tree(b"amd64")["platform"]
     for fmt, dest in (("oci-archive", "img.tar"), ("oci-dir", "img-dir"),
                       ("docker-archive", "docker.tar")):
@@ -58,7 +41,7 @@ def test_layout_dir_import_and_every_export_round_trips(tmp_path, layout):
             (imported,) = target.import_archive(path)
             assert imported.name == record.name
             assert imported.id == record.id  # same config, same image ID
-            assert tree_of(target, imported.name) == expected
+            assert snapshot_tree(target, imported.name) == expected
         finally:
             target.close()
     source.close()
@@ -91,7 +74,7 @@ def podman():
 def test_podman_loads_our_exports_and_we_load_its_saves(tmp_path, layout, podman):
     service = service_at(tmp_path / "root")
     (record,) = service.import_archive(layout, "example.com/peer/app:1")
-    expected = tree_of(service, record.name)
+    expected = snapshot_tree(service, record.name)
     path = str(tmp_path / "docker.tar")
     service.export([record.name], path, "docker-archive")
     loaded = podman("load", "-i", path)
@@ -103,7 +86,7 @@ def test_podman_loads_our_exports_and_we_load_its_saves(tmp_path, layout, podman
     try:
         (imported,) = other.import_archive(saved)
         assert imported.name == "example.com/peer/app:1"
-        assert tree_of(other, imported.name) == expected
+        assert snapshot_tree(other, imported.name) == expected
     finally:
         other.close()
     # An oci-archive loads too (kept apart: podman cannot save its zstd layer as docker's).

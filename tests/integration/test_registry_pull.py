@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import tempfile
 import threading
 
 import pytest
@@ -13,13 +12,12 @@ import pytest
 from corral.images.pull import Puller
 from corral.images.registries import RegistryConfig, RegistryError
 from corral.images.service import ImageError, ImageService
-from corral.runtime.syscalls import MNT_DETACH, Syscalls
 from tests.integration.registry_server import (
     Registry,
     TamperingProxy,
-    actual_tree,
     expected_tree,
     layered_image,
+    snapshot_tree,
 )
 
 
@@ -62,22 +60,6 @@ def pull(service, ref: str, config: RegistryConfig | None = None, **options):
         puller.close()
 
 
-def unpacked_tree(service, name: str) -> dict:
-    top = service.unpack(name)
-    target = tempfile.mkdtemp()
-    key = f"view-{os.getpid()}"
-    try:
-        for mount in service.snapshots.view(key, top):
-            mount.mount(target)
-        try:
-            return actual_tree(target)
-        finally:
-            Syscalls().umount(target, MNT_DETACH)
-    finally:
-        service.snapshots.remove(key)
-        os.rmdir(target)
-
-
 def assert_nothing_stored(service) -> None:
     assert service.list() == []
     assert service.content.digests() == []
@@ -91,7 +73,7 @@ def test_pull_unpacks_what_was_pushed_file_by_file(service, registry):
         (p.digest, p.status, p.done, p.total)))
     assert record.name == f"{registry.host}/test/layered:latest"
     assert record.platform == "linux/amd64"
-    tree = unpacked_tree(service, record.name)
+    tree = snapshot_tree(service, record.name)
     expected = expected_tree(b"amd64")
     for path, value in expected.items():
         if value[0] != "dir":
@@ -106,7 +88,7 @@ def test_platform_choice_from_an_index(service, registry):
     for platform, marker in ((None, b"amd64"), ("linux/arm64", b"arm64"),
                              ("linux/arm/v7", b"armv7")):
         record = pull(service, f"{registry.host}/test/multi", platform=platform)
-        tree = unpacked_tree(service, record.name)
+        tree = snapshot_tree(service, record.name)
         assert tree["platform"] == expected_tree(marker)["platform"]
         assert record.target_digest != record.manifest_digest  # the name points to the index
     with pytest.raises(RegistryError, match=r"no image for linux/s390x .*linux/amd64"):
@@ -185,7 +167,7 @@ def test_dropped_connection_resumes_with_range(service, registry, proxy, tmp_pat
     record = pull(service, f"{proxy.host}/test/layered")
     assert proxy.mode == "dropped"
     assert proxy.blob_gets[proxy.target] == 2  # the drop, then the rest with Range
-    assert unpacked_tree(service, record.name)["etc/motd"] == expected_tree(b"")["etc/motd"]
+    assert snapshot_tree(service, record.name)["etc/motd"] == expected_tree(b"")["etc/motd"]
 
 
 def test_server_errors_are_retried(service, proxy):

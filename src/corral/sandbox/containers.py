@@ -29,6 +29,7 @@ from corral.sandbox.errors import (
     NotFound,
     SandboxError,
 )
+from corral.sandbox.files import host_file
 from corral.sandbox.pods import namespace_mode, pod_config
 from corral.shim.protocol import ShimClient, ShimError
 
@@ -56,11 +57,7 @@ class Containers:
             raise SandboxError(f"pod {pod_id[:12]}: shim unreachable: {e}") from None
 
     def get(self, container_id: str):
-        record = self.store.container(container_id) if container_id else None
-        if record is None and container_id and len(container_id) < 64:
-            matches = self.store.container_ids_with_prefix(container_id)
-            if len(matches) == 1:
-                record = self.store.container(matches[0])
+        record = self.store.find_container(container_id)
         if record is None or record.state in ("creating", "removing"):
             raise NotFound(f"container {container_id!r} not found")
         return record
@@ -124,7 +121,7 @@ class Containers:
                                        (("network", "net"), ("ipc", "ipc"), ("uts", "uts"))},
             share_pid=False,  # no pause container to hold a pod PID namespace
             host_pid=namespace_mode(stored_pod_config, "pid") == 2,
-            cgroup_parent=pod.cgroup_parent, hostname=_read(paths.hostname).strip(),
+            cgroup_parent=pod.cgroup_parent, hostname=host_file(paths.hostname).strip(),
             etc_hosts=paths.hosts, resolv_conf=paths.resolv_conf,
             hostname_file=paths.hostname,
             shm=paths.shm if "ipc" in pinned else "/dev/shm",
@@ -316,10 +313,3 @@ def _stop_signal(ctx, record) -> int:
     except (ValueError, KeyError):
         return signal.SIGTERM
 
-
-def _read(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return ""

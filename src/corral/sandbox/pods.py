@@ -69,11 +69,7 @@ class Pods:
         return PodPaths(self.ctx.config.state, pod_id)
 
     def get(self, pod_id: str):
-        record = self.store.pod(pod_id) if pod_id else None
-        if record is None and pod_id and len(pod_id) < 64:
-            matches = self.store.pod_ids_with_prefix(pod_id)
-            if len(matches) == 1:
-                record = self.store.pod(matches[0])
+        record = self.store.find_pod(pod_id)
         if record is None or record.state in ("creating", "removing"):
             raise NotFound(f"pod sandbox {pod_id!r} not found")
         return record

@@ -69,10 +69,9 @@ class SandboxStore:
                                     "ORDER BY created").fetchall()
         return [PodRecord(_POD_FIELDS, row) for row in rows]
 
-    def pod_ids_with_prefix(self, prefix: str) -> list[str]:
-        rows = self.db.conn.execute("SELECT id FROM pods WHERE id >= ? AND id < ?",
-                                    (prefix, prefix + "\uffff")).fetchall()
-        return [row[0] for row in rows]
+    def find_pod(self, ident: str) -> PodRecord | None:
+        """By full ID or by an ID prefix only one pod has."""
+        return self._find("pods", ident, self.pod)
 
     # --- containers ----------------------------------------------------------------------------
     def add_container(self, **values) -> None:
@@ -105,10 +104,20 @@ class SandboxStore:
         rows = self.db.conn.execute(query + " ORDER BY created", args).fetchall()
         return [ContainerRecord(_CONTAINER_FIELDS, row) for row in rows]
 
-    def container_ids_with_prefix(self, prefix: str) -> list[str]:
-        rows = self.db.conn.execute("SELECT id FROM containers WHERE id >= ? AND id < ?",
-                                    (prefix, prefix + "\uffff")).fetchall()
-        return [row[0] for row in rows]
+    def find_container(self, ident: str) -> ContainerRecord | None:
+        """By full ID or by an ID prefix only one container has."""
+        return self._find("containers", ident, self.container)
+
+    def _find(self, table: str, ident: str, by_id):
+        if not ident:
+            return None
+        record = by_id(ident)
+        if record is None and len(ident) < 64:
+            rows = self.db.conn.execute(f"SELECT id FROM {table} WHERE id >= ? AND id < ?",
+                                        (ident, ident + "\uffff")).fetchall()
+            if len(rows) == 1:
+                record = by_id(rows[0][0])
+        return record
 
     def images_in_use(self) -> set[str]:
         rows = self.db.conn.execute("SELECT DISTINCT image_id FROM containers").fetchall()
