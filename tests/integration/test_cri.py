@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import time
 
 import grpc
@@ -301,3 +302,54 @@ def test_container_config_reaches_the_container(daemon, tmp_path):
     run(second, "echo shared-memory > /dev/shm/note")
     assert run(first, "cat /dev/shm/note") == "shared-memory\n"  # one /dev/shm per pod
     assert run(second, "cat /proc/1/cmdline | tr '\\0' ' '") == "sleep 60 "  # own PID ns
+
+
+@pytest.fixture
+def private_registry(tmp_path):
+    from tests.integration.registry_server import Registry, layered_image
+
+    layout = str(tmp_path / "layout")
+    layered_image(layout, marker=b"amd64")
+    server = Registry(str(tmp_path / "registry"), htpasswd=("bob", "pw"))
+    try:
+        server.push(layout, "cri/app")
+        yield server
+    finally:
+        server.stop()
+
+
+def test_pull_with_auth_status_remove_image(daemon, private_registry):
+    ref = f"{private_registry.host}/cri/app:latest"
+    spec = api_pb2.ImageSpec(image=ref)
+    assert code_of(daemon.images.PullImage, api_pb2.PullImageRequest(image=spec)) in (
+        grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
+    reply = daemon.images.PullImage(api_pb2.PullImageRequest(
+        image=spec, auth=api_pb2.AuthConfig(username="bob", password="pw")))
+    status = daemon.images.ImageStatus(api_pb2.ImageStatusRequest(image=spec)).image
+    assert reply.image_ref == status.id and ref in status.repo_tags
+    assert status.repo_digests[0].startswith(f"{private_registry.host}/cri/app@sha256:")
+
+    pod_id, pod_config = daemon.run_pod("user")
+    config = daemon.container_config("c", ["/bin/tool"])  # the image has no shell to run
+    config.image.image = ref
+    daemon.runtime.CreateContainer(api_pb2.CreateContainerRequest(
+        pod_sandbox_id=pod_id, config=config, sandbox_config=pod_config))
+    assert code_of(daemon.images.RemoveImage, api_pb2.RemoveImageRequest(image=spec)) == \
+        grpc.StatusCode.FAILED_PRECONDITION  # a container uses it
+    daemon.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+    daemon.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    daemon.images.RemoveImage(api_pb2.RemoveImageRequest(image=spec))
+    daemon.images.RemoveImage(api_pb2.RemoveImageRequest(image=spec))  # idempotent
+    assert not daemon.images.ImageStatus(api_pb2.ImageStatusRequest(image=spec)).HasField(
+        "image")
+
+
+def test_sigterm_stops_corrald_and_leaves_containers_running(daemon):
+    pod_id, pod_config = daemon.run_pod("term")
+    container_id = daemon.create_container(pod_id, pod_config, "c", ["sleep", "60"])
+    daemon.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=container_id))
+    assert daemon.kill(signal.SIGTERM) == 0  # a clean exit
+    assert not os.path.exists(daemon.socket)
+    assert daemon.shim_pids()  # the pod's shim, and its container, live on
+    daemon.start()
+    assert daemon.container_state(container_id).state == api_pb2.CONTAINER_RUNNING
