@@ -353,3 +353,42 @@ def test_sigterm_stops_corrald_and_leaves_containers_running(daemon):
     assert daemon.shim_pids()  # the pod's shim, and its container, live on
     daemon.start()
     assert daemon.container_state(container_id).state == api_pb2.CONTAINER_RUNNING
+
+
+def test_pod_sysctls_and_cgroup_parent(daemon):
+    parent = f"/corraltest-{os.getpid()}/pod-sysctl"
+    pod_config = daemon.pod_config("tuned")
+    pod_config.linux.sysctls["net.ipv4.ip_unprivileged_port_start"] = "99"
+    pod_config.linux.cgroup_parent = parent
+    pod_id = daemon.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(
+        config=pod_config)).pod_sandbox_id
+    try:
+        container_id = daemon.create_container(pod_id, pod_config, "c", ["sleep", "60"])
+        daemon.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=container_id))
+        reply = daemon.runtime.ExecSync(api_pb2.ExecSyncRequest(
+            container_id=container_id, timeout=10,
+            cmd=["sh", "-c", "cat /proc/sys/net/ipv4/ip_unprivileged_port_start; "
+                             "cat /proc/self/cgroup"]))
+        lines = reply.stdout.decode().splitlines()
+        assert lines[0] == "99"
+        assert any(f"{parent}/{container_id}" in line for line in lines[1:])
+        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+            assert f.read().strip() != "99"  # the host's is untouched
+        bad = daemon.pod_config("untuned")
+        bad.linux.sysctls["kernel.hostname"] = "nope"
+        bad_pod = daemon.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(
+            config=bad)).pod_sandbox_id
+        assert code_of(daemon.runtime.CreateContainer, api_pb2.CreateContainerRequest(
+            pod_sandbox_id=bad_pod, config=daemon.container_config("c", ["true"]),
+            sandbox_config=bad)) == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        for pod in daemon.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items:
+            daemon.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod.id))
+            daemon.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(
+                pod_sandbox_id=pod.id))
+        for hierarchy in os.listdir("/sys/fs/cgroup"):  # a CRI cgroup parent is kubelet's
+            for path in (parent, os.path.dirname(parent)):
+                try:
+                    os.rmdir(f"/sys/fs/cgroup/{hierarchy}{path}")
+                except OSError:
+                    pass
