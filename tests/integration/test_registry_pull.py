@@ -15,6 +15,7 @@ from corral.images.service import ImageError, ImageService
 from tests.integration.registry_server import (
     Registry,
     TamperingProxy,
+    actual_tree,
     expected_tree,
     layered_image,
     snapshot_tree,
@@ -241,3 +242,19 @@ def test_escaping_layer_is_refused_and_nothing_kept(service, registry, tmp_path,
     assert_nothing_stored(service)
     assert not os.path.exists("/tmp/owned") and not os.path.exists(
         os.path.join(os.path.dirname(service.root), "escaped"))
+
+
+def test_busybox_image_round_trips_through_the_registry(service, registry, tmp_path):
+    """The embedded busybox image, pushed and pulled: the same files, modes and owners."""
+    from corral.images.busybox import build_rootfs
+    from corral.images.layout import build_image, write_layout
+
+    rootfs = str(tmp_path / "rootfs")
+    build_rootfs(rootfs)
+    layout = str(tmp_path / "busybox-layout")
+    write_layout(build_image(rootfs, "busybox:latest"), layout)
+    registry.push(layout, "embedded/busybox")
+    record = pull(service, f"{registry.host}/embedded/busybox")
+    pulled = snapshot_tree(service, record.name)
+    pushed = actual_tree(rootfs)
+    assert pulled == pushed
