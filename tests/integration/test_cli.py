@@ -122,3 +122,16 @@ def test_run_ps_pods_logs_stop_rm(daemon):
     corral("--socket", sock, "rm", "web")  # the pod (and its container)
     assert corral("--socket", sock, "ps", "-a", "-q").stdout == ""
     assert not [d for d in os.listdir("/var/log/corral/pods") if "_web_" in d]
+
+
+def test_image_commands_go_through_corrald_when_it_runs(daemon, registry):
+    sock = str(daemon.socket)
+    table = corral("--socket", sock, "images").stdout
+    assert "busybox" in table and "latest" in table  # what corrald has, as CRI lists it
+    ref = f"{registry.host}/cli/app:1.0"
+    image_id = corral("--socket", sock, "pull", "-q", ref).stdout.strip()
+    assert image_id.startswith("sha256:")
+    assert image_id[7:19] in corral("--socket", sock, "images", "-q").stdout.split()
+    assert corral("--socket", sock, "rmi", ref).stdout == f"Untagged: {ref}\n"
+    done = corral("--socket", sock, "rmi", ref, check=False)
+    assert done.returncode == 1 and "not found" in done.stderr

@@ -1,9 +1,11 @@
-"""`corral pull | images | rmi | tag | image …`: images on a data root.
+"""`corral pull | images | rmi | tag | image …`: images, through corrald or on a data root.
 
-Until corrald serves an image, these work directly on the data root
-(`corral --root DIR`, default /var/lib/corral), as the issue asks; with
-corrald running on the same root they share its store safely (SQLite WAL
-plus the GC lock).
+`pull`, `images` and `rmi` speak CRI to corrald when it runs (or `--socket`
+is given), as kubelet would, so corrald sees every change; with `--root DIR`
+(or $CORRAL_ROOT), or no corrald running, they work directly on the data
+root (default /var/lib/corral).  The rest (tag, inspect, import, export,
+prune, build) has no CRI call and always works on the data root, which
+corrald shares safely (SQLite WAL, the GC lock).
 """
 
 from __future__ import annotations
@@ -99,17 +101,44 @@ def _registries(opts):
         certs_dir=opts.certs_dir or "/etc/containers/certs.d")
 
 
+def _corrald(opts):
+    """A CRI client when the command should go through corrald, else None."""
+    from corral.cli.pods import DEFAULT_SOCKET, Cri
+
+    if opts.root or os.environ.get("CORRAL_ROOT"):
+        return None
+    if opts.socket:
+        return Cri(opts.socket)
+    return Cri(DEFAULT_SOCKET) if os.path.exists(DEFAULT_SOCKET) else None
+
+
+def _credentials(opts) -> tuple[str, str] | None:
+    if not opts.creds:
+        return None
+    user, sep, password = opts.creds.partition(":")
+    if not sep:
+        raise ValueError("--creds: expected USER:PASSWORD")
+    return user, password
+
+
 # --- pull ----------------------------------------------------------------------------------
 def cmd_pull(opts) -> int:
     from corral.images.pull import Puller
 
+    credentials = _credentials(opts)
+    cri = _corrald(opts)
+    if cri is not None:
+        if opts.platform:
+            raise ValueError("--platform: corrald pulls for its own platform; use --root")
+        auth = cri.pb.AuthConfig(username=credentials[0], password=credentials[1]) \
+            if credentials else None
+        if not opts.quiet:
+            print(f"pulling {opts.image} through corrald ...", file=sys.stderr)
+        reply = cri.call(cri.images.PullImage, cri.pb.PullImageRequest(
+            image=cri.pb.ImageSpec(image=opts.image), auth=auth))
+        print(reply.image_ref)
+        return 0
     service = _service(opts)
-    credentials = None
-    if opts.creds:
-        user, sep, password = opts.creds.partition(":")
-        if not sep:
-            raise ValueError("--creds: expected USER:PASSWORD")
-        credentials = (user, password)
     puller = Puller(service, _registries(opts))
     show = not opts.quiet and sys.stderr.isatty()
     try:
@@ -178,12 +207,28 @@ def _split_name(name: str) -> tuple[str, str]:
         ref.tag or "<none>"
 
 
+def _records_from_corrald(cri) -> list:
+    """ImageRecord-like rows from CRI ListImages (which knows no creation time)."""
+    from corral.images.service import ImageRecord
+
+    records = []
+    for image in cri.call(cri.images.ListImages, cri.pb.ListImagesRequest()).images:
+        digest = image.repo_digests[0].split("@", 1)[1] if image.repo_digests else ""
+        for tag in image.repo_tags:
+            records.append(ImageRecord(tag, digest, image.id, image.size, 0, digest))
+    return records
+
+
 def cmd_images(opts) -> int:
-    service = _service(opts)
-    try:
-        records = service.list()
-    finally:
-        service.close()
+    cri = _corrald(opts)
+    if cri is not None:
+        records = _records_from_corrald(cri)
+    else:
+        service = _service(opts)
+        try:
+            records = service.list()
+        finally:
+            service.close()
     if opts.quiet:
         seen = []
         for record in records:
@@ -207,7 +252,8 @@ def cmd_images(opts) -> int:
     for record in records:
         repository, tag = _split_name(record.name)
         row = [repository, tag] + ([record.target_digest] if opts.digests else []) + \
-            [record.id[7:19], human_size(record.size), ago(record.created)]
+            [record.id[7:19], human_size(record.size),
+             ago(record.created) if record.created else "-"]
         table.add_row(*row)
     Console(width=None if sys.stdout.isatty() else 250).print(table)
     return 0
@@ -233,6 +279,16 @@ def cmd_inspect(opts) -> int:
 
 
 def cmd_rmi(opts) -> int:
+    cri = _corrald(opts)
+    if cri is not None:
+        for name in opts.images:
+            spec = cri.pb.ImageSpec(image=name)
+            if not cri.call(cri.images.ImageStatus,
+                            cri.pb.ImageStatusRequest(image=spec)).HasField("image"):
+                raise ValueError(f"image {name!r} not found")
+            cri.call(cri.images.RemoveImage, cri.pb.RemoveImageRequest(image=spec))
+            print(f"Untagged: {name}")
+        return 0
     service = _service(opts)
     try:
         for name in opts.images:
