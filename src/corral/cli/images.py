@@ -109,7 +109,15 @@ def _corrald(opts):
         return None
     if opts.socket:
         return Cri(opts.socket)
-    return Cri(DEFAULT_SOCKET) if os.path.exists(DEFAULT_SOCKET) else None
+    if not os.path.exists(DEFAULT_SOCKET):
+        return None
+    cri = Cri(DEFAULT_SOCKET)
+    try:  # a socket file a killed corrald left behind is no corrald
+        cri.grpc.channel_ready_future(cri.channel).result(timeout=1)
+    except cri.grpc.FutureTimeoutError:
+        cri.close()
+        return None
+    return cri
 
 
 def _credentials(opts) -> tuple[str, str] | None:
