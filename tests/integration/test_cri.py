@@ -392,3 +392,24 @@ def test_pod_sysctls_and_cgroup_parent(daemon):
                     os.rmdir(f"/sys/fs/cgroup/{hierarchy}{path}")
                 except OSError:
                     pass
+
+
+def test_oom_killed_reason_and_update_resources(daemon):
+    pod_id, pod_config = daemon.run_pod("memory")
+    config = daemon.container_config("hog", ["sh", "-c", "sleep 0.5; "
+                                                         "dd if=/dev/zero of=/dev/null bs=64M"])
+    config.linux.resources.memory_limit_in_bytes = 256 * 2**20
+    container_id = daemon.runtime.CreateContainer(api_pb2.CreateContainerRequest(
+        pod_sandbox_id=pod_id, config=config, sandbox_config=pod_config)).container_id
+    daemon.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=container_id))
+    # Before it allocates, lower the limit below dd's 64 MiB buffer: the OOM killer ends it.
+    daemon.runtime.UpdateContainerResources(api_pb2.UpdateContainerResourcesRequest(
+        container_id=container_id,
+        linux=api_pb2.LinuxContainerResources(memory_limit_in_bytes=32 * 2**20)))
+    status = daemon.wait_exited(container_id)
+    assert (status.exit_code, status.reason) == (137, "OOMKilled")
+    assert code_of(daemon.runtime.UpdateContainerResources,
+                   api_pb2.UpdateContainerResourcesRequest(
+                       container_id=container_id,
+                       linux=api_pb2.LinuxContainerResources(cpu_quota=5))) == \
+        grpc.StatusCode.INVALID_ARGUMENT

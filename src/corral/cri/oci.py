@@ -106,7 +106,7 @@ def container_spec(config, pod_config, image_config: dict, pod: PodContext, *, r
     linux["readonlyPaths"] = [] if privileged else (
         list(security.readonly_paths) if security.readonly_paths else list(READONLY_PATHS))
     linux["sysctl"] = _sysctls(pod)
-    linux["resources"] = _resources(config.linux.resources, privileged)
+    linux["resources"] = linux_resources(config.linux.resources, privileged)
     linux["devices"] = _devices(config.devices)
     if cgroups_path:
         linux["cgroupsPath"] = cgroups_path
@@ -287,7 +287,8 @@ def _sysctls(pod: PodContext) -> dict[str, str]:
     return dict(pod.sysctls)
 
 
-def _resources(resources, privileged: bool) -> dict:
+def linux_resources(resources, privileged: bool = False) -> dict:
+    """OCI linux.resources from CRI LinuxContainerResources (also for UpdateContainerResources)."""
     result: dict = {"devices": [{"allow": privileged, "access": "rwm"}]}
     cpu = {}
     if resources.cpu_shares:

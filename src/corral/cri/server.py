@@ -257,6 +257,19 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
                                         exit_code=result["exit_code"])
 
     @rpc
+    def UpdateContainerResources(self, request, context):
+        from corral.cri.oci import TranslationError, linux_resources
+
+        self._require_id(request.container_id, "container_id")
+        try:
+            resources = linux_resources(request.linux)
+        except TranslationError as e:
+            raise errors.InvalidArgument(str(e)) from None
+        resources.pop("devices", None)  # the device rules were set at create; keep them
+        self.ctx.containers.update_resources(request.container_id, resources)
+        return api_pb2.UpdateContainerResourcesResponse()
+
+    @rpc
     def ReopenContainerLog(self, request, context):
         self._require_id(request.container_id, "container_id")
         self.ctx.containers.reopen_log(request.container_id)

@@ -251,6 +251,8 @@ class Shim:
 
     def _record_exit(self, managed: Managed, code: int, reason: str = "") -> None:
         self._drain(managed.streams, managed.log.feed)
+        if not reason and code == 137 and oom_killed(managed.container):
+            reason = "OOMKilled"
         managed.exit = {"exit_code": code, "finished_at": time.time_ns(), "reason": reason}
         write_json_atomically(self._exit_path(managed.id), managed.exit)
         for conn, _ in managed.waiters:
@@ -558,6 +560,20 @@ def in_helper(work):
     if not reply["ok"]:
         raise ShimError(reply["kind"], reply["error"])
     return reply["result"]
+
+
+def oom_killed(container) -> bool:
+    """Whether the kernel's OOM killer killed a process of the container's memory cgroup."""
+    saved = getattr(container.state, "cgroup", None)
+    if not saved:
+        return False  # an `oci` handler's container: its runtime keeps the cgroup to itself
+    from corral.runtime.cgroups import load_manager
+    from corral.runtime.cgroups.stats import read_flat_keyed
+
+    paths = load_manager(saved).paths
+    counters = read_flat_keyed(paths["memory"], "memory.oom_control") if "memory" in paths \
+        else read_flat_keyed(paths.get("", ""), "memory.events") if paths.get("") else None
+    return bool(counters and counters.get("oom_kill"))
 
 
 def _kind(error: RuntimeFailure) -> str:
