@@ -413,3 +413,21 @@ def test_oom_killed_reason_and_update_resources(daemon):
                        container_id=container_id,
                        linux=api_pb2.LinuxContainerResources(cpu_quota=5))) == \
         grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_container_stats(daemon):
+    pod_id, pod_config = daemon.run_pod("stats")
+    container_id = daemon.create_container(
+        pod_id, pod_config, "busy",
+        ["sh", "-c", "head -c 3000000 /dev/urandom > /tmp/blob; exec sleep 60"])
+    daemon.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=container_id))
+    time.sleep(0.5)
+    stats = daemon.runtime.ContainerStats(api_pb2.ContainerStatsRequest(
+        container_id=container_id)).stats
+    assert stats.attributes.id == container_id and stats.attributes.metadata.name == "busy"
+    assert stats.cpu.usage_core_nano_seconds.value > 0
+    assert stats.memory.working_set_bytes.value > 0
+    assert stats.writable_layer.used_bytes.value >= 3_000_000  # /tmp/blob is in the upper dir
+    listed = daemon.runtime.ListContainerStats(api_pb2.ListContainerStatsRequest(
+        filter=api_pb2.ContainerStatsFilter(pod_sandbox_id=pod_id))).stats
+    assert [s.attributes.id for s in listed] == [container_id]

@@ -256,6 +256,60 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
                                         stderr=result["stderr"].encode(),
                                         exit_code=result["exit_code"])
 
+    def _stats(self, record) -> api_pb2.ContainerStats:
+        config = container_config(record)
+        now = time.time_ns()
+        stats = api_pb2.ContainerStats(attributes=api_pb2.ContainerAttributes(
+            id=record.id, metadata=config.metadata, labels=config.labels,
+            annotations=config.annotations))
+        data = self.ctx.containers.stats(record) or {}
+        cpu = (data.get("cpu") or {}).get("usage")
+        if cpu:
+            stats.cpu.timestamp = now
+            stats.cpu.usage_core_nano_seconds.value = cpu.get("total", 0)
+        memory = data.get("memory")
+        if memory:
+            raw = memory.get("raw") or {}
+            usage = (memory.get("usage") or {}).get("usage", 0)
+            inactive = raw.get("total_inactive_file", raw.get("inactive_file", 0))
+            stats.memory.timestamp = now
+            stats.memory.usage_bytes.value = usage
+            stats.memory.working_set_bytes.value = max(0, usage - inactive)  # as cAdvisor
+            stats.memory.rss_bytes.value = raw.get("total_rss", raw.get("anon", 0))
+            stats.memory.page_faults.value = raw.get("total_pgfault", raw.get("pgfault", 0))
+            stats.memory.major_page_faults.value = raw.get("total_pgmajfault",
+                                                           raw.get("pgmajfault", 0))
+        try:
+            used, inodes = self.ctx.images.snapshots.usage(record.id)
+        except ValueError:
+            used = inodes = 0
+        stats.writable_layer.timestamp = now
+        stats.writable_layer.fs_id.mountpoint = os.path.join(self.ctx.config.root,
+                                                             "snapshotter")
+        stats.writable_layer.used_bytes.value = used
+        stats.writable_layer.inodes_used.value = inodes
+        return stats
+
+    @rpc
+    def ContainerStats(self, request, context):
+        self._require_id(request.container_id, "container_id")
+        record = self.ctx.containers.status(request.container_id)
+        return api_pb2.ContainerStatsResponse(stats=self._stats(record))
+
+    @rpc
+    def ListContainerStats(self, request, context):
+        wanted = request.filter
+        stats = []
+        for record in self.ctx.containers.list():
+            if wanted.id and not record.id.startswith(wanted.id):
+                continue
+            if wanted.pod_sandbox_id and not record.pod_id.startswith(wanted.pod_sandbox_id):
+                continue
+            if not _matches_labels(container_config(record).labels, wanted.label_selector):
+                continue
+            stats.append(self._stats(record))
+        return api_pb2.ListContainerStatsResponse(stats=stats)
+
     @rpc
     def UpdateContainerResources(self, request, context):
         from corral.cri.oci import TranslationError, linux_resources

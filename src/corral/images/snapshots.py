@@ -132,6 +132,19 @@ class OverlaySnapshotter:
             tx.execute("DELETE FROM snapshots WHERE key = ?", (key,))
         shutil.rmtree(os.path.join(self.root, "snapshots", str(snapshot_id)), ignore_errors=True)
 
+    def usage(self, key: str) -> tuple[int, int]:
+        """(bytes, inodes) a snapshot's own directory holds: a container's writable layer."""
+        snapshot_id, _, _ = self._row(key)
+        used = inodes = 0
+        for directory, _, files in os.walk(self._dir(snapshot_id)):
+            inodes += 1 + len(files)
+            for name in files:
+                try:
+                    used += os.lstat(os.path.join(directory, name)).st_blocks * 512
+                except FileNotFoundError:
+                    pass
+        return used, inodes
+
     def mounts(self, key: str) -> list[Mount]:
         snapshot_id, parent, kind = self._row(key)
         lower = self._chain(parent)

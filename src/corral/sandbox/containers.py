@@ -283,6 +283,16 @@ class Containers:
         with self._shim(record.pod_id) as shim:
             shim.call("reopen_log", id=record.id)
 
+    def stats(self, record) -> dict | None:
+        """The cgroup stats of a running container (runc's format); None if it is not running."""
+        if record.state != "running":
+            return None
+        try:
+            with self._shim(record.pod_id, timeout=10) as shim:
+                return shim.call("stats", id=record.id)["stats"]
+        except (ShimError, SandboxError):
+            return None  # it ended meanwhile
+
     def update_resources(self, container_id: str, resources: dict) -> None:
         record = self._sync(self.get(container_id))
         with self._shim(record.pod_id) as shim:

@@ -446,6 +446,20 @@ class Shim:
         self._managed(request).container.update(request["resources"])
         return {}
 
+    def op_stats(self, conn, request) -> dict:
+        """runc's `events --stats` data of the container's cgroup."""
+        managed = self._managed(request)
+        if managed.exit is not None:
+            raise ShimError("invalid", f"container {managed.id} is not running")
+        if isinstance(managed.container, OciContainer):
+            done = managed.container.run("events", "--stats", managed.id)
+            return {"stats": json.loads(done.stdout).get("data", {})}
+        from corral.runtime.cgroups import load_manager
+        from corral.runtime.cgroups.stats import read_stats
+
+        saved = managed.container.state.cgroup
+        return {"stats": read_stats(load_manager(saved)) if saved else {}}
+
     def op_exec_sync(self, conn, request) -> dict | None:
         from corral.spec.runtime import Process, SpecError
 
