@@ -431,3 +431,22 @@ def test_container_stats(daemon):
     listed = daemon.runtime.ListContainerStats(api_pb2.ListContainerStatsRequest(
         filter=api_pb2.ContainerStatsFilter(pod_sandbox_id=pod_id))).stats
     assert [s.attributes.id for s in listed] == [container_id]
+
+
+def test_concurrent_pod_lifecycles(daemon):
+    """kubelet starts pods in parallel: eight at once, each with a container, then removed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def life(i: int) -> tuple[int, bytes]:
+        pod_id, pod_config = daemon.run_pod(f"parallel{i}")
+        container_id = daemon.create_container(pod_id, pod_config, "c", ["sleep", "30"])
+        daemon.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=container_id))
+        reply = daemon.runtime.ExecSync(api_pb2.ExecSyncRequest(
+            container_id=container_id, cmd=["hostname"], timeout=10))
+        daemon.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+        daemon.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+        return i, reply.stdout
+
+    with ThreadPoolExecutor(8) as pool:
+        results = sorted(pool.map(life, range(8)))
+    assert results == [(i, f"parallel{i}\n".encode()) for i in range(8)]

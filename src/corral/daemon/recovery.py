@@ -100,7 +100,7 @@ def _remove_strays(ctx) -> None:
             log.info("pod directory %s has no record: tearing it down", name[:12])
             _teardown_unrecorded(ctx, name)
     known_containers = {container.id for container in ctx.store.containers()}
-    active = ctx.images.db.conn.execute("SELECT key FROM snapshots WHERE kind = 'active'")
+    active = ctx.images.db.execute("SELECT key FROM snapshots WHERE kind = 'active'")
     for (key,) in active.fetchall():
         if _ID.fullmatch(key) and key not in known_containers:
             log.info("snapshot %s has no container: removing it", key[:12])

@@ -89,7 +89,7 @@ def reachable(service) -> tuple[set[str], set[str]]:
 
 
 def _snapshot_rows(service) -> list[tuple[str, str | None, str, int]]:
-    return service.db.conn.execute(
+    return service.db.execute(
         "SELECT key, parent, kind, id FROM snapshots ORDER BY id DESC").fetchall()
 
 

@@ -79,7 +79,7 @@ class ImageService:
 
     # --- records ---------------------------------------------------------------------------------
     def list(self) -> list[ImageRecord]:
-        rows = self.db.conn.execute(f"SELECT {_COLUMNS} FROM images ORDER BY name").fetchall()
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM images ORDER BY name").fetchall()
         return [ImageRecord(*row) for row in rows]
 
     def get(self, name: str) -> ImageRecord:
@@ -88,7 +88,7 @@ class ImageService:
             raise ImageError("image name is empty")
         if _looks_like_id(name):
             hex_part = name.removeprefix("sha256:")
-            rows = self.db.conn.execute(
+            rows = self.db.execute(
                 f"SELECT {_COLUMNS} FROM images WHERE config_digest >= ? AND config_digest < ? "
                 "ORDER BY name", (f"sha256:{hex_part}", f"sha256:{hex_part}g")).fetchall()
             if len({row[2] for row in rows}) > 1:
@@ -99,7 +99,7 @@ class ImageService:
             ref = str(parse_reference(name))
         except ReferenceError as e:
             raise ImageError(str(e)) from None
-        row = self.db.conn.execute(f"SELECT {_COLUMNS} FROM images WHERE name = ?",
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM images WHERE name = ?",
                                    (ref,)).fetchone()
         if row is None:
             raise ImageError(f"image {name!r} not found")

@@ -66,14 +66,14 @@ class OverlaySnapshotter:
 
     # --- lookups -------------------------------------------------------------------------------
     def _row(self, key: str):
-        row = self.db.conn.execute("SELECT id, parent, kind FROM snapshots WHERE key = ?",
+        row = self.db.execute("SELECT id, parent, kind FROM snapshots WHERE key = ?",
                                    (key,)).fetchone()
         if row is None:
             raise SnapshotError(f"snapshot {key!r} does not exist")
         return row
 
     def exists(self, key: str) -> bool:
-        return self.db.conn.execute("SELECT 1 FROM snapshots WHERE key = ?",
+        return self.db.execute("SELECT 1 FROM snapshots WHERE key = ?",
                                     (key,)).fetchone() is not None
 
     def _dir(self, snapshot_id: int, part: str = "fs") -> str:
@@ -175,7 +175,7 @@ class OverlaySnapshotter:
             except OSError:
                 pass
             os.rmdir(path)
-        rows = self.db.conn.execute("SELECT key FROM snapshots WHERE kind = 'active' AND "
+        rows = self.db.execute("SELECT key FROM snapshots WHERE kind = 'active' AND "
                                     "key LIKE ?", (EXTRACT_PREFIX + "%",)).fetchall()
         for (key,) in rows:
             if not _extraction_alive(key):

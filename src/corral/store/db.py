@@ -84,6 +84,16 @@ MIGRATIONS: list[str] = [
 ]
 
 
+class Rows(list):
+    """A read's rows, with the cursor methods callers use."""
+
+    def fetchone(self):
+        return self[0] if self else None
+
+    def fetchall(self) -> list:
+        return list(self)
+
+
 class Database:
     def __init__(self, path: str):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -105,6 +115,15 @@ class Database:
                 for statement in filter(str.strip, script.split(";")):
                     tx.execute(statement)
                 tx.execute(f"PRAGMA user_version = {number}")
+
+    def execute(self, sql: str, args: tuple = ()) -> Rows:
+        """A read, run to completion under the lock.
+
+        A statement left open on the shared connection would hold a read snapshot
+        into another thread's BEGIN IMMEDIATE, which SQLite then refuses at once
+        ("database is locked", no busy wait): so reads never stay open."""
+        with self.lock:
+            return Rows(self.conn.execute(sql, args).fetchall())
 
     @contextmanager
     def transaction(self):

@@ -60,12 +60,12 @@ class SandboxStore:
             tx.execute("DELETE FROM pods WHERE id = ?", (pod_id,))
 
     def pod(self, pod_id: str) -> PodRecord | None:
-        row = self.db.conn.execute(f"SELECT {', '.join(_POD_FIELDS)} FROM pods WHERE id = ?",
+        row = self.db.execute(f"SELECT {', '.join(_POD_FIELDS)} FROM pods WHERE id = ?",
                                    (pod_id,)).fetchone()
         return PodRecord(_POD_FIELDS, row) if row else None
 
     def pods(self) -> list[PodRecord]:
-        rows = self.db.conn.execute(f"SELECT {', '.join(_POD_FIELDS)} FROM pods "
+        rows = self.db.execute(f"SELECT {', '.join(_POD_FIELDS)} FROM pods "
                                     "ORDER BY created").fetchall()
         return [PodRecord(_POD_FIELDS, row) for row in rows]
 
@@ -91,7 +91,7 @@ class SandboxStore:
             tx.execute("DELETE FROM containers WHERE id = ?", (container_id,))
 
     def container(self, container_id: str) -> ContainerRecord | None:
-        row = self.db.conn.execute(f"SELECT {', '.join(_CONTAINER_FIELDS)} FROM containers "
+        row = self.db.execute(f"SELECT {', '.join(_CONTAINER_FIELDS)} FROM containers "
                                    "WHERE id = ?", (container_id,)).fetchone()
         return ContainerRecord(_CONTAINER_FIELDS, row) if row else None
 
@@ -101,7 +101,7 @@ class SandboxStore:
         if pod_id is not None:
             query += " WHERE pod_id = ?"
             args = (pod_id,)
-        rows = self.db.conn.execute(query + " ORDER BY created", args).fetchall()
+        rows = self.db.execute(query + " ORDER BY created", args).fetchall()
         return [ContainerRecord(_CONTAINER_FIELDS, row) for row in rows]
 
     def find_container(self, ident: str) -> ContainerRecord | None:
@@ -113,12 +113,12 @@ class SandboxStore:
             return None
         record = by_id(ident)
         if record is None and len(ident) < 64:
-            rows = self.db.conn.execute(f"SELECT id FROM {table} WHERE id >= ? AND id < ?",
+            rows = self.db.execute(f"SELECT id FROM {table} WHERE id >= ? AND id < ?",
                                         (ident, ident + "\uffff")).fetchall()
             if len(rows) == 1:
                 record = by_id(rows[0][0])
         return record
 
     def images_in_use(self) -> set[str]:
-        rows = self.db.conn.execute("SELECT DISTINCT image_id FROM containers").fetchall()
+        rows = self.db.execute("SELECT DISTINCT image_id FROM containers").fetchall()
         return {row[0] for row in rows}
