@@ -450,3 +450,18 @@ def test_concurrent_pod_lifecycles(daemon):
     with ThreadPoolExecutor(8) as pool:
         results = sorted(pool.map(life, range(8)))
     assert results == [(i, f"parallel{i}\n".encode()) for i in range(8)]
+
+
+def test_tty_container_output_reaches_the_log(daemon):
+    pod_id, pod_config = daemon.run_pod("tty")
+    config = daemon.container_config("t", ["sh", "-c", "tty; stty size; echo on the terminal"])
+    config.tty = True
+    container_id = daemon.runtime.CreateContainer(api_pb2.CreateContainerRequest(
+        pod_sandbox_id=pod_id, config=config, sandbox_config=pod_config)).container_id
+    daemon.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=container_id))
+    status = daemon.wait_exited(container_id)
+    assert status.exit_code == 0
+    time.sleep(0.2)
+    lines = [LOG_LINE.match(line).groups() for line in open(status.log_path).read().splitlines()]
+    messages = [message.rstrip("\r") for stream, _, message in lines if stream == "stdout"]
+    assert messages[0].startswith("/dev/pts/") and "on the terminal" in messages

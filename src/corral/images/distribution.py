@@ -83,6 +83,8 @@ class Transport:
                         options["ca_certs"] = None
                         options["ssl_context"] = _ssl_context(endpoint.ca_files)
                 else:
+                    # registries.conf said `insecure = true`: asked for, so not warned about
+                    urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
                     options["cert_reqs"] = "CERT_NONE"
                     options["assert_hostname"] = False
                 if endpoint.client_cert:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import secrets
 import selectors
 import signal
 import socket
@@ -267,6 +268,10 @@ class Shim:
                     data = os.read(fd, _READ)
                 except BlockingIOError:
                     break
+                except OSError as e:
+                    if e.errno != errno.EIO:
+                        raise
+                    data = b""  # a pty master: the container's side is closed
                 if not data:
                     self._close_stream(fd, streams, name, sink)
                     break
@@ -292,6 +297,10 @@ class Shim:
                 data = os.read(fd, _READ)
             except BlockingIOError:
                 return
+            except OSError as e:
+                if e.errno != errno.EIO:
+                    raise
+                data = b""  # a pty master whose slave side is closed: the end
             if data:
                 sink(name, data)
             else:
@@ -338,18 +347,22 @@ class Shim:
         stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         runtime = request.get("runtime") or {"type": "native"}
+        console = self._console_listener(bundle, runtime)
         try:
             if runtime.get("type") == "oci":
                 container = OciContainer.create(runtime["path"], os.path.join(self.dir, "oci"),
                                                 container_id, bundle,
                                                 stdio=(null, stdout_w, stderr_w))
             else:
-                in_helper(lambda: Container.create(self.runtime_root, container_id, bundle,
-                                                   stdio=(null, stdout_w, stderr_w)).id)
+                in_helper(lambda: Container.create(
+                    self.runtime_root, container_id, bundle, stdio=(null, stdout_w, stderr_w),
+                    console_socket=_address(console) if console else None).id)
                 container = Container.load(self.runtime_root, container_id)
         except BaseException:
             for fd in (stdout_r, stderr_r):
                 os.close(fd)
+            if console:
+                console.close()
             log.close()
             raise
         finally:
@@ -358,7 +371,42 @@ class Shim:
         managed = self.containers[container_id] = Managed(container, log)
         self._watch(stdout_r, managed.streams, "stdout", log.feed)
         self._watch(stderr_r, managed.streams, "stderr", log.feed)
+        if console:
+            self.selector.register(console, selectors.EVENT_READ,
+                                   lambda _: self._take_console(console, managed))
         return {"pid": container.state.pid}
+
+    def _console_listener(self, bundle: str, runtime: dict) -> socket.socket | None:
+        """For a tty container (CRI tty: process.terminal), a socket its pty master comes to.
+
+        Abstract (no path): a pod's directory is too deep for a Unix socket path."""
+        with open(os.path.join(bundle, "config.json")) as f:
+            if not json.load(f).get("process", {}).get("terminal"):
+                return None
+        if runtime.get("type") == "oci":
+            raise ShimError("invalid", "tty containers need the native runtime handler")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        listener.bind(f"\0corral-console-{os.getpid()}-{secrets.token_hex(8)}")
+        listener.listen(1)
+        listener.setblocking(False)
+        return listener
+
+    def _take_console(self, listener: socket.socket, managed: Managed) -> None:
+        """The container's pty master arrived: its output is the container's stdout."""
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return
+        self.selector.unregister(listener)
+        listener.close()
+        with conn:
+            conn.setblocking(True)
+            _, fds, _, _ = socket.recv_fds(conn, 64, 1)
+        if fds and managed.exit is None:
+            self._watch(fds[0], managed.streams, "stdout", managed.log.feed)
+        else:
+            for fd in fds:
+                os.close(fd)
 
     def op_start(self, conn, request) -> dict:
         managed = self._managed(request)
@@ -527,6 +575,12 @@ class Shim:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+
+
+def _address(sock: socket.socket) -> str:
+    """A bound Unix socket's address as a str ("\\0…" for an abstract one)."""
+    address = sock.getsockname()
+    return address.decode() if isinstance(address, bytes) else address
 
 
 def in_helper(work):
