@@ -35,20 +35,20 @@ def recover(ctx) -> None:
     for container in store.containers():
         if container.state in ("creating", "removing"):
             log.info("container %s was %s: undoing it", container.id[:12], container.state)
-            ctx.containers._undo(container.id, container.pod_id)
+            ctx.containers.undo(container.id, container.pod_id)
             store.remove_container(container.id)
     for pod in store.pods():
         if pod.state in ("creating", "removing"):
             log.info("pod %s was %s: undoing it", pod.id[:12], pod.state)
             for container in store.containers(pod.id):
-                ctx.containers._undo(container.id, pod.id)
-            ctx.pods._teardown(pod.id, pod_config(pod), network=True)
+                ctx.containers.undo(container.id, pod.id)
+            ctx.pods.teardown(pod.id, pod_config(pod), network=True)
             store.remove_pod(pod.id)
             continue
         if not _shim_alive(ctx, pod.id):
             _replace_shim(ctx, pod)
     for container in store.containers():
-        ctx.containers._sync(container)
+        ctx.containers.sync(container)
     _remove_strays(ctx)
     # A pull killed midway leaves blobs no image names, and temp files: collect them, unless
     # another process (a `corral pull`) is pulling right now.
@@ -112,7 +112,7 @@ def _teardown_unrecorded(ctx, pod_id: str) -> None:
 
     paths = ctx.pods.paths(pod_id)
     for name in os.listdir(paths.containers) if os.path.isdir(paths.containers) else []:
-        ctx.containers._undo(name, pod_id)
-    ctx.pods._teardown(pod_id, api_pb2.PodSandboxConfig(), network=False)
+        ctx.containers.undo(name, pod_id)
+    ctx.pods.teardown(pod_id, api_pb2.PodSandboxConfig(), network=False)
     ctx.network.teardown(pod_id, "", name="", namespace="", uid="", port_mappings=[])
     shutil.rmtree(paths.dir, ignore_errors=True)

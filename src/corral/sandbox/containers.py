@@ -96,7 +96,7 @@ class Containers:
             try:
                 self._make(container_id, pod, stored_pod_config, config, image, log_path)
             except BaseException:
-                self._undo(container_id, pod.id)
+                self.undo(container_id, pod.id)
                 self.store.remove_container(container_id)
                 raise
             self.store.update_container(container_id, state="created")
@@ -149,7 +149,7 @@ class Containers:
     def _bundle(self, pod_id: str, container_id: str) -> str:
         return os.path.join(self.ctx.pods.paths(pod_id).containers, container_id)
 
-    def _undo(self, container_id: str, pod_id: str) -> None:
+    def undo(self, container_id: str, pod_id: str) -> None:
         """Remove whatever of a container exists; each step tolerates what is gone."""
         from corral.runtime import syscalls as k
 
@@ -176,7 +176,7 @@ class Containers:
 
     # --- start, stop ---------------------------------------------------------------------------
     def start(self, container_id: str) -> None:
-        record = self._sync(self.get(container_id))
+        record = self.sync(self.get(container_id))
         if record.state != "created":
             raise FailedPrecondition(f"container {record.id[:12]} is {record.state}, not created")
         with self._shim(record.pod_id) as shim:
@@ -194,7 +194,7 @@ class Containers:
                 record = self.get(container_id)
             except NotFound:
                 return
-        record = self._sync(record)
+        record = self.sync(record)
         if record.state not in ("created", "running"):
             return
         try:
@@ -203,13 +203,13 @@ class Containers:
                     shim.call("kill", id=record.id, signal=_stop_signal(self.ctx, record),
                               all=False)
                     if shim.call("wait", id=record.id, timeout=timeout)["exited"]:
-                        self._sync(record)
+                        self.sync(record)
                         return
                 shim.call("kill", id=record.id, signal=signal.SIGKILL, all=True)
                 shim.call("wait", id=record.id, timeout=30)
         except ShimError as e:
             raise _shim_error(e, f"stop container {record.id[:12]}") from None
-        self._sync(record)
+        self.sync(record)
 
     # --- remove --------------------------------------------------------------------------------
     def remove(self, container_id: str, pod_locked: bool = False) -> None:
@@ -220,12 +220,12 @@ class Containers:
             except NotFound:
                 return  # the CRI: removing what is gone is not an error
         self.store.update_container(record.id, state="removing")
-        self._undo(record.id, record.pod_id)
+        self.undo(record.id, record.pod_id)
         self.store.remove_container(record.id)
         log.info("container %s removed", record.id[:12])
 
     # --- status --------------------------------------------------------------------------------
-    def _sync(self, record):
+    def sync(self, record):
         """The record, updated from the shim (or the exit it recorded) if the process ended."""
         if record.state not in ("created", "running"):
             return record
@@ -249,17 +249,17 @@ class Containers:
         return self.store.container(record.id)
 
     def status(self, container_id: str):
-        return self._sync(self.get(container_id))
+        return self.sync(self.get(container_id))
 
     def list(self) -> list:
-        return [self._sync(record) for record in self.store.containers()
+        return [self.sync(record) for record in self.store.containers()
                 if record.state not in ("creating", "removing")]
 
     # --- exec ----------------------------------------------------------------------------------
     def exec_sync(self, container_id: str, cmd: list[str], timeout: int) -> dict:
         from corral.cri.oci import exec_process
 
-        record = self._sync(self.get(container_id))
+        record = self.sync(self.get(container_id))
         if record.state != "running":
             raise FailedPrecondition(f"container {record.id[:12]} is not running")
         if not cmd:
@@ -277,7 +277,7 @@ class Containers:
                 raise _shim_error(e, f"exec in container {record.id[:12]}") from None
 
     def reopen_log(self, container_id: str) -> None:
-        record = self._sync(self.get(container_id))
+        record = self.sync(self.get(container_id))
         if record.state != "running":
             raise FailedPrecondition(f"container {record.id[:12]} is not running")
         with self._shim(record.pod_id) as shim:
@@ -294,7 +294,7 @@ class Containers:
             return None  # it ended meanwhile
 
     def update_resources(self, container_id: str, resources: dict) -> None:
-        record = self._sync(self.get(container_id))
+        record = self.sync(self.get(container_id))
         with self._shim(record.pod_id) as shim:
             try:
                 shim.call("update", id=record.id, resources=resources)

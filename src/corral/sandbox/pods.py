@@ -102,7 +102,7 @@ class Pods:
             try:
                 ip, pinned, shim_pid = self._make(pod_id, config, host_network)
             except BaseException:
-                self._teardown(pod_id, config, network=not host_network)
+                self.teardown(pod_id, config, network=not host_network)
                 self.store.remove_pod(pod_id)
                 raise
             self.store.update_pod(pod_id, state="ready", ip=ip, namespaces=json.dumps(pinned),
@@ -177,13 +177,13 @@ class Pods:
             for container in self.store.containers(record.id):
                 self.ctx.containers.remove(container.id, pod_locked=True)
             self.store.update_pod(record.id, state="removing")
-            self._teardown(record.id, pod_config(record), network=False)
+            self.teardown(record.id, pod_config(record), network=False)
             self.store.remove_pod(record.id)
         with self._locks_lock:
             self._locks.pop(record.id, None)
         log.info("pod %s removed", record.id[:12])
 
-    def _teardown(self, pod_id: str, config, network: bool) -> None:
+    def teardown(self, pod_id: str, config, network: bool) -> None:
         """Undo whatever of the pod exists: each step tolerates what is already gone."""
         from corral.network import netns
         from corral.shim.protocol import ShimClient, ShimError
