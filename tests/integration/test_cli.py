@@ -110,18 +110,22 @@ def test_run_ps_pods_logs_stop_rm(daemon):
                                                            "err\n")
     assert corral("--socket", sock, "pods", "-q").stdout == ""  # --rm removed the pod
 
+    logs_before = set(os.listdir("/var/log/corral/pods"))
     container = corral("--socket", sock, "run", "-d", "--name", "web", "busybox", "sh", "-c",
                        "echo started; exec sleep 60").stdout.strip()
     assert len(container) == 64
     assert "web" in corral("--socket", sock, "ps").stdout
     assert "web" in corral("--socket", sock, "pods").stdout
     assert corral("--socket", sock, "logs", container[:12]).stdout == "started\n"
+    done = corral("--socket", sock, "exec", container[:12], "sh", "-c", "hostname; exit 5",
+                  check=False)
+    assert (done.returncode, done.stdout) == (5, "web\n")
     assert "RuntimeReady: yes" in corral("--socket", sock, "info").stdout
     corral("--socket", sock, "stop", "-t", "1", container[:12])
     assert "exited (137)" in corral("--socket", sock, "ps", "-a").stdout
     corral("--socket", sock, "rm", "web")  # the pod (and its container)
     assert corral("--socket", sock, "ps", "-a", "-q").stdout == ""
-    assert not [d for d in os.listdir("/var/log/corral/pods") if "_web_" in d]
+    assert set(os.listdir("/var/log/corral/pods")) == logs_before  # its log dir went too
 
 
 def test_image_commands_go_through_corrald_when_it_runs(daemon, registry):

@@ -9,6 +9,7 @@ what they show is what kubelet would see.
     corral ps [-a] [-q]        containers (running; -a all)
     corral pods [-q]           pod sandboxes
     corral logs [-f] CONTAINER
+    corral exec [-t SECONDS] CONTAINER COMMAND...
     corral stop [-t SECONDS] CONTAINER|POD...
     corral rm [-f] CONTAINER|POD...
     corral info
@@ -83,6 +84,12 @@ def add_commands(subparsers) -> None:
     logs.add_argument("-f", "--follow", action="store_true")
     logs.add_argument("container")
     logs.set_defaults(func=cmd_logs)
+
+    exec_ = subparsers.add_parser("exec", help="run a command in a running container")
+    exec_.add_argument("-t", "--timeout", type=int, default=0, help="seconds (0: no limit)")
+    exec_.add_argument("container")
+    exec_.add_argument("command", nargs="...")
+    exec_.set_defaults(func=cmd_exec)
 
     stop = subparsers.add_parser("stop", help="stop containers or pods")
     stop.add_argument("-t", "--timeout", type=int, default=10)
@@ -298,6 +305,21 @@ def cmd_logs(opts) -> int:
     else:
         _print_log(status.log_path, 0)
     return 0
+
+
+def cmd_exec(opts) -> int:
+    """ExecSync: the command's output and exit status pass through (no stdin, no tty)."""
+    if not opts.command:
+        raise CliError("exec: give a command to run")
+    cri = _cri(opts)
+    kind, full = _resolve(cri, opts.container)
+    if kind != "container":
+        raise CliError(f"{opts.container!r} is a pod; exec needs a container")
+    reply = cri.call(cri.runtime.ExecSync, cri.pb.ExecSyncRequest(
+        container_id=full, cmd=opts.command, timeout=opts.timeout), timeout=None)
+    sys.stdout.buffer.write(reply.stdout)
+    sys.stderr.buffer.write(reply.stderr)
+    return reply.exit_code
 
 
 # --- stop, rm, info ----------------------------------------------------------------------------
