@@ -258,3 +258,20 @@ def test_busybox_image_round_trips_through_the_registry(service, registry, tmp_p
     pulled = snapshot_tree(service, record.name)
     pushed = actual_tree(rootfs)
     assert pulled == pushed
+
+
+def test_pull_unpacking_while_downloading(service, registry):
+    record = pull(service, f"{registry.host}/test/layered", unpack=True)
+    tree = snapshot_tree(service, record.name)  # unpack() finds every layer already there
+    assert tree["etc/motd"] == expected_tree(b"")["etc/motd"]
+    assert "etc/gone" not in tree
+
+
+def test_pull_unpacking_while_downloading_refuses_an_escaping_layer(service, registry,
+                                                                     tmp_path):
+    layout = str(tmp_path / "evil")
+    layered_image(layout, layers=[[{"name": "../escaped", "data": b"x"}]])
+    registry.push(layout, "test/evil2")
+    with pytest.raises(ImageError, match=r"\.\."):
+        pull(service, f"{registry.host}/test/evil2", unpack=True)
+    assert_nothing_stored(service)

@@ -153,8 +153,9 @@ def cmd_pull(opts) -> int:
         if show:
             record = _pull_with_bars(puller, opts, credentials)
         else:
-            record = puller.pull(opts.image, platform=opts.platform, credentials=credentials)
-        service.unpack_new(record.name)
+            record = puller.pull(opts.image, platform=opts.platform, credentials=credentials,
+                                 unpack=True)
+        service.unpack_new(record.name)  # already done while downloading: a check
     finally:
         puller.close()
         service.close()
@@ -185,7 +186,7 @@ def _pull_with_bars(puller, opts, credentials):
             progress.update(tasks[layer.digest], completed=layer.done, status=layer.status)
 
         return puller.pull(opts.image, platform=opts.platform, credentials=credentials,
-                           progress=update)
+                           progress=update, unpack=True)
 
 
 # --- list, inspect, remove ------------------------------------------------------------------

@@ -394,7 +394,7 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
         credentials = _credentials(request.auth) if request.HasField("auth") else None
         puller = Puller(self.ctx.images, self.ctx.registries)
         try:
-            record = puller.pull(request.image.image, credentials=credentials)
+            record = puller.pull(request.image.image, credentials=credentials, unpack=True)
         finally:
             puller.close()
         self.ctx.unpack_image(record.name, new=True)

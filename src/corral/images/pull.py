@@ -78,7 +78,9 @@ class Puller:
         self.transport.close()
 
     def pull(self, ref: str, *, platform: str | None = None,
-             credentials: tuple[str, str] | None = None, progress=None):
+             credentials: tuple[str, str] | None = None, progress=None, unpack: bool = False):
+        """Fetch and record an image; with `unpack`, each layer is also applied as soon as it
+        and the layers below it are stored, while the others still download."""
         try:
             reference = parse_reference(ref)
             wanted = Platform.parse(platform) if platform else Platform.host()
@@ -87,13 +89,14 @@ class Puller:
         stored: list[str] = []
         try:
             with self.service.gc_lock(shared=True):
-                return self._pull(reference, wanted, credentials, progress, stored)
+                return self._pull(reference, wanted, credentials, progress, stored, unpack)
         except BaseException:
             if stored:
                 self.service.gc(wait=False)
             raise
 
-    def _pull(self, reference, wanted: Platform, credentials, progress, stored: list[str]):
+    def _pull(self, reference, wanted: Platform, credentials, progress, stored: list[str],
+              unpack: bool = False):
         repo, body, media_type, digest = self._resolve(reference, credentials)
         document = _json_object(body, f"{repo.what}: manifest {digest}")
         media_type = document.get("mediaType") or media_type
@@ -136,7 +139,10 @@ class Puller:
 
         for blob, blob_digest in (*documents, (config_body, config_digest)):
             self._store_small(blob, blob_digest, stored, repo)
-        self._fetch_layers(repo, layers, progress, stored)
+        if unpack:
+            self._fetch_and_unpack(repo, layers, diff_ids, progress, stored)
+        else:
+            self._fetch_layers(repo, layers, progress, stored)
 
         image_platform = Platform(config.get("os") or wanted.os,
                                   config.get("architecture") or wanted.architecture,
@@ -189,7 +195,46 @@ class Puller:
                                 f"{biggest['digest']}, {biggest['size']}), more than the {free} "
                                 f"free under {self.content.root}")
 
-    def _fetch_layers(self, repo, layers: list[dict], progress, stored: list[str]) -> None:
+    def _fetch_and_unpack(self, repo, layers: list[dict], diff_ids: list[str], progress,
+                          stored: list[str]) -> None:
+        """Downloads on the pool, unpacking on a thread that follows them in layer order."""
+        arrived = {layer["digest"]: threading.Event() for layer in layers}
+        aborted = threading.Event()
+        failure: list[BaseException] = []
+
+        def ready(i: int) -> None:
+            arrived[layers[i]["digest"]].wait()
+            if aborted.is_set():
+                raise _Cancelled
+
+        def unpack() -> None:
+            try:
+                self.service.unpack_layers(layers, diff_ids, ready=ready)
+            except _Cancelled:
+                pass
+            except BaseException as e:  # noqa: BLE001 - raised in the pulling thread
+                failure.append(e)
+
+        unpacker = threading.Thread(target=unpack, name="unpack")
+        unpacker.start()
+        try:
+            self._fetch_layers(repo, layers, progress, stored,
+                               on_stored=lambda digest: arrived[digest].set())
+        except BaseException:
+            aborted.set()
+            raise
+        finally:
+            for event in arrived.values():
+                event.set()
+            unpacker.join()
+        if failure:
+            error = failure[0]
+            if isinstance(error, ValueError):
+                raise RegistryError(f"{repo.what}: {error}") from None
+            raise error
+
+    def _fetch_layers(self, repo, layers: list[dict], progress, stored: list[str],
+                      on_stored=None) -> None:
         states = [LayerProgress(layer["digest"], layer["mediaType"], layer["size"])
                   for layer in layers]
         cancelled = threading.Event()
@@ -209,6 +254,8 @@ class Puller:
             with self.content.locked(state.digest):
                 if self.content.exists(state.digest):
                     report(state, "exists", state.total)
+                    if on_stored is not None:
+                        on_stored(state.digest)
                     return
                 try:
                     with self.content.writer(state.digest, state.total) as writer:
@@ -219,6 +266,8 @@ class Puller:
                 except ContentError as e:
                     raise RegistryError(f"{repo.what}: {e}") from None
                 stored.append(state.digest)
+            if on_stored is not None:
+                on_stored(state.digest)
             report(state, "done", state.total)
 
         for state in states:

@@ -253,14 +253,25 @@ class ImageService:
         layers = manifest["layers"]
         if len(diff_ids) != len(layers):
             raise ImageError(f"image {name}: {len(layers)} layers but {len(diff_ids)} diff IDs")
+        return self.unpack_layers(layers, diff_ids, limit_factor=limit_factor)
+
+    def unpack_layers(self, layers: list[dict], diff_ids: list[str], ready=None,
+                      limit_factor: int = 64) -> str:
+        """Apply layers in order, each once (a lock per chain ID: concurrent pulls share
+        layers); `ready(i)` blocks until layer i's blob is stored (a pull in progress)."""
         parent = None
-        for layer, diff_id, chain_id in zip(layers, diff_ids, chain_ids(diff_ids), strict=True):
-            if not self.snapshots.exists(chain_id):
-                # A bomb is bounded: at most limit_factor times its size, plus 64 MiB.
-                limit = int(layer.get("size", 0)) * limit_factor + 64 * 2**20
-                with open_layer(self.content.path(layer["digest"]), layer["mediaType"]) as s:
-                    self.snapshots.apply_layer(chain_id, parent, s, limit=limit,
-                                               expected_diff_id=diff_id)
+        for i, (layer, diff_id, chain_id) in enumerate(zip(layers, diff_ids,
+                                                           chain_ids(diff_ids), strict=True)):
+            if ready is not None:
+                ready(i)
+            with self.snapshots.locked(chain_id):
+                if not self.snapshots.exists(chain_id):
+                    # A bomb is bounded: at most limit_factor times its size, plus 64 MiB.
+                    limit = int(layer.get("size", 0)) * limit_factor + 64 * 2**20
+                    with open_layer(self.content.path(layer["digest"]),
+                                    layer["mediaType"]) as stream:
+                        self.snapshots.apply_layer(chain_id, parent, stream, limit=limit,
+                                                   expected_diff_id=diff_id)
             parent = chain_id
         return parent
 

@@ -16,9 +16,11 @@ are made or removed.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import time
+from contextlib import contextmanager
 
 from corral.images.unpack import apply_layer as unpack_into
 from corral.store.db import Database
@@ -131,6 +133,19 @@ class OverlaySnapshotter:
                 raise SnapshotError(f"snapshot {key!r} is the parent of {child[0]!r}")
             tx.execute("DELETE FROM snapshots WHERE key = ?", (key,))
         shutil.rmtree(os.path.join(self.root, "snapshots", str(snapshot_id)), ignore_errors=True)
+
+    @contextmanager
+    def locked(self, key: str):
+        """One writer of a snapshot at a time, across threads and processes (flock)."""
+        directory = os.path.join(self.root, "locks")
+        os.makedirs(directory, exist_ok=True)
+        name = key.replace("/", "_").replace(":", "-")
+        fd = os.open(os.path.join(directory, name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def usage(self, key: str) -> tuple[int, int]:
         """(bytes, inodes) a snapshot's own directory holds: a container's writable layer."""
