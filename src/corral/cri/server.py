@@ -176,8 +176,8 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
     @rpc
     def CreateContainer(self, request, context):
         self._require_id(request.pod_sandbox_id, "pod_sandbox_id")
-        container_id = self.ctx.containers.create(request.pod_sandbox_id, request.config,
-                                                  request.sandbox_config)
+        # The pod's config is the one stored at RunPodSandbox, not the request's copy.
+        container_id = self.ctx.containers.create(request.pod_sandbox_id, request.config)
         return api_pb2.CreateContainerResponse(container_id=container_id)
 
     @rpc

@@ -63,7 +63,7 @@ class Containers:
         return record
 
     # --- create --------------------------------------------------------------------------------
-    def create(self, pod_id: str, config, sandbox_config=None) -> str:
+    def create(self, pod_id: str, config) -> str:
         from corral.images.service import ImageError
 
         pod = self.ctx.pods.get(pod_id)
@@ -186,7 +186,7 @@ class Containers:
                 raise _shim_error(e, f"start container {record.id[:12]}") from None
         self.store.update_container(record.id, state="running", started=reply["started_at"])
 
-    def stop(self, container_id: str, timeout: int = 0, pod_locked: bool = False) -> None:
+    def stop(self, container_id: str, timeout: int = 0) -> None:
         """Idempotent: stopping an exited container, or one that is gone, succeeds."""
         record = self.store.container(container_id)
         if record is None:
@@ -212,7 +212,7 @@ class Containers:
         self.sync(record)
 
     # --- remove --------------------------------------------------------------------------------
-    def remove(self, container_id: str, pod_locked: bool = False) -> None:
+    def remove(self, container_id: str) -> None:
         record = self.store.container(container_id)
         if record is None:
             try:

@@ -156,7 +156,7 @@ class Pods:
             return  # the CRI: stopping what is gone is not an error
         with self.lock(record.id):
             for container in self.store.containers(record.id):
-                self.ctx.containers.stop(container.id, timeout=0, pod_locked=True)
+                self.ctx.containers.stop(container.id, timeout=0)
             if record.state != "notready":
                 config = pod_config(record)
                 if namespace_mode(config, "network") != 2:
@@ -175,7 +175,7 @@ class Pods:
         self.stop(record.id)
         with self.lock(record.id):
             for container in self.store.containers(record.id):
-                self.ctx.containers.remove(container.id, pod_locked=True)
+                self.ctx.containers.remove(container.id)
             self.store.update_pod(record.id, state="removing")
             self.teardown(record.id, pod_config(record), network=False)
             self.store.remove_pod(record.id)
