@@ -191,6 +191,9 @@ def test_runc_runtime_handler(daemon):
     reply = daemon.runtime.ExecSync(api_pb2.ExecSyncRequest(
         container_id=container_id, cmd=["hostname"], timeout=10))
     assert reply.stdout == b"viarunc\n"
+    stats = daemon.runtime.ContainerStats(api_pb2.ContainerStatsRequest(
+        container_id=container_id)).stats  # through `runc events --stats`
+    assert stats.memory.working_set_bytes.value > 0
     daemon.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=container_id))
     status = daemon.container_state(container_id)
     assert (status.state, status.exit_code) == (api_pb2.CONTAINER_EXITED, 137)
