@@ -13,10 +13,13 @@ a server that ignores Range) must succeed with the right content.
 
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import os
+import socket
 import tarfile
+import threading
 import uuid
 
 import pytest
@@ -354,3 +357,115 @@ def test_config_listing_too_few_diff_ids(service, registry, tmp_path):
     with pytest.raises(RegistryError, match=r"2 layers but rootfs.diff_ids lists 1"):
         pull(service, ref)
     assert_nothing_left(service)
+
+
+# --- blobs served from elsewhere ----------------------------------------------------------------
+class BlobCDN:
+    """Blob storage on another host (127.0.0.2), as S3 behind a registry: serves the
+    registry's blob files with Range, records each request's headers, and can drop the
+    first GET of one digest mid-body."""
+
+    def __init__(self, registry: Registry):
+        self.blobs_dir = os.path.join(registry.base, "data", "docker", "registry", "v2",
+                                      "blobs", "sha256")
+        self.requests: list[tuple[str, dict]] = []
+        self.drop_first = ""
+        cdn = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                digest = self.path.split("?")[0].rsplit("/", 1)[1]
+                cdn.requests.append((digest, dict(self.headers.items())))
+                hex_digest = digest.removeprefix("sha256:")
+                with open(os.path.join(cdn.blobs_dir, hex_digest[:2], hex_digest, "data"),
+                          "rb") as f:
+                    body = f.read()
+                start = 0
+                if self.headers.get("Range", "").startswith("bytes="):
+                    start = int(self.headers["Range"][6:].split("-")[0])
+                self.send_response(206 if start else 200)
+                if start:
+                    self.send_header("Content-Range",
+                                     f"bytes {start}-{len(body) - 1}/{len(body)}")
+                self.send_header("Content-Length", str(len(body) - start))
+                self.end_headers()
+                if digest == cdn.drop_first and not start:
+                    cdn.drop_first = ""
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    self.close_connection = True
+                    return
+                self.wfile.write(body[start:])
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.2", 0), Handler)
+        self.server.daemon_threads = True
+        self.host = f"127.0.0.2:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class RedirectingProxy(TamperingProxy):
+    """Sends every blob GET to the CDN with a 307, as distribution does with S3 storage."""
+
+    def __init__(self, upstream: str, cdn: BlobCDN):
+        super().__init__(upstream)
+        self.cdn = cdn
+
+    def handle(self, handler, method: str) -> None:
+        if "/blobs/sha256:" in handler.path and method == "GET":
+            digest = handler.path.rsplit("/", 1)[1]
+            return self.reply(handler, 307, b"", {
+                "Location": f"http://{self.cdn.host}/cdn/{digest}?X-Amz-Signature=abc"})
+        return super().handle(handler, method)
+
+
+@pytest.fixture(scope="module")
+def private_registry(tmp_path_factory):
+    server = Registry(str(tmp_path_factory.mktemp("private")), htpasswd=("bob", "hunter2"))
+    layout = LayoutWriter(str(tmp_path_factory.mktemp("layouts") / "private"))
+    try:
+        server.push(layout.finish(layout.image([(SAFE, "gzip"), (
+            [{"name": "etc/issue", "data": b"second layer\n"}], "zstd")])), "team/app")
+        yield server
+    finally:
+        server.stop()
+
+
+def test_blobs_redirected_to_another_host_get_no_credentials(service, private_registry):
+    """The registry's credentials go to the registry only, never to where it redirects
+    blobs; a download dropped there resumes (Range through the redirect)."""
+    cdn = BlobCDN(private_registry)
+    proxy = RedirectingProxy(private_registry.host, cdn)
+    try:
+        record = pull(service, f"{proxy.host}/team/app", credentials=("bob", "hunter2"))
+        scratch_layers = json.loads(service.content.read(record.manifest_digest))["layers"]
+        service.remove(record.name, force=True)
+        service.gc()
+        assert service.content.digests() == []
+        cdn.requests.clear()
+        cdn.drop_first = scratch_layers[0]["digest"]
+
+        record = pull(service, f"{proxy.host}/team/app", credentials=("bob", "hunter2"))
+        fetched = [digest for digest, _ in cdn.requests]
+        assert sorted(set(fetched)) == sorted({record.id} | {
+            layer["digest"] for layer in scratch_layers})
+        assert fetched.count(scratch_layers[0]["digest"]) == 2  # dropped, then resumed
+        resumed = [h for d, h in cdn.requests if d == scratch_layers[0]["digest"]][1]
+        assert resumed.get("Range", "").startswith("bytes=")
+        leaked = [h for _, h in cdn.requests if "authorization" in {k.lower() for k in h}]
+        assert leaked == []
+        with mounted_image(service, record.name) as root:
+            with open(os.path.join(root, "etc", "issue"), "rb") as f:
+                assert f.read() == b"second layer\n"
+    finally:
+        proxy.stop()
+        cdn.stop()
