@@ -179,6 +179,7 @@ def expected_tree(layers: list[list[dict]]) -> dict[str, Node]:
     for layer in layers:
         touched_dirs: set[str] = set()  # whose children this layer changed
         own_dirs: set[str] = set()  # which this layer itself lists
+        written: set[str] = set()  # a whiteout hides lower layers' paths, not these
         for entry in layer:
             name = entry["name"].strip("/")
             parent, base = os.path.dirname(name), os.path.basename(name)
@@ -189,8 +190,10 @@ def expected_tree(layers: list[list[dict]]) -> dict[str, Node]:
                     del tree[path]
                 continue
             if base.startswith(".wh."):
-                _delete(tree, os.path.join(parent, base[4:]))
+                if os.path.join(parent, base[4:]) not in written:
+                    _delete(tree, os.path.join(parent, base[4:]))
                 continue
+            written.add(name)
             kind = entry.get("type", "file")
             if kind == "dir":
                 own_dirs.add(name)

@@ -111,6 +111,9 @@ def middle_layer() -> list[dict]:
         {"name": "with space", "data": b"spaces\n", "mtime": T + 54},
         {"name": "d\u00efr", "type": "dir", "mode": 0o755, "mtime": T + 55},
         {"name": "d\u00efr/\u00f1ame \u2603", "data": b"unicode\n", "mtime": T + 56},
+        # a whiteout hides only lower layers' files: this one, written above it, stays
+        {"name": "run/kept", "data": b"same layer as its whiteout\n", "mtime": T + 57},
+        {"name": "run/.wh.kept", "data": b""},
     ]
 
 

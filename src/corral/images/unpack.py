@@ -86,8 +86,9 @@ def apply_layer(stream, dest: str, *, limit: int, whiteouts: str = "delete") -> 
                 if base == OPAQUE_MARKER:
                     _opaque(os.path.dirname(path), whiteouts, written)
                 elif base.startswith(WHITEOUT_PREFIX):
-                    _whiteout(os.path.join(os.path.dirname(path),
-                                           base[len(WHITEOUT_PREFIX):]), whiteouts)
+                    hidden = os.path.join(os.path.dirname(path), base[len(WHITEOUT_PREFIX):])
+                    if hidden not in written:  # it hides lower layers' files, not its own
+                        _whiteout(hidden, whiteouts)
                 else:
                     _extract(tar, member, path, dest)
                     written.add(path)
