@@ -49,6 +49,8 @@ COMPRESSORS = {
     "gzip": (MEDIA_LAYER_GZIP, lambda tar: gzip.compress(tar, mtime=0)),
     "zstd": (MEDIA_LAYER_ZSTD, lambda tar: zstandard.ZstdCompressor().compress(tar)),
     "tar": (MEDIA_LAYER_TAR, lambda tar: tar),
+    "nondistributable": ("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                         lambda tar: gzip.compress(tar, mtime=0)),
     # bytes already zstd-compressed (pass diff_ids: the one computed is of the blob)
     "zstd-ready": (MEDIA_LAYER_ZSTD, lambda blob: blob),
 }

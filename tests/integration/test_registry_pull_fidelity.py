@@ -132,9 +132,10 @@ def rich_layers(marker: bytes = b"amd64") -> list[list[dict]]:
 
 
 def skopeo_push(registry: Registry, layout: str, repository: str, *options: str) -> None:
-    subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", *options,
-                    f"oci:{layout}", f"docker://{registry.host}/{repository}:latest"],
-                   check=True, capture_output=True, timeout=120)
+    result = subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", *options,
+                             f"oci:{layout}", f"docker://{registry.host}/{repository}:latest"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"skopeo push of {repository}: {result.stderr}"
 
 
 PLATFORMS = [("amd64", "", b"amd64"), ("arm64", "", b"arm64"), ("arm", "v7", b"armv7")]
@@ -207,6 +208,20 @@ def test_docker_schema2_image_round_trips(service, registry):
         "application/vnd.docker.image.rootfs.diff.tar.gzip",
         "application/vnd.docker.image.rootfs.diff.tar"}
     assert_unpacks_to(service, record.name, rich_layers())
+
+
+def test_non_distributable_layers(service, registry, tmp_path):
+    """Pushed to this registry (no `urls`), they are pulled and unpacked like any layer.
+    (Docker's foreign layers without URLs: distribution 2.8 refuses the manifest.)"""
+    layout = LayoutWriter(str(tmp_path / "layout"))
+    layers = rich_layers(b"nondistributable")
+    skopeo_push(registry, layout.finish(layout.image(list(zip(
+        layers, ("nondistributable", "gzip", "nondistributable"), strict=True)))),
+        "test/nondistributable", "--preserve-digests")
+    record = pull(service, f"{registry.host}/test/nondistributable")
+    manifest = json.loads(service.content.read(record.manifest_digest))
+    assert "nondistributable" in manifest["layers"][0]["mediaType"]
+    assert_unpacks_to(service, record.name, layers)
 
 
 def test_docker_manifest_list_platform_choice(service, registry):
