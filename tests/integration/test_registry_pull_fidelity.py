@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import random
 import subprocess
+import sys
 import threading
 
 import pytest
@@ -374,3 +375,33 @@ def test_all_mirrors_failing_names_each(service, tmp_path):
     message = str(caught.value)
     assert "127.0.0.1:1" in message and "127.0.0.1:2" in message
     assert service.list() == [] and service.content.digests() == []
+
+
+def test_pulls_from_separate_processes_share_blobs_and_snapshots(service, registry):
+    """corrald and a `corral --root` CLI may pull into one data root at once: file locks,
+    not thread locks, must keep each blob fetched once and each layer unpacked once."""
+    proxy = TamperingProxy(registry.host)
+    script = ("import sys\n"
+              "from corral.images.pull import Puller\n"
+              "from corral.images.service import ImageService\n"
+              "service = ImageService(sys.argv[1])\n"
+              "puller = Puller(service)\n"
+              "print(puller.pull(sys.argv[2], unpack=True).id)\n"
+              "puller.close()\n"
+              "service.close()\n")
+    try:
+        processes = [subprocess.Popen([sys.executable, "-c", script, service.root,
+                                       f"{proxy.host}/test/rich"], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True) for _ in range(4)]
+        results = [process.communicate(timeout=120) for process in processes]
+        assert [p.returncode for p in processes] == [0] * 4, [err for _, err in results]
+        assert len({out for out, _ in results}) == 1
+        record = service.get(f"{proxy.host}/test/rich")
+        manifest = json.loads(service.content.read(record.manifest_digest))
+        assert {proxy.blob_gets[layer["digest"]] for layer in manifest["layers"]} == {1}
+        committed = service.db.conn.execute(
+            "SELECT COUNT(*) FROM snapshots WHERE kind = 'committed'").fetchone()[0]
+        assert committed == len(manifest["layers"])
+        assert_unpacks_to(service, record.name, rich_layers())
+    finally:
+        proxy.stop()
