@@ -279,6 +279,7 @@ class Repository:
         digest = writer.digest
         url = f"{self.base_url}/blobs/{digest}"
         delays = self.retry.delays()
+        furthest = 0  # a try that gets further than any before earns a fresh set of retries
         while True:
             headers = {"Range": f"bytes={writer.offset}-"} if writer.offset else {}
             response = self._send("GET", url, headers=headers)
@@ -303,10 +304,13 @@ class Repository:
                 error = _reason(e)
             finally:
                 response.release_conn()
+            if writer.offset > furthest:
+                furthest = writer.offset
+                delays = self.retry.delays()
             delay = next(delays, None)
             if delay is None:
                 raise RegistryError(f"{self.what}: blob {digest}: {error}; gave up after "
-                                    f"{self.retry.attempts} attempts")
+                                    f"{self.retry.attempts} attempts without progress")
             time.sleep(delay)
 
     def read_blob(self, digest: str, size: int, limit: int) -> bytes:
