@@ -100,7 +100,7 @@ def test_client_certificate_from_the_certs_dir(mtls, tmp_path):
 def test_without_a_client_certificate_the_handshake_fails_clearly(mtls, tmp_path):
     registry, files = mtls
     config = config_for(tmp_path, registry.host, files, ("ca.crt",))
-    with pytest.raises(RegistryError, match=rf"{registry.host}: .*(?i:certificate|handshake|tls)"):
+    with pytest.raises(RegistryError, match=rf"{registry.host}: .*client.cert and client.key"):
         pull(str(tmp_path / "root"), f"{registry.host}/secure/app", config)
     leftovers = ImageService(str(tmp_path / "root"))
     try:

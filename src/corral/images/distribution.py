@@ -218,7 +218,8 @@ class Repository:
             except TransportError as e:
                 delay = None if _is_tls_failure(e) else next(delays, None)
                 if delay is None:
-                    raise RegistryError(f"{self.endpoint.host}: {_reason(e)}") from None
+                    raise RegistryError(f"{self.endpoint.host}: {_reason(e)}"
+                                        f"{self._tls_hint(e)}") from None
                 time.sleep(delay)
                 continue
             if response.status == 401 and authorize and not reauthorized and \
@@ -236,6 +237,18 @@ class Repository:
                     time.sleep(_retry_after(response, delay))
                     continue
             return response
+
+    def _tls_hint(self, error: Exception) -> str:
+        """What to do about a TLS failure, when the error says enough to tell."""
+        text = str(getattr(error, "reason", None) or error)
+        if "BAD_CERTIFICATE" in text or "CERTIFICATE_REQUIRED" in text:
+            if not self.endpoint.client_cert:
+                return (f" (the registry wants a client certificate: put client.cert and "
+                        f"client.key in certs.d/{self.endpoint.host}/)")
+        elif "CERTIFICATE_VERIFY_FAILED" in text and not self.endpoint.ca_files:
+            return (f" (trust its CA with certs.d/{self.endpoint.host}/ca.crt, or mark it "
+                    "insecure in registries.conf)")
+        return ""
 
     def _check(self, response, what: str) -> None:
         if response.status == 200 or response.status == 206:
