@@ -20,6 +20,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
 
@@ -90,12 +91,18 @@ def _import_layout_dir(service, path: str, name: str | None) -> list:
     if not os.path.exists(index_path):
         raise ImageError(f"{path}: not an OCI image layout (no index.json)")
     blobs = os.path.join(path, "blobs", "sha256")
-    for entry in sorted(os.listdir(blobs)) if os.path.isdir(blobs) else []:
-        with open(os.path.join(blobs, entry), "rb") as f:
-            _ingest(service, f, f"sha256:{entry}", os.fstat(f.fileno()).st_size,
-                    f"blobs/sha256/{entry}")
-    with open(index_path, "rb") as f:
-        return service.record_index(f.read(), name)
+    try:
+        for entry in sorted(os.listdir(blobs)) if os.path.isdir(blobs) else []:
+            with open(os.path.join(blobs, entry), "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    raise ImageError(f"{path}: blobs/sha256/{entry} is not a regular file")
+                _ingest(service, f, f"sha256:{entry}", os.fstat(f.fileno()).st_size,
+                        f"blobs/sha256/{entry}")
+        with open(index_path, "rb") as f:
+            index = f.read()
+    except OSError as e:
+        raise ImageError(f"{path}: {e.filename or ''}: {e.strerror}") from None
+    return service.record_index(index, name)
 
 
 def _import_oci_tar(service, tar: tarfile.TarFile, name: str | None) -> list:
@@ -140,6 +147,8 @@ def _import_docker_tar(service, tar: tarfile.TarFile, path: str, name: str | Non
         raise ImageError(f"{path}: manifest.json is not JSON") from None
     if not isinstance(entries, list) or not entries:
         raise ImageError(f"{path}: manifest.json lists no images")
+    if name and len(entries) > 1:
+        raise ImageError(f"{path}: holds {len(entries)} images; one name cannot name them all")
     records = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
@@ -283,11 +292,17 @@ def _oci_files(service, records) -> list[tuple[str, object]]:
 
 
 def _docker_files(service, records) -> list[tuple[str, object]]:
+    """docker save's classic layout: one manifest.json entry per image ID, all its names
+    as RepoTags (a name by digest alone has no tag to give), layers as `<diff ID>.tar`."""
     manifest_json, repositories, files = [], {}, []
     written: set[str] = set()
+    by_id: dict[str, list] = {}
     for record in records:
+        by_id.setdefault(record.id, []).append(record)
+    for image_id, same in by_id.items():
+        record = same[0]
         manifest = _manifest(service, record)
-        config = json.loads(service.content.read(record.id))
+        config = json.loads(service.content.read(image_id))
         diff_ids = config["rootfs"]["diff_ids"]
         layer_paths = []
         for layer, diff_id in zip(manifest["layers"], diff_ids, strict=True):
@@ -296,18 +311,22 @@ def _docker_files(service, records) -> list[tuple[str, object]]:
             if entry not in written:
                 written.add(entry)
                 files.append((entry, ("layer", layer["digest"], layer["mediaType"])))
-        config_entry = f"{record.id[7:]}.json"
-        if config_entry not in written:
-            written.add(config_entry)
-            files.append((config_entry, record.id))
-        reference = parse_reference(record.name)
-        tag = reference.familiar
-        manifest_json.append({"Config": config_entry, "RepoTags": [tag],
+        config_entry = f"{image_id[7:]}.json"
+        files.append((config_entry, image_id))
+        tags = []
+        for each in same:
+            reference = parse_reference(each.name)
+            if reference.tag:
+                reference.digest = None
+                tag = reference.familiar
+                if tag not in tags:
+                    tags.append(tag)
+                    repository, _, tag_name = tag.rpartition(":")
+                    repositories.setdefault(repository, {})[tag_name] = diff_ids[-1][7:]
+        manifest_json.append({"Config": config_entry, "RepoTags": tags or None,
                               "Layers": layer_paths})
-        repository, _, tag_name = tag.rpartition(":")
-        repositories.setdefault(repository, {})[tag_name] = diff_ids[-1][7:]
     files.append(("manifest.json", json.dumps(manifest_json).encode()))
-    files.append(("repositories", json.dumps(repositories).encode()))
+    files.append(("repositories", json.dumps(repositories, sort_keys=True).encode()))
     return files
 
 

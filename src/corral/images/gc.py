@@ -7,9 +7,11 @@
     removed     every other blob and committed snapshot (children before parents), and
                 files in content/ingest older than an hour (a crashed writer's)
 
-Pulls and imports hold `<root>/gc.lock` shared from their first stored blob
-to their record; collection holds it exclusive, so it never sees a blob
-that is stored but not yet named.
+Locking: the Puller holds LOCK_SH on <root>/gc.lock during a pull (from its
+first stored blob to its record), and so does an import; collection holds
+LOCK_EX, so it never sees a blob that is stored but not yet named.  The lock
+is `ImageService.gc_lock(shared)` (flock: separate processes and separate
+threads of one process both exclude each other).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
+import stat
 import time
 from contextlib import contextmanager
 
@@ -30,9 +34,11 @@ class Report:
         self.blobs = 0
         self.snapshots = 0
         self.bytes = 0
+        self.images: list[str] = []  # names removed first (prune)
 
     def __repr__(self) -> str:
-        return f"Report(blobs={self.blobs}, snapshots={self.snapshots}, bytes={self.bytes})"
+        return (f"Report(images={len(self.images)}, blobs={self.blobs}, "
+                f"snapshots={self.snapshots}, bytes={self.bytes})")
 
 
 @contextmanager
@@ -142,7 +148,12 @@ def collect(service, wait: bool = True, stray_age: float = STRAY_AGE) -> Report 
         for name in os.listdir(service.content.ingest_dir):
             path = os.path.join(service.content.ingest_dir, name)
             try:
-                if now - os.lstat(path).st_mtime >= stray_age:
+                info = os.lstat(path)
+                if now - info.st_mtime < stray_age:
+                    continue
+                if stat.S_ISDIR(info.st_mode):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
                     os.unlink(path)
             except FileNotFoundError:
                 pass

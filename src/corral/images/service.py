@@ -1,10 +1,13 @@
-"""Images: import (OCI archives), records, and unpacking into snapshots.
+"""Images: records, lookups, removal and garbage collection, import/export/build, unpacking.
 
-An import first stores every blob it can verify (the content store checks
-each against its digest), then reads index → manifest → config from the
-store, never from the archive, and records the image only when all of it
-is there.  Unpacking applies each layer once, as a committed snapshot
-named by its chain ID, checking the diff ID the config promises.
+Records name an image (an index or a manifest, the platform's manifest, the
+config whose digest is the image ID) in SQLite; `get` takes a name, an ID
+or an ID prefix.  An import first stores every blob it can verify (the
+content store checks each against its digest), then reads index → manifest
+→ config from the store, never from the archive, and records the image only
+when all of it is there.  Unpacking applies each layer once, as a committed
+snapshot named by its chain ID, checking the diff ID the config promises.
+Removal and `prune` untag, then collect garbage (gc.py) under the gc lock.
 """
 
 from __future__ import annotations
@@ -83,64 +86,114 @@ class ImageService:
         return [ImageRecord(*row) for row in rows]
 
     def get(self, name: str) -> ImageRecord:
-        """By name ("busybox" is docker.io/library/busybox:latest), image ID or ID prefix."""
+        """By image ID, name ("busybox" is docker.io/library/busybox:latest) or ID prefix.
+
+        Looked up in docker's order: a full ID, then a name, then a unique prefix of at
+        least 4 hex digits (so an image named "cafe" wins over IDs starting with cafe)."""
         if not isinstance(name, str) or not name:
             raise ImageError("image name is empty")
-        if _looks_like_id(name):
-            hex_part = name.removeprefix("sha256:")
-            rows = self.db.execute(
-                f"SELECT {_COLUMNS} FROM images WHERE config_digest >= ? AND config_digest < ? "
-                "ORDER BY name", (f"sha256:{hex_part}", f"sha256:{hex_part}g")).fetchall()
-            if len({row[2] for row in rows}) > 1:
-                raise ImageError(f"image ID prefix {name!r} is ambiguous")
-            if rows:
-                return ImageRecord(*rows[0])
+        if _looks_like_id(name) and len(name.removeprefix("sha256:")) == 64:
+            found = self._by_id_prefix(name)
+            if found is not None:
+                return found
         try:
             ref = str(parse_reference(name))
         except ReferenceError as e:
-            raise ImageError(str(e)) from None
-        row = self.db.execute(f"SELECT {_COLUMNS} FROM images WHERE name = ?",
-                                   (ref,)).fetchone()
-        if row is None:
+            ref = None
+            if not _looks_like_id(name):
+                raise ImageError(str(e)) from None
+        if ref is not None:
+            row = self.db.execute(f"SELECT {_COLUMNS} FROM images WHERE name = ?",
+                                  (ref,)).fetchone()
+            if row is not None:
+                return ImageRecord(*row)
+        found = self._by_id_prefix(name) if _looks_like_id(name) else None
+        if found is None:
             raise ImageError(f"image {name!r} not found")
-        return ImageRecord(*row)
+        return found
+
+    def _by_id_prefix(self, text: str) -> ImageRecord | None:
+        hex_part = text.removeprefix("sha256:")
+        rows = self.db.execute(
+            f"SELECT {_COLUMNS} FROM images WHERE config_digest >= ? AND config_digest < ? "
+            "ORDER BY name", (f"sha256:{hex_part}", f"sha256:{hex_part}g")).fetchall()
+        ids = sorted({row[2] for row in rows})
+        if len(ids) > 1:
+            shown = ", ".join(i[7:19] for i in ids)
+            raise ImageError(f"image ID prefix {text!r} is ambiguous: it matches {shown}")
+        return ImageRecord(*rows[0]) if rows else None
+
+    def names_of(self, image_id: str) -> list[str]:
+        """Every name the image ID has."""
+        return [row[0] for row in self.db.execute(
+            "SELECT name FROM images WHERE config_digest = ? ORDER BY name", (image_id,))]
 
     def record(self, name: str, *, target: dict, manifest_digest: str, config_digest: str,
-               platform: str, size: int) -> ImageRecord:
-        """Name an image whose blobs are all stored (the puller and importers call this)."""
-        name = str(parse_reference(name))
+               platform: str, size: int, created: float | None = None) -> ImageRecord:
+        """Name an image whose blobs are all stored (the puller and importers call this).
+
+        A name already in use is moved to this image, as `docker tag` and a re-pull do."""
+        try:
+            name = str(parse_reference(name))
+            for digest in (target.get("digest"), manifest_digest, config_digest):
+                check_digest(digest)
+        except (ReferenceError, ValueError) as e:
+            raise ImageError(f"image record {name!r}: {e}") from None
         with self.db.transaction() as tx:
             tx.execute(f"INSERT OR REPLACE INTO images ({_COLUMNS}) VALUES "
                        "(?, ?, ?, ?, ?, ?, ?, ?)",
-                       (name, manifest_digest, config_digest, size, time.time(),
+                       (name, manifest_digest, config_digest, size,
+                        time.time() if created is None else created,
                         target["digest"], target.get("mediaType", ""), platform))
         return self.get(name)
 
     def tag(self, source: str, new_name: str) -> ImageRecord:
+        """Another name for an image (its created time kept)."""
         record = self.get(source)
         return self.record(new_name, target={"digest": record.target_digest,
                                              "mediaType": record.target_media_type},
                            manifest_digest=record.manifest_digest, config_digest=record.id,
-                           platform=record.platform, size=record.size)
+                           platform=record.platform, size=record.size, created=record.created)
 
     def in_use(self, record: ImageRecord) -> bool:
         """Whether a container's snapshot is made from the image."""
         return gc.image_in_use(self, record)
 
     def remove(self, name_or_id: str, force: bool = False) -> list[str]:
-        """Untag (every name, when given an ID) and collect what nothing uses any more."""
+        """Untag (every name, when given an ID) and collect what nothing uses any more.
+
+        Refused, unless `force`, when the image's last name would go while a container's
+        snapshot stands on its layers; its names removed."""
         record = self.get(name_or_id)
-        all_names = [r.name for r in self.list() if r.id == record.id]
+        all_names = self.names_of(record.id)
         by_id = _looks_like_id(name_or_id) and _maybe_reference(name_or_id) != record.name
         names = all_names if by_id else [record.name]
         last = len(names) == len(all_names)
         if last and not force and self.in_use(record):
-            raise ImageError(f"image {name_or_id} is in use by a container")
+            raise ImageError(f"image {name_or_id} ({record.id[7:19]}) is in use by a container")
         with self.db.transaction() as tx:
             for name in names:
                 tx.execute("DELETE FROM images WHERE name = ?", (name,))
         self.gc()
         return names
+
+    def prune(self, all: bool = False) -> gc.Report:
+        """Collect garbage; with `all`, first remove every image no container uses.
+
+        Every record has a name here (a re-tag moves it, leaving no untagged image),
+        so there are no dangling images to remove without `all`."""
+        removed = []
+        if all:
+            for image_id in sorted({r.id for r in self.list()}):
+                names = self.names_of(image_id)
+                if names and not self.in_use(self.get(names[0])):
+                    with self.db.transaction() as tx:
+                        for name in names:
+                            tx.execute("DELETE FROM images WHERE name = ?", (name,))
+                    removed += names
+        report = self.gc()
+        report.images = removed
+        return report
 
     def gc_lock(self, shared: bool):
         """LOCK_SH while pulling or importing, LOCK_EX while collecting garbage."""
@@ -160,6 +213,30 @@ class ImageService:
 
         return import_image(self, path, name)
 
+    def build(self, rootfs_dir: str, name: str, cmd: list[str] | None = None,
+              env: list[str] | None = None) -> ImageRecord:
+        """An image of one layer made from a root filesystem directory (layout.py), imported.
+
+        Reproducible: the same tree, name, cmd and env give the same image ID."""
+        from corral.images.layout import build_image
+
+        if not os.path.isdir(rootfs_dir):
+            raise ImageError(f"build: {rootfs_dir} is not a directory")
+        try:
+            files = build_image(rootfs_dir, name, cmd=cmd, env=env)
+        except ReferenceError as e:
+            raise ImageError(f"build: {e}") from None
+        try:
+            with self.gc_lock(shared=True):
+                for path, data in files.items():
+                    if path.startswith("blobs/sha256/"):
+                        self.content.write(data, "sha256:" + path.rsplit("/", 1)[1])
+                (record,) = self.record_index(files["index.json"])
+        except BaseException:
+            self.gc(wait=False)
+            raise
+        return record
+
     def export(self, names: list[str], dest: str, format: str = "oci-archive") -> None:
         """Write images as "oci-archive", "oci-dir" or "docker-archive"."""
         from corral.images.archive import export_images
@@ -173,8 +250,13 @@ class ImageService:
         entries = _json_object(index, "index.json").get("manifests")
         if not isinstance(entries, list) or not entries:
             raise ImageError("index.json: no manifests")
+        if name and len(entries) > 1:
+            raise ImageError(f"index.json names {len(entries)} images; one name cannot name "
+                             "them all")
         records = []
         for i, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                raise ImageError(f"index.json manifests[{i}]: not an object")
             annotations = entry.get("annotations") or {}
             image_name = name or annotations.get(ANNOTATION_CONTAINERD_NAME) or \
                 annotations.get(ANNOTATION_REF_NAME)
