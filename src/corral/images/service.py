@@ -258,10 +258,13 @@ class ImageService:
             if not isinstance(entry, dict):
                 raise ImageError(f"index.json manifests[{i}]: not an object")
             annotations = entry.get("annotations") or {}
-            image_name = name or annotations.get(ANNOTATION_CONTAINERD_NAME) or \
-                annotations.get(ANNOTATION_REF_NAME)
+            ref_name = annotations.get(ANNOTATION_REF_NAME) or ""
+            if not any(c in ref_name for c in "/:"):
+                ref_name = ""  # a tag alone ("latest", the OCI convention) names no image
+            image_name = name or annotations.get(ANNOTATION_CONTAINERD_NAME) or ref_name
             if not image_name:
-                raise ImageError(f"index.json manifests[{i}]: no image name; give one")
+                raise ImageError(f"index.json manifests[{i}]: no image name (ref.name is "
+                                 f"{annotations.get(ANNOTATION_REF_NAME)!r}); give one")
             try:
                 reference = str(parse_reference(image_name))
             except ReferenceError as e:
