@@ -68,6 +68,12 @@ def test_record_fields_and_lookups(service):
     for key in ("busybox", "busybox:latest", "docker.io/library/busybox:latest",
                 record.id, record.id[7:], record.id[:11], record.id[7:11]):
         assert service.get(key).name == record.name, key
+    # By repository digest, as `docker images --digests` shows it, though recorded by tag.
+    for key in (record.repo_digest, f"busybox@{record.manifest_digest}",
+                f"busybox:latest@{record.manifest_digest}"):
+        assert service.get(key).name == record.name, key
+    with pytest.raises(ImageError, match="not found"):
+        service.get(f"alpine@{record.manifest_digest}")  # another repository
     with pytest.raises(ImageError, match="not found"):
         service.get(record.id[7:10])  # 3 hex digits: a name, not a prefix
     with pytest.raises(ImageError, match="not found"):

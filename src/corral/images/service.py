@@ -107,10 +107,28 @@ class ImageService:
                                   (ref,)).fetchone()
             if row is not None:
                 return ImageRecord(*row)
+            by_digest = self._by_repo_digest(ref)
+            if by_digest is not None:
+                return by_digest
         found = self._by_id_prefix(name) if _looks_like_id(name) else None
         if found is None:
             raise ImageError(f"image {name!r} not found")
         return found
+
+    def _by_repo_digest(self, ref: str) -> ImageRecord | None:
+        """repo@sha256:… for an image recorded by tag: what its name or platform points to."""
+        repository, _, digest = ref.partition("@")
+        if not digest:
+            return None
+        repository = repository.rsplit(":", 1)[0] if repository.rfind(":") > \
+            repository.rfind("/") else repository
+        for row in self.db.execute(
+                f"SELECT {_COLUMNS} FROM images WHERE (target_digest = ? OR manifest_digest = ?)"
+                " ORDER BY name", (digest, digest)):
+            record = ImageRecord(*row)
+            if record.repo_digest.partition("@")[0] == repository:
+                return record
+        return None
 
     def _by_id_prefix(self, text: str) -> ImageRecord | None:
         hex_part = text.removeprefix("sha256:")
