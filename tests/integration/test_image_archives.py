@@ -362,3 +362,26 @@ def test_oci_archive_export_is_reproducible_and_loads_in_a_fresh_root(tmp_path, 
         service.export(["example.com/nope:1"], str(tmp_path / "x"), "oci-archive")
     assert not os.path.exists(tmp_path / "x")
     service.close()
+
+
+def test_export_never_replaces_what_is_not_its_own(tmp_path, layout):
+    service = service_at(tmp_path / "root")
+    (record,) = service.import_archive(layout, "example.com/app:1")
+    precious = tmp_path / "home"
+    precious.mkdir()
+    (precious / "notes").write_text("keep me")
+    for fmt in ("oci-archive", "docker-archive", "oci-dir"):
+        with pytest.raises(ImageError, match="not an OCI layout; not replacing it"):
+            service.export([record.name], str(precious), fmt)
+    assert os.listdir(precious) == ["notes"]
+    with pytest.raises(ImageError, match="No such file"):
+        service.export([record.name], str(tmp_path / "missing" / "x.tar"), "oci-archive")
+    layout_out = tmp_path / "out"
+    service.export([record.name], str(layout_out), "oci-dir")
+    (layout_out / "stale").write_text("from an earlier export")
+    service.export([record.name], str(layout_out), "oci-dir")  # an OCI layout: replaced
+    assert sorted(os.listdir(layout_out)) == ["blobs", "index.json", "oci-layout"]
+    with pytest.raises(ImageError, match="exists and is not a directory"):
+        service.export([record.name], str(precious / "notes"), "oci-dir")
+    assert sorted(os.listdir(tmp_path)) == ["home", "out", "root"]  # no temp files left
+    service.close()

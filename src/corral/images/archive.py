@@ -230,6 +230,10 @@ def _store_docker_layer(service, tar, layer_path: str, diff_id: str) -> dict:
 
 # --- export ---------------------------------------------------------------------------------------
 def export_images(service, names: list[str], dest: str, format: str) -> None:
+    """Write the images to `dest` whole or not at all (a temp name, then a rename).
+
+    An existing `dest` is replaced only if it is what this format writes: a file for
+    the tars, an OCI layout (or an empty directory) for "oci-dir"; never another dir."""
     from corral.images.service import ImageError
 
     if format not in FORMATS:
@@ -237,26 +241,41 @@ def export_images(service, names: list[str], dest: str, format: str) -> None:
     records = [service.get(name) for name in names]
     if not records:
         raise ImageError("export: no image given")
-    files = (_docker_files if format == "docker-archive" else _oci_files)(service, records)
-    tmp = dest + ".tmp"
+    if os.path.isdir(dest) and (format != "oci-dir" or (
+            os.listdir(dest) and not os.path.exists(os.path.join(dest, "oci-layout")))):
+        raise ImageError(f"export: {dest} is a directory that is not an OCI layout; "
+                         "not replacing it")
+    if format == "oci-dir" and os.path.lexists(dest) and not os.path.isdir(dest):
+        raise ImageError(f"export: {dest} exists and is not a directory")
+    tmp = f"{dest}.tmp-{os.getpid()}"
+    _remove(tmp)
     try:
+        files = (_docker_files if format == "docker-archive" else _oci_files)(service, records)
         if format == "oci-dir":
             os.makedirs(tmp)
             for entry, source in files:
                 target = os.path.join(tmp, entry)
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 _write_entry(service, source, target)
+            _remove(dest)
         else:
             _write_tar(service, files, tmp)
-        if os.path.isdir(dest):
-            shutil.rmtree(dest)
         os.replace(tmp, dest)
-    except BaseException:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif os.path.exists(tmp):
-            os.unlink(tmp)
+    except BaseException as e:
+        _remove(tmp)
+        if isinstance(e, OSError):
+            raise ImageError(f"export to {dest}: {e.filename or ''}: {e.strerror}") from None
+        if isinstance(e, (KeyError, ValueError)) and not isinstance(e, ImageError):
+            raise ImageError(f"export to {dest}: an image's manifest or config is not as "
+                             f"expected: {e!r}") from None
         raise
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
 
 
 def _manifest(service, record) -> dict:
