@@ -268,6 +268,13 @@ def test_docker_archive_of_several_images_and_names(tmp_path, layout):
             fresh.import_archive(path, "example.com/one:1")
     finally:
         fresh.close()
+    compressed = tmp_path / "two.tar.gz"  # `docker save | gzip`, which docker load takes
+    compressed.write_bytes(gzip.compress(Path(path).read_bytes()))
+    fresh = service_at(tmp_path / "fresh-gz")
+    try:
+        assert {(r.name, r.id) for r in fresh.import_archive(str(compressed))} == names
+    finally:
+        fresh.close()
     service.close()
 
 
