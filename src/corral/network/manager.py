@@ -1,99 +1,303 @@
 """A pod's network: CNI ADD on setup, DEL on teardown (also after a crash, from the cache).
 
-The ADD result, with the network config and arguments used, is cached per
-pod (`<cache_dir>/<pod-id>.json`) before it is reported, so a teardown —
-even by a restarted corrald, even with the netns gone — runs DEL with
-exactly what ADD had.
+    net = PodNetwork(conf_dir, bin_dirs, cache_dir)
+    result = net.setup(pod_id, netns_path, name=..., namespace=..., uid=..., port_mappings=[...])
+    result.ip                        the pod IP (first IPv4)
+    net.check(pod_id)                CNI CHECK against what ADD returned
+    net.teardown(pod_id, netns_path) DEL; idempotent, works with the netns already gone
+    net.status()                     (ready, message) for the CRI NetworkReady condition
+
+The network config, CNI_ARGS, runtime config and netns used are cached per
+pod (`<cache_dir>/<pod-id>.json`, written and fsynced) BEFORE the first
+plugin runs, and the ADD result is added when ADD is done: a teardown — by
+a restarted corrald, with the config dir since edited, with the netns
+gone — runs DEL with exactly what ADD had (libcni keeps the same in
+/var/lib/cni/results).  No cache means ADD never began: nothing to undo.
+
+The pod gets two networks, as with containerd: the built-in loopback
+network (`lo` up) and the first valid config of `conf_dir` (on `eth0`).
+If the config dir holds no config file at all, a default conflist
+(bridge corral0 + host-local 10.85.0.0/16 + portmap) is written there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+from collections.abc import Iterator
 
-from corral.network.cni import LOOPBACK, CNIError, Network, default_conflist, load_network
+from corral.network import netns as ns
+from corral.network.cni import (
+    LOOPBACK,
+    CNIError,
+    Invocation,
+    Network,
+    NetworkResult,
+    config_files,
+    default_conflist,
+    find_plugin,
+    kubernetes_args,
+    load_network,
+    port_mappings,
+)
 
+__all__ = ["CNIError", "NetworkResult", "PodNetwork"]
 
-class NetworkResult:
-    def __init__(self, result: dict):
-        self.raw = result
-        ips = [entry.get("address", "") for entry in result.get("ips") or []]
-        v4 = [ip.split("/")[0] for ip in ips if "." in ip]
-        self.ip = v4[0] if v4 else (ips[0].split("/")[0] if ips else "")
+IFNAME = "eth0"
+DEFAULT_CONFLIST = "10-corral.conflist"
+CACHE_FORMAT = 1
+STAND_IN_PEER = "stand-in"
+
+log = logging.getLogger("corral.network")
 
 
 class PodNetwork:
     def __init__(self, conf_dir: str, bin_dirs: list[str], cache_dir: str):
         self.conf_dir = conf_dir
-        self.bin_dirs = bin_dirs
+        self.bin_dirs = list(bin_dirs)
         self.cache_dir = cache_dir
 
-    def _network(self) -> Network:
-        if not os.path.isdir(self.conf_dir) or not any(
-                n.endswith((".conflist", ".conf", ".json")) for n in os.listdir(self.conf_dir)):
-            os.makedirs(self.conf_dir, exist_ok=True)
-            with open(os.path.join(self.conf_dir, "10-corral.conflist"), "w") as f:
-                json.dump(default_conflist(), f, indent=2)
+    # --- config ----------------------------------------------------------------------------------
+    def network(self) -> Network:
+        """The network pods join: the first valid config, the default one if there is none."""
+        if not config_files(self.conf_dir):
+            self._write_default()
         return load_network(self.conf_dir)
 
-    def status(self) -> tuple[bool, str]:
-        try:
-            network = self._network()
-            from corral.network.cni import find_plugin
+    def _write_default(self) -> None:
+        os.makedirs(self.conf_dir, mode=0o755, exist_ok=True)
+        path = os.path.join(self.conf_dir, DEFAULT_CONFLIST)
+        _write_atomic(path, default_conflist(), mode=0o644)
+        log.info("wrote the default CNI network config %s", path)
 
-            for plugin in network.plugins + LOOPBACK.plugins:
+    def status(self) -> tuple[bool, str]:
+        """NetworkReady: a valid config whose plugins (and loopback) are all installed."""
+        try:
+            network = self.network()
+            for plugin in LOOPBACK.plugins + network.plugins:
                 find_plugin(plugin["type"], self.bin_dirs)
-        except (CNIError, OSError) as e:
+                ipam = plugin.get("ipam")
+                if ipam:
+                    find_plugin(ipam["type"], self.bin_dirs)
+        except CNIError as e:
             return False, str(e)
+        except OSError as e:
+            return False, f"CNI config dir {self.conf_dir}: {e.strerror}"
         return True, ""
 
-    def _cache_path(self, pod_id: str) -> str:
-        return os.path.join(self.cache_dir, f"{pod_id}.json")
-
-    @staticmethod
-    def _args(pod_id: str, name: str, namespace: str, uid: str) -> str:
-        return (f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};"
-                f"K8S_POD_INFRA_CONTAINER_ID={pod_id};K8S_POD_UID={uid}")
-
+    # --- setup / check / teardown ----------------------------------------------------------------
     def setup(self, pod_id: str, netns: str, *, name: str, namespace: str, uid: str,
-              port_mappings: list[dict]) -> NetworkResult:
-        network = self._network()
-        args = self._args(pod_id, name, namespace, uid)
-        capabilities = {"portMappings": port_mappings} if port_mappings else {}
-        os.makedirs(self.cache_dir, mode=0o700, exist_ok=True)
-        cache = {"network": network.to_cache(), "netns": netns, "args": args,
-                 "capabilities": capabilities, "result": None}
-        _write(self._cache_path(pod_id), cache)  # before ADD: a crash mid-ADD is DEL'd later
-        LOOPBACK.add(self.bin_dirs, pod_id, netns, "lo", args, {})
-        result = network.add(self.bin_dirs, pod_id, netns, "eth0", args, capabilities)
-        cache["result"] = result
-        _write(self._cache_path(pod_id), cache)
-        return NetworkResult(result)
+              port_mappings: list[dict] | tuple = ()) -> NetworkResult:
+        """CNI ADD of loopback and the pod network into `netns`; the result (pod IP …).
 
-    def teardown(self, pod_id: str, netns: str = "", **_) -> None:
-        """DEL with what ADD used; nothing cached means nothing to undo.  Idempotent."""
+        On failure everything begun is DEL'd and the cache removed; if a DEL fails too,
+        the cache stays so that teardown() can finish the job.
+        """
+        cache_path = self._cache_path(pod_id)
+        if os.path.exists(cache_path):
+            raise CNIError(f"pod {pod_id}: network already set up (teardown first)")
+        network = self.network()
+        os.close(ns.open_namespace(netns, "net"))  # a clear error if no netns is pinned there
+        invocation = Invocation(pod_id, netns, IFNAME, kubernetes_args(pod_id, name, namespace,
+                                                                      uid))
+        mappings = _port_mappings(port_mappings)
+        if mappings:
+            invocation.capabilities["portMappings"] = mappings
+        self._check_plugins(network)
+        cache = {"format": CACHE_FORMAT, "network": network.to_cache(), "netns": netns,
+                 "ifname": IFNAME, "args": invocation.args,
+                 "capabilities": invocation.capabilities, "result": None}
+        os.makedirs(self.cache_dir, mode=0o700, exist_ok=True)
+        _write_atomic(cache_path, cache)  # before ADD: a crash mid-ADD is DEL'd later
+        try:
+            cache["loopback_result"] = LOOPBACK.add(
+                self.bin_dirs, Invocation(pod_id, netns, "lo", invocation.args))
+            result = network.add(self.bin_dirs, invocation)
+            record = NetworkResult(result)
+        except BaseException:
+            try:
+                self.teardown(pod_id, netns)
+            except CNIError as undo:
+                log.warning("pod %s: undoing a failed CNI ADD: %s", pod_id[:12], undo)
+            raise
+        cache["result"] = result
+        _write_atomic(cache_path, cache)
+        return record
+
+    def check(self, pod_id: str, netns: str = "") -> None:
+        """CNI CHECK: the pod's network is still what ADD made (raises CNIError if not)."""
+        cache = self._read_cache(pod_id)
+        if cache is None or not cache.get("result"):
+            raise CNIError(f"pod {pod_id}: no network set up")
+        network = Network.from_cache(cache["network"])
+        target = netns or cache["netns"]
+        LOOPBACK.check(self.bin_dirs, Invocation(pod_id, target, "lo", cache["args"]),
+                       cache.get("loopback_result") or {})
+        network.check(self.bin_dirs, Invocation(pod_id, target, cache["ifname"], cache["args"],
+                                                cache["capabilities"]), cache["result"])
+
+    def teardown(self, pod_id: str, netns: str = "", **_ignored) -> None:
+        """DEL with what ADD used, netns or not; nothing cached → nothing to undo.
+
+        Idempotent.  Extra keyword arguments (the pod's name, mappings …) are accepted
+        and ignored: the cache has what ADD had.  A failing DEL raises CNIError and keeps
+        the cache, so a later teardown retries.
+        """
         path = self._cache_path(pod_id)
         try:
-            with open(path) as f:
-                cache = json.load(f)
-        except FileNotFoundError:
-            return
-        except ValueError:
+            cache = self._read_cache(pod_id)
+        except CNIError as e:
+            log.warning("%s; DEL with the current config instead", e)
+            network = self.network()
+            self._delete(network, Invocation(pod_id, _live(netns), IFNAME,
+                                             kubernetes_args(pod_id, "", "", "")), None)
             os.unlink(path)
             return
+        if cache is None:
+            return
         network = Network.from_cache(cache["network"])
-        target = netns or cache.get("netns", "")
-        if target and not os.path.exists(target):
-            target = ""  # the plugins clean host-side state without a netns, per the spec
-        network.delete(self.bin_dirs, pod_id, target, "eth0", cache["args"],
-                       cache["capabilities"], cache.get("result"))
+        target = _live(netns or cache["netns"])
+        invocation = Invocation(pod_id, target, cache["ifname"], cache["args"],
+                                cache["capabilities"])
+        addresses = _sandbox_addresses(cache.get("result"), cache["ifname"])
+        if target or not addresses:
+            self._delete(network, invocation, cache.get("result"))
+        else:
+            with _stand_in_netns(path + ".stand-in", cache["ifname"], addresses) as stand_in:
+                invocation.netns = stand_in
+                self._delete(network, invocation, cache.get("result"))
         os.unlink(path)
+        _fsync_dir(self.cache_dir)
+
+    def cached_result(self, pod_id: str) -> NetworkResult | None:
+        """The ADD result of a pod set up earlier (by this or an earlier corrald)."""
+        cache = self._read_cache(pod_id)
+        return NetworkResult(cache["result"]) if cache and cache.get("result") else None
+
+    # --- helpers ---------------------------------------------------------------------------------
+    def _delete(self, network: Network, invocation: Invocation, result: dict | None) -> None:
+        errors = []
+        # libcni hands DEL the cached result only from 0.4.0 on
+        prev = result if network.version not in ("0.3.0", "0.3.1") else None
+        for net, inv, prev_result in (
+                (network, invocation, prev),
+                (LOOPBACK, Invocation(invocation.container_id, invocation.netns, "lo",
+                                      invocation.args), None)):
+            try:
+                net.delete(self.bin_dirs, inv, prev_result)
+            except CNIError as e:
+                errors.append(str(e))
+        if errors:
+            raise CNIError(f"pod {invocation.container_id[:12]}: " + "; ".join(errors))
+
+    def _check_plugins(self, network: Network) -> None:
+        for plugin in LOOPBACK.plugins + network.plugins:
+            try:
+                find_plugin(plugin["type"], self.bin_dirs)
+            except CNIError as e:
+                raise CNIError(f"{network.source}: {e}") from None
+
+    def _cache_path(self, pod_id: str) -> str:
+        if not pod_id or "/" in pod_id or pod_id.startswith("."):
+            raise CNIError(f"invalid pod id {pod_id!r}")
+        return os.path.join(self.cache_dir, f"{pod_id}.json")
+
+    def _read_cache(self, pod_id: str) -> dict | None:
+        path = self._cache_path(pod_id)
+        try:
+            with open(path, "rb") as f:
+                cache = json.load(f)
+            if not isinstance(cache, dict):
+                raise ValueError("not an object")
+            for key in ("network", "netns", "ifname", "args", "capabilities"):
+                cache[key]  # noqa: B018 — raises KeyError for a cache from elsewhere
+            Network.from_cache(cache["network"])
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError, CNIError) as e:
+            raise CNIError(f"CNI cache {path} is unreadable: {e}") from None
+        return cache
 
 
-def _write(path: str, value: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path)
+def _sandbox_addresses(result: dict | None, ifname: str) -> list[str]:
+    """The CIDR addresses ADD gave the pod's `ifname` (all of them if the result has no
+    interface indices)."""
+    if not result:
+        return []
+    try:
+        parsed = NetworkResult(result)
+    except CNIError:
+        return []
+    return [entry.address for entry in parsed.ips if entry.interface in (ifname, "")]
+
+
+@contextlib.contextmanager
+def _stand_in_netns(directory: str, ifname: str, addresses: list[str]) -> Iterator[str]:
+    """A throw-away netns holding `ifname` with the pod's old addresses, for DEL.
+
+    The bridge plugin (v1.1.1 and later, containernetworking/plugins#810) learns
+    which ipMasq rules to remove from the addresses on the pod's interface, so a
+    DEL without the netns leaves them behind.  Given this stand-in, the plugin
+    finds what it looks for and removes its own rules; the netns (and the veth
+    pair in it, a dummy device may not exist in the kernel) then goes away.
+    """
+    from pyroute2 import IPRoute  # heavy; only here, after a netns vanished
+
+    ns.unpin_namespaces(directory)  # a stand-in left by a crash during an earlier teardown
+    pinned = ns.pin_namespaces(["net"], directory)["net"]
+    try:
+        with ns.entered(pinned):
+            rtnl = IPRoute()  # its socket stays in the stand-in; setns is per thread
+        with rtnl:
+            rtnl.link("add", ifname=ifname, kind="veth", peer=STAND_IN_PEER)
+            (index,) = rtnl.link_lookup(ifname=ifname)
+            for address in addresses:
+                ip, prefix = address.split("/")
+                rtnl.addr("add", index=index, address=ip, prefixlen=int(prefix))
+        yield pinned
+    finally:
+        ns.unpin_namespaces(directory)
+
+
+def _port_mappings(mappings) -> list[dict]:
+    return port_mappings([dict(m) for m in mappings or ()])
+
+
+def _live(path: str) -> str:
+    """`path` if a network namespace is pinned there, else "" (the plugins then clean what
+    lives on the host, as the spec asks; a stale file would make them fail instead)."""
+    if not path:
+        return ""
+    try:
+        os.close(ns.open_namespace(path, "net"))
+    except OSError:
+        return ""
+    return path
+
+
+def _write_atomic(path: str, value: dict, mode: int = 0o600) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        with os.fdopen(fd, "w") as f:
+            json.dump(value, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(os.path.dirname(path))
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
