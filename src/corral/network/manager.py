@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 from collections.abc import Iterator
 
 from corral.network import netns as ns
@@ -75,12 +76,7 @@ class PodNetwork:
     def status(self) -> tuple[bool, str]:
         """NetworkReady: a valid config whose plugins (and loopback) are all installed."""
         try:
-            network = self.network()
-            for plugin in LOOPBACK.plugins + network.plugins:
-                find_plugin(plugin["type"], self.bin_dirs)
-                ipam = plugin.get("ipam")
-                if ipam:
-                    find_plugin(ipam["type"], self.bin_dirs)
+            self._check_plugins(self.network())
         except CNIError as e:
             return False, str(e)
         except OSError as e:
@@ -162,7 +158,7 @@ class PodNetwork:
         invocation = Invocation(pod_id, target, cache["ifname"], cache["args"],
                                 cache["capabilities"])
         addresses = _sandbox_addresses(cache.get("result"), cache["ifname"])
-        if target or not addresses:
+        if not addresses or (target and _has_interface(target, cache["ifname"])):
             self._delete(network, invocation, cache.get("result"))
         else:
             with _stand_in_netns(path + ".stand-in", cache["ifname"], addresses) as stand_in:
@@ -193,11 +189,14 @@ class PodNetwork:
             raise CNIError(f"pod {invocation.container_id[:12]}: " + "; ".join(errors))
 
     def _check_plugins(self, network: Network) -> None:
+        """Every plugin of the list, its IPAM plugin and loopback are installed."""
         for plugin in LOOPBACK.plugins + network.plugins:
-            try:
-                find_plugin(plugin["type"], self.bin_dirs)
-            except CNIError as e:
-                raise CNIError(f"{network.source}: {e}") from None
+            for name in (plugin["type"], (plugin.get("ipam") or {}).get("type")):
+                try:
+                    if name:
+                        find_plugin(name, self.bin_dirs)
+                except CNIError as e:
+                    raise CNIError(f"{network.source}: {e}") from None
 
     def _cache_path(self, pod_id: str) -> str:
         if not pod_id or "/" in pod_id or pod_id.startswith("."):
@@ -221,6 +220,15 @@ class PodNetwork:
         return cache
 
 
+def _has_interface(netns: str, ifname: str) -> bool:
+    try:
+        with ns.entered(netns):
+            socket.if_nametoindex(ifname)  # asks the thread's (the pod's) network namespace
+    except OSError:
+        return False
+    return True
+
+
 def _sandbox_addresses(result: dict | None, ifname: str) -> list[str]:
     """The CIDR addresses ADD gave the pod's `ifname` (all of them if the result has no
     interface indices)."""
@@ -239,9 +247,10 @@ def _stand_in_netns(directory: str, ifname: str, addresses: list[str]) -> Iterat
 
     The bridge plugin (v1.1.1 and later, containernetworking/plugins#810) learns
     which ipMasq rules to remove from the addresses on the pod's interface, so a
-    DEL without the netns leaves them behind.  Given this stand-in, the plugin
-    finds what it looks for and removes its own rules; the netns (and the veth
-    pair in it, a dummy device may not exist in the kernel) then goes away.
+    DEL without the netns, or with the interface gone from it, leaves them
+    behind.  Given this stand-in, the plugin finds what it looks for and removes
+    its own rules; the netns (and the veth pair in it: a dummy device may not
+    exist in the kernel) then goes away.
     """
     from pyroute2 import IPRoute  # heavy; only here, after a netns vanished
 
