@@ -304,6 +304,7 @@ def test_bad_pin_requests_leave_nothing(tmp_path, kinds, hostname, message):
 
 # --- CNI -----------------------------------------------------------------------------------------
 def test_two_pods_reach_each_other(lab):
+    assert lab.network.status() == (True, "")
     a, b = lab.pod("a"), lab.pod("b")
     result_a, result_b = lab.setup(a), lab.setup(b)
     assert result_a.ip.startswith(SUBNET_PREFIX) and result_b.ip.startswith(SUBNET_PREFIX)

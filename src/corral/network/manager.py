@@ -64,7 +64,11 @@ class PodNetwork:
     def network(self) -> Network:
         """The network pods join: the first valid config, the default one if there is none."""
         if not config_files(self.conf_dir):
-            self._write_default()
+            try:
+                self._write_default()
+            except OSError as e:
+                raise CNIError(f"no CNI network config in {self.conf_dir}, and the default "
+                               f"cannot be written there: {e.strerror}") from None
         return load_network(self.conf_dir)
 
     def _write_default(self) -> None:
@@ -210,7 +214,8 @@ class PodNetwork:
                 cache = json.load(f)
             if not isinstance(cache, dict):
                 raise ValueError("not an object")
-            for key in ("network", "netns", "ifname", "args", "capabilities"):
+            cache.setdefault("ifname", IFNAME)  # caches of format 0 had no ifname
+            for key in ("network", "netns", "args", "capabilities"):
                 cache[key]  # noqa: B018 — raises KeyError for a cache from elsewhere
             Network.from_cache(cache["network"])
         except FileNotFoundError:
