@@ -123,7 +123,10 @@ class Pods:
             kinds.append("ipc")
         hostname = config.hostname or (os.uname().nodename if host_network else
                                        config.metadata.name)
-        pinned = netns.pin_namespaces(kinds, paths.ns, hostname=hostname) if kinds else {}
+        # A host-network pod shares the host's UTS namespace: its hostname is the node's.
+        pinned = (netns.pin_namespaces(kinds, paths.ns,
+                                       hostname=hostname if "uts" in kinds else "")
+                  if kinds else {})
         if "ipc" in kinds:
             self._mount_shm(paths.shm)
         ip = ""
