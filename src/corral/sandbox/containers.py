@@ -160,7 +160,7 @@ class Containers:
             if e.kind != "not_found":
                 log.warning("container %s: shim delete: %s", container_id[:12], e)
         except SandboxError:
-            pass  # no shim: nothing of the container runs
+            self._end_unparented(pod_id, container_id)
         bundle = self._bundle(pod_id, container_id)
         rootfs = os.path.join(bundle, "rootfs")
         try:
@@ -173,6 +173,31 @@ class Containers:
             if self.ctx.images.snapshots.exists(container_id):
                 log.warning("container %s: remove snapshot: %s", container_id[:12], e)
         shutil.rmtree(bundle, ignore_errors=True)
+
+    def _end_unparented(self, pod_id: str, container_id: str) -> None:
+        """Kill what runs of a container whose shim is gone (reparented to init, nobody
+        reads its output), through the runtime's own state: its PID and cgroup."""
+        from corral.runtime.container import Container
+        from corral.runtime.errors import ContainerNotFound, RuntimeFailure
+        from corral.shim.oci import OciContainer
+
+        shim_dir = self.ctx.pods.paths(pod_id).shim
+        try:
+            Container.load(os.path.join(shim_dir, "runtime"), container_id).delete(force=True)
+            return
+        except ContainerNotFound:
+            pass
+        except (RuntimeFailure, OSError) as e:
+            log.warning("container %s: delete without its shim: %s", container_id[:12], e)
+            return
+        pod = self.store.pod(pod_id)
+        handler = self.ctx.config.handler(pod.handler) if pod else None
+        if handler is not None and handler.type == "oci":
+            try:
+                OciContainer(handler.path, os.path.join(shim_dir, "oci"), container_id).run(
+                    "delete", "--force", container_id)
+            except RuntimeFailure as e:
+                log.debug("container %s: %s delete: %s", container_id[:12], handler.path, e)
 
     # --- start, stop ---------------------------------------------------------------------------
     def start(self, container_id: str) -> None:
@@ -226,27 +251,45 @@ class Containers:
 
     # --- status --------------------------------------------------------------------------------
     def sync(self, record):
-        """The record, updated from the shim (or the exit it recorded) if the process ended."""
+        """The record, updated from the exit its shim recorded if the process ended.
+
+        Read from the shim's directory without waking the shim (see shim/liveness.py): an
+        exit record means the container ended; none, while the shim lives, that it runs."""
+        from corral.shim.server import recorded_exit
+
         if record.state not in ("created", "running"):
             return record
-        try:
-            with self._shim(record.pod_id, timeout=10) as shim:
-                state = shim.call("state", id=record.id)
-            exit_record = state["exit"]
-            if exit_record is None:
+        shim_dir = self.ctx.pods.paths(record.pod_id).shim
+        exit_record = recorded_exit(shim_dir, record.id)
+        if exit_record is None:
+            lost = self._shim_lost(record.pod_id, shim_dir)
+            if lost is None:
                 return record
-        except (ShimError, SandboxError) as e:
-            from corral.shim.server import recorded_exit
-
-            exit_record = recorded_exit(self.ctx.pods.paths(record.pod_id).shim, record.id) or {
-                "exit_code": 255, "finished_at": time.time_ns(),
-                "reason": f"shim lost: {e}"}
+            # The shim may have recorded the exit just before it ended.
+            exit_record = recorded_exit(shim_dir, record.id) or {
+                "exit_code": 255, "finished_at": time.time_ns(), "reason": f"shim lost: {lost}"}
         reason = exit_record.get("reason") or ("Completed" if exit_record["exit_code"] == 0
                                                else "Error")
         self.store.update_container(record.id, state="exited",
                                     exit_code=exit_record["exit_code"],
                                     finished=exit_record["finished_at"], reason=reason)
         return self.store.container(record.id)
+
+    def _shim_lost(self, pod_id: str, shim_dir: str) -> str | None:
+        """Why the pod's shim is gone, or None while it lives."""
+        from corral.shim import liveness
+
+        try:
+            return None if liveness.holder(shim_dir) else "it is no longer running"
+        except FileNotFoundError:  # a shim from before liveness locks: ask it
+            try:
+                with self._shim(pod_id, timeout=10) as shim:
+                    shim.call("ping")
+                return None
+            except (ShimError, SandboxError) as e:
+                return str(e)
+        except OSError as e:
+            return f"its lock: {e}"
 
     def status(self, container_id: str):
         return self.sync(self.get(container_id))
@@ -287,11 +330,37 @@ class Containers:
         """The cgroup stats of a running container (runc's format); None if it is not running."""
         if record.state != "running":
             return None
+        native = self._native_stats(record)
+        if native is not None:
+            return native
         try:
             with self._shim(record.pod_id, timeout=10) as shim:
                 return shim.call("stats", id=record.id)["stats"]
         except (ShimError, SandboxError):
             return None  # it ended meanwhile
+
+    def _native_stats(self, record) -> dict | None:
+        """A corral.runtime container's stats read from its cgroup here, not by its shim.
+
+        kubelet asks for every container's stats every few seconds; served by the shim,
+        each request would copy shared pages into it (see shim/liveness.py).  None for a
+        container of another runtime (its state is the `oci` binary's) or gone meanwhile."""
+        from corral.runtime.cgroups import load_manager
+        from corral.runtime.cgroups.stats import read_stats
+        from corral.runtime.errors import ContainerNotFound
+        from corral.runtime.state import ContainerState
+
+        runtime_root = os.path.join(self.ctx.pods.paths(record.pod_id).shim, "runtime")
+        try:
+            state = ContainerState.load(runtime_root, record.id)
+        except ContainerNotFound:
+            return None
+        if not state.cgroup or not state.init_alive():
+            return None
+        try:
+            return read_stats(load_manager(state.cgroup))
+        except OSError:
+            return None  # the cgroup went with the container
 
     def update_resources(self, container_id: str, resources: dict) -> None:
         record = self.sync(self.get(container_id))

@@ -37,6 +37,7 @@ from corral.runtime.errors import (
     InvalidState,
     RuntimeFailure,
 )
+from corral.shim import liveness
 from corral.shim.logs import CriLog
 from corral.shim.oci import OciContainer
 from corral.shim.protocol import MAX_FRAME, ShimError, decode_frames, encode
@@ -112,6 +113,7 @@ class Shim:
         self.running = True
         os.makedirs(self.exits_dir, exist_ok=True)
         os.makedirs(self.runtime_root, mode=0o711, exist_ok=True)
+        self._life_lock = liveness.hold(directory)  # held until this process ends
 
     # --- the loop ------------------------------------------------------------------------------
     def listen(self) -> None:
@@ -324,6 +326,14 @@ class Shim:
                     pass
 
     # --- operations ----------------------------------------------------------------------------
+    def _in_helper(self, work):
+        """in_helper, with this shim's own fds closed in the child: a container's init
+        forked there must not keep the control socket listening after the shim dies (a
+        client would connect and wait for an answer that never comes)."""
+        own = [key.fd for key in self.selector.get_map().values()]
+        own += [self._wake[1].fileno(), self._life_lock]
+        return in_helper(work, close=own)
+
     def _managed(self, request: dict) -> Managed:
         container_id = request.get("id")
         managed = self.containers.get(container_id) if isinstance(container_id, str) else None
@@ -354,7 +364,7 @@ class Shim:
                                                 container_id, bundle,
                                                 stdio=(null, stdout_w, stderr_w))
             else:
-                in_helper(lambda: Container.create(
+                self._in_helper(lambda: Container.create(
                     self.runtime_root, container_id, bundle, stdio=(null, stdout_w, stderr_w),
                     console_socket=_address(console) if console else None).id)
                 container = Container.load(self.runtime_root, container_id)
@@ -410,7 +420,10 @@ class Shim:
 
     def op_start(self, conn, request) -> dict:
         managed = self._managed(request)
-        managed.container.start()
+        if isinstance(managed.container, OciContainer):
+            managed.container.start()
+        else:
+            self._in_helper(managed.container.start)  # waits on the exec FIFO; keeps no state
         managed.started_at = time.time_ns()
         return {"pid": managed.container.state.pid, "started_at": managed.started_at}
 
@@ -514,11 +527,15 @@ class Shim:
         managed = self._managed(request)
         if managed.exit is not None:
             raise ShimError("invalid", f"container {managed.id} is not running")
-        try:
-            process = Process.parse(request["process"], "process")
-        except SpecError as e:
-            raise ShimError("invalid", str(e)) from None
+
+        def parsed() -> Process:  # in the helper: parsing touches many shared objects
+            try:
+                return Process.parse(request["process"], "process")
+            except SpecError as e:
+                raise ShimError("invalid", str(e)) from None
+
         if isinstance(managed.container, OciContainer):
+            parsed()
             process = request["process"]  # the binary reads the JSON itself
         stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
         stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
@@ -527,8 +544,8 @@ class Shim:
             if isinstance(managed.container, OciContainer):
                 pid = managed.container.exec(process, stdio=(null, stdout_w, stderr_w))
             else:
-                pid = in_helper(lambda: managed.container.exec(
-                    process, stdio=(null, stdout_w, stderr_w)))
+                pid = self._in_helper(lambda: managed.container.exec(
+                    parsed(), stdio=(null, stdout_w, stderr_w)))
         except BaseException:
             os.close(stdout_r)
             os.close(stderr_r)
@@ -583,7 +600,7 @@ def _address(sock: socket.socket) -> str:
     return address.decode() if isinstance(address, bytes) else address
 
 
-def in_helper(work):
+def in_helper(work, close=()):
     """Run `work` in a short-lived child and return its (JSON) result or raise its error.
 
     Creating a container touches hundreds of objects, and in CPython touching is
@@ -598,12 +615,16 @@ def in_helper(work):
         status = 0
         try:
             os.close(read_end)
+            for fd in close:
+                os.close(fd)
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             try:
                 reply = {"ok": True, "result": work()}
             except RuntimeFailure as e:
                 reply = {"ok": False, "kind": _kind(e), "error": str(e)}
+            except ShimError as e:
+                reply = {"ok": False, "kind": e.kind, "error": str(e)}
             except (ValueError, KeyError, TypeError, OSError) as e:
                 reply = {"ok": False, "kind": "failed", "error": str(e)}
             data = encode(reply)
