@@ -142,3 +142,19 @@ def test_compressions_and_the_diff_id(tmp_path, media_type, compress):
         diff_id = apply_layer(stream, str(tmp_path / "out"), limit=LIMIT)
     assert diff_id == "sha256:" + hashlib.sha256(layer).hexdigest()
     assert (tmp_path / "out" / "hello").read_text() == "world"
+
+
+@pytest.mark.parametrize("media_type, compress", [
+    ("application/vnd.oci.image.layer.v1.tar+gzip", gzip.compress),
+    ("application/vnd.oci.image.layer.v1.tar+zstd",
+     lambda b: __import__("zstandard").ZstdCompressor().compress(b)),
+])
+def test_corrupt_compressed_data_is_a_layer_error(tmp_path, media_type, compress):
+    # A registry may serve a blob matching its digest whose stream is still broken.
+    good = compress(make_tar(("hello", "file", "world" * 5000)))
+    middle = len(good) // 2
+    blob = tmp_path / "blob"
+    blob.write_bytes(good[:middle] + bytes(64) + good[middle + 64:])
+    with open_layer(str(blob), media_type) as stream:
+        with pytest.raises(LayerError, match="corrupt compressed|not a valid tar|cannot unpack"):
+            apply_layer(stream, str(tmp_path / "out"), limit=LIMIT)
