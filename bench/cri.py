@@ -46,6 +46,8 @@ from tests.integration.corrald import (  # noqa: E402 - the test harness's corra
     BUSYBOX,
     Corrald,
     cni_conflist,
+    kill_pids,
+    remove_cgroup_tree,
     short_base,
 )
 
@@ -56,7 +58,6 @@ PAUSE_ARGS = ["sleep", "2147483"]       # containerd stops sandboxes with SIGKIL
 PAYLOAD_ARGS = ["sleep", "3600"]        # the memory phase's containers
 STEPS = ("run_pod", "create", "start", "exited", "stop_pod", "remove_pod")
 RPC_TIMEOUT = 60.0
-CGROUP_ROOT = "/sys/fs/cgroup"
 SHIM_SOCKET_DIR = "/run/containerd/s"  # containerd 1.6's, whatever its root and state
 SHARED_CNI_CHAINS = ("CNI-FORWARD", "CNI-ADMIN")  # the firewall plugin's, kept
 # Plugins containerd does not need for CRI with overlayfs and runc v2.
@@ -114,48 +115,7 @@ def pss_kib(pid: int) -> int:
     return 0
 
 
-def kill_pids(pids: set[int]) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 # ---------------------------------------------------------------- host state we may leave
-
-
-def cgroup_hierarchies() -> list[str]:
-    if os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers")):
-        return [CGROUP_ROOT]
-    return [os.path.join(CGROUP_ROOT, name) for name in sorted(os.listdir(CGROUP_ROOT))
-            if os.path.isdir(os.path.join(CGROUP_ROOT, name))
-            and not os.path.islink(os.path.join(CGROUP_ROOT, name))]
-
-
-def remove_cgroup_tree(parent: str) -> list[str]:
-    """Kill what still runs under the cgroup parent, remove it everywhere; what stayed."""
-    left = []
-    for hierarchy in cgroup_hierarchies():
-        top = os.path.join(hierarchy, parent.strip("/"))
-        if not os.path.isdir(top):
-            continue
-        for _ in range(50):
-            pids = set()
-            for directory, _, files in os.walk(top):
-                if "cgroup.procs" in files:
-                    with open(os.path.join(directory, "cgroup.procs")) as f:
-                        pids |= {int(line) for line in f if line.strip()}
-            if not pids:
-                break
-            kill_pids(pids)
-            time.sleep(0.1)
-        for directory, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):
-            try:
-                os.rmdir(directory)
-            except OSError:
-                left.append(directory)
-    return left
 
 
 def portmap_rules(network: str) -> list[tuple[str, str]]:
@@ -235,9 +195,8 @@ class BenchCorrald(Daemon, Corrald):
     name = "corrald"
 
     def __init__(self, base: Path, bridge: str, subnet: str):
-        super().__init__(base, bridge=bridge, subnet=subnet)
-        self.config.write_text(f'pod_cgroup_parent = "{self.cgroup_parent()}"\n'
-                               + self.config.read_text())
+        super().__init__(base, bridge=bridge, subnet=subnet,
+                         pod_cgroup_parent=self.cgroup_parent())
 
     def start(self, timeout: float = 30, log_level: str = "warning") -> None:
         ready_r, ready_w = os.pipe()

@@ -30,6 +30,7 @@ from corral.images.service import ImageService
 
 BUSYBOX = "docker.io/library/busybox:latest"
 CNI_BIN_DIRS = ["/usr/lib/cni"]
+CGROUP_ROOT = "/sys/fs/cgroup"
 
 
 def cni_conflist(bridge: str, subnet: str, data_dir: str) -> dict:
@@ -64,7 +65,8 @@ def short_base() -> Path:
 
 
 class Corrald:
-    def __init__(self, base: Path, bridge: str = "corralt0", subnet: str = "10.99.7.0/24"):
+    def __init__(self, base: Path, bridge: str = "corralt0", subnet: str = "10.99.7.0/24",
+                 pod_cgroup_parent: str = ""):
         self.base = base
         self.root = base / "root"
         self.state = base / "state"
@@ -78,7 +80,10 @@ class Corrald:
         (self.cni_dir / "10-test.conflist").write_text(json.dumps(
             cni_conflist(bridge, subnet, str(base / "ipam"))))
         self.config = base / "corrald.toml"
-        self.config.write_text(f'[cni]\nconf_dir = "{self.cni_dir}"\nbin_dirs = {CNI_BIN_DIRS!r}\n'
+        # Pods' cgroups under a parent of this daemon's own, so what they leave is seen.
+        self.pod_cgroup_parent = pod_cgroup_parent or f"/corral-test-{base.name}"
+        self.config.write_text(f'pod_cgroup_parent = "{self.pod_cgroup_parent}"\n'
+                               f'[cni]\nconf_dir = "{self.cni_dir}"\nbin_dirs = {CNI_BIN_DIRS!r}\n'
                                .replace("'", '"'))
 
     def import_busybox(self) -> str:
@@ -196,6 +201,7 @@ class Corrald:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        remove_cgroup_tree(self.pod_cgroup_parent)
         for mount in reversed(self.mounts()):
             subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
         if os.path.exists(f"/sys/class/net/{self.bridge}"):
@@ -233,7 +239,70 @@ class Corrald:
             if ipam.exists() else [],
             "veths": _veths_on(self.bridge),
             "sockets": sorted(p.name for p in (self.state / "sockets").glob("*")),
+            "processes": sorted(cgroup_pids(self.pod_cgroup_parent)),
+            "cgroups": cgroup_dirs(self.pod_cgroup_parent),
         }
+
+
+NOTHING_LEFT = {key: [] for key in ("shims", "mounts", "pod_dirs", "ip_allocations", "veths",
+                                    "sockets", "processes", "cgroups")}
+
+
+def cgroup_hierarchies() -> list[str]:
+    if os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers")):
+        return [CGROUP_ROOT]
+    return [os.path.join(CGROUP_ROOT, name) for name in sorted(os.listdir(CGROUP_ROOT))
+            if os.path.isdir(os.path.join(CGROUP_ROOT, name))
+            and not os.path.islink(os.path.join(CGROUP_ROOT, name))]
+
+
+def cgroup_dirs(parent: str) -> list[str]:
+    """The cgroups below `parent` (not itself), in any hierarchy, relative to it."""
+    found = set()
+    for hierarchy in cgroup_hierarchies():
+        top = os.path.join(hierarchy, parent.strip("/"))
+        for directory, _, _ in os.walk(top):
+            if directory != top:
+                found.add(os.path.relpath(directory, top))
+    return sorted(found)
+
+
+def cgroup_pids(parent: str) -> set[int]:
+    """Every process in a cgroup under `parent`, in any hierarchy."""
+    pids = set()
+    for hierarchy in cgroup_hierarchies():
+        for directory, _, files in os.walk(os.path.join(hierarchy, parent.strip("/"))):
+            if "cgroup.procs" in files:
+                with open(os.path.join(directory, "cgroup.procs")) as f:
+                    pids |= {int(line) for line in f if line.strip()}
+    return pids
+
+
+def kill_pids(pids: set[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def remove_cgroup_tree(parent: str) -> list[str]:
+    """Kill what still runs under the cgroup parent, remove it everywhere; what stayed."""
+    for _ in range(50):
+        pids = cgroup_pids(parent)
+        if not pids:
+            break
+        kill_pids(pids)
+        time.sleep(0.1)
+    left = []
+    for hierarchy in cgroup_hierarchies():
+        top = os.path.join(hierarchy, parent.strip("/"))
+        for directory, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):
+            try:
+                os.rmdir(directory)
+            except OSError:
+                left.append(directory)
+    return left
 
 
 def _veths_on(bridge: str) -> list[str]:

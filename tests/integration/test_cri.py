@@ -11,7 +11,7 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2
 
-from tests.integration.corrald import BUSYBOX, running_corrald
+from tests.integration.corrald import BUSYBOX, NOTHING_LEFT, running_corrald
 
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z (stdout|stderr) (F|P) (.*)$")
 
@@ -29,8 +29,7 @@ def daemon(corrald):
     for pod in corrald.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items:
         corrald.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod.id))
         corrald.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod.id))
-    assert corrald.leftovers() == {"shims": [], "mounts": [], "pod_dirs": [],
-                                   "ip_allocations": [], "veths": [], "sockets": []}
+    assert corrald.leftovers() == NOTHING_LEFT
 
 
 def code_of(call, request) -> grpc.StatusCode:

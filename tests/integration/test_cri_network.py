@@ -9,10 +9,7 @@ import time
 import pytest
 from cri_api.v1 import api_pb2
 
-from tests.integration.corrald import Corrald, running_corrald
-
-EMPTY = {"shims": [], "mounts": [], "pod_dirs": [], "ip_allocations": [], "veths": [],
-         "sockets": []}
+from tests.integration.corrald import NOTHING_LEFT, Corrald, running_corrald
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +54,7 @@ def test_two_pods_reach_each_other(daemon):
                          f"wget -q -O - http://{server_ip}:8080/index.html"]))
     assert (reply.exit_code, reply.stdout) == (0, b"pong\n"), reply.stderr
     remove(daemon, server, client)
-    assert daemon.leftovers() == EMPTY
+    assert daemon.leftovers() == NOTHING_LEFT
     assert nat_rules() == before
 
 
@@ -94,7 +91,7 @@ def test_host_port_reaches_httpd_in_pod(daemon):
     assert response.startswith(b"HTTP/1.") and response.endswith(b"hello-from-pod\n")
     remove(daemon, pod_id)
     assert nat_rules() == before
-    assert daemon.leftovers() == EMPTY
+    assert daemon.leftovers() == NOTHING_LEFT
     with pytest.raises(OSError):
         fetch(host_address(), 18081, time.monotonic())
 
@@ -116,4 +113,4 @@ def test_host_network_pod(daemon):
     assert not daemon.runtime.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(
         pod_sandbox_id=pod_id)).status.network.ip
     remove(daemon, pod_id)
-    assert daemon.leftovers() == EMPTY
+    assert daemon.leftovers() == NOTHING_LEFT

@@ -13,10 +13,7 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2
 
-from tests.integration.corrald import Corrald, running_corrald
-
-EMPTY = {"shims": [], "mounts": [], "pod_dirs": [], "ip_allocations": [], "veths": [],
-         "sockets": []}
+from tests.integration.corrald import NOTHING_LEFT, Corrald, running_corrald
 
 
 @pytest.fixture
@@ -29,7 +26,7 @@ def remove_everything(daemon: Corrald) -> None:
     for pod in daemon.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items:
         daemon.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod.id))
         daemon.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod.id))
-    assert daemon.leftovers() == EMPTY
+    assert daemon.leftovers() == NOTHING_LEFT
 
 
 def test_containers_and_shim_survive_corrald(daemon):

@@ -10,10 +10,7 @@ import time
 import pytest
 from cri_api.v1 import api_pb2
 
-from tests.integration.corrald import running_corrald
-
-EMPTY = {"shims": [], "mounts": [], "pod_dirs": [], "ip_allocations": [], "veths": [],
-         "sockets": []}
+from tests.integration.corrald import NOTHING_LEFT, running_corrald
 
 
 @pytest.fixture
@@ -69,7 +66,7 @@ def test_a_killed_shim_is_seen_without_a_restart(daemon):
         assert "shim lost" in status.reason
     daemon.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod_id))
     daemon.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
-    assert daemon.leftovers() == EMPTY
+    assert daemon.leftovers() == NOTHING_LEFT
     assert [pid for pid in orphans if alive(pid)] == []  # killed with their pod
 
 
