@@ -5,14 +5,23 @@ from __future__ import annotations
 import json
 import os
 import pty
+import select
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from corral.cli.images import human_size
+from corral.images.service import ImageService
 from tests.integration.corrald import running_corrald
-from tests.integration.registry_server import Registry, layered_image
+from tests.integration.registry_server import (
+    Registry,
+    expected_tree,
+    layered_image,
+    snapshot_tree,
+)
+from tests.integration.test_image_gc import LOCK_HOLDER
 
 CORRAL = str(Path(sys.executable).parent / "corral")
 
@@ -61,6 +70,61 @@ def test_pull_images_tag_inspect_rmi_prune(tmp_path, registry):
     assert corral("--root", root, "images", "-q").stdout == ""
     assert os.listdir(os.path.join(root, "content", "blobs", "sha256")) == []
     assert "removed 0 blobs" in corral("--root", root, "image", "prune").stdout
+
+
+def test_image_prune_all_spares_images_in_use_and_waits_for_pulls(tmp_path, registry):
+    root = str(tmp_path / "root")
+    ref = f"{registry.host}/cli/app:1.0"
+    image_id = corral("--root", root, "pull", "-q", ref).stdout.strip()
+    corral("--root", root, "tag", ref, "mine/app:v2")
+    used_layout = str(tmp_path / "used")
+    layered_image(used_layout, marker=b"used")
+    (used_line,) = corral("--root", root, "image", "import", used_layout,
+                          "example.com/used:1").stdout.splitlines()
+    used_id = used_line.split()[1]
+    service = ImageService(root)
+    try:
+        service.snapshots.prepare("container-1", service.unpack("example.com/used:1"))
+        junk = service.content.write(b"a blob nothing names")
+        done = corral("--root", root, "image", "prune")
+        assert done.stdout == "removed 1 blobs and 0 layers, 20B freed\n"
+        assert not service.content.exists(junk) and len(service.list()) == 3
+
+        # A pull in progress (the GC lock held shared by another process): prune says it
+        # waits, and collects once the pull is done.
+        holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, root],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        prune = subprocess.Popen([CORRAL, "--root", root, "image", "prune", "--all"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline() == "held\n"
+            assert select.select([prune.stderr], [], [], 60)[0]
+            assert prune.stderr.readline() == "waiting for a pull or import to finish ...\n"
+            assert prune.poll() is None
+            holder.stdin.write("done\n")
+            holder.stdin.flush()
+            out, err = prune.communicate(timeout=60)
+        finally:
+            for process in (holder, prune):
+                process.kill()
+                process.wait()
+        assert (prune.returncode, err) == (0, "")
+        lines = out.splitlines()
+        assert sorted(lines[:2]) == sorted([f"Untagged: {ref}", "Untagged: docker.io/mine/app:v2"])
+        assert lines[2] == f"Deleted: {image_id}"
+        assert lines[3].startswith("removed 3 blobs and 1 layers, ")  # what only it used
+        assert [r.id for r in service.list()] == [used_id]  # a container stands on it
+        assert snapshot_tree(service, "example.com/used:1") == expected_tree(b"used")
+    finally:
+        if service.snapshots.exists("container-1"):
+            service.snapshots.remove("container-1")
+        service.close()
+    blobs = os.path.join(root, "content", "blobs", "sha256")
+    stored = sum(os.path.getsize(os.path.join(blobs, name)) for name in os.listdir(blobs))
+    assert corral("--root", root, "image", "prune", "-a").stdout.splitlines() == [
+        "Untagged: example.com/used:1", f"Deleted: {used_id}",
+        f"removed 5 blobs and 3 layers, {human_size(stored)} freed"]
+    assert os.listdir(blobs) == []
 
 
 def test_pull_draws_progress_bars_on_a_terminal(tmp_path, registry):

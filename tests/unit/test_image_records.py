@@ -197,6 +197,30 @@ def test_prune_all_removes_only_images_no_container_uses(service):
     assert not service.snapshots.exists(unused_chain[-1])
 
 
+def test_a_container_corrald_is_still_creating_keeps_its_image(service):
+    """corrald writes a container's row before it makes its snapshot: the row alone is use."""
+    from corral.store.sandboxes import SandboxStore
+
+    record, _ = store_image(service, "app:1", [b"app-layer"])
+    other, _ = store_image(service, "other:1", [b"other-layer"])
+    store = SandboxStore(service.db)
+    store.add_pod(id="pod", name="p", namespace="default", uid="u", attempt=0,
+                  state="ready", created=0, handler="native", config=b"")
+    store.add_container(id="c1", pod_id="pod", name="c", attempt=0, state="creating",
+                        image="app:1", image_id=record.id, created=0, config=b"")
+    assert service.in_use(record) and not service.in_use(other)
+    with pytest.raises(ImageError, match="in use by a container"):
+        service.remove("app:1")
+    report = service.prune(all=True)
+    assert report.removed_images == {other.id: [other.name]}
+    assert [r.name for r in service.list()] == [record.name]
+    assert record.id in service.content.digests()
+    store.remove_container("c1")
+    report = service.prune(all=True)
+    assert report.removed_images == {record.id: [record.name]} and report.blobs == 3
+    assert service.content.digests() == []
+
+
 def test_rows_from_before_migration_4_still_read(tmp_path):
     root = tmp_path / "old"
     os.makedirs(root)

@@ -66,6 +66,8 @@ def add_commands(subparsers) -> None:
     export.add_argument("images", nargs="+", metavar="IMAGE")
     export.set_defaults(func=cmd_export)
     prune = sub.add_parser("prune", help="remove blobs and layers no image or container uses")
+    prune.add_argument("-a", "--all", action="store_true",
+                       help="first remove every image no container uses")
     prune.set_defaults(func=cmd_prune)
     build = sub.add_parser("build", help="make an image from a root filesystem directory")
     build.add_argument("rootfs")
@@ -337,11 +339,21 @@ def cmd_export(opts) -> int:
 
 
 def cmd_prune(opts) -> int:
+    """On the data root even while corrald runs (the CRI has no prune), which is safe:
+    collection holds the GC lock exclusively, and corrald's pulls and imports hold it
+    shared until they record their image, so no blob a pull is about to name goes; and
+    --all spares every image a container of corrald's uses, counting those it is still
+    creating (their rows are written before their snapshots are made)."""
     service = _service(opts)
     try:
-        report = service.gc()
+        report = service.prune(all=opts.all, on_wait=lambda: print(
+            "waiting for a pull or import to finish ...", file=sys.stderr))
     finally:
         service.close()
+    for image_id, names in report.removed_images.items():  # as `docker image prune -a`
+        for name in names:
+            print(f"Untagged: {name}")
+        print(f"Deleted: {image_id}")
     print(f"removed {report.blobs} blobs and {report.snapshots} layers, "
           f"{human_size(report.bytes)} freed")
     return 0

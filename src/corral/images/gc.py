@@ -35,6 +35,7 @@ class Report:
         self.snapshots = 0
         self.bytes = 0
         self.images: list[str] = []  # names removed first (prune)
+        self.removed_images: dict[str, list[str]] = {}  # image ID → those of its names
 
     def __repr__(self) -> str:
         return (f"Report(images={len(self.images)}, blobs={self.blobs}, "
@@ -100,7 +101,12 @@ def _snapshot_rows(service) -> list[tuple[str, str | None, str, int]]:
 
 
 def image_in_use(service, record) -> bool:
-    """Whether an active or view snapshot (a container) stands on the image's top layer."""
+    """Whether a container uses the image: corrald records it (from before its snapshot is
+    made: a container being created counts), or an active or view snapshot stands on the
+    image's top layer."""
+    if service.db.execute("SELECT 1 FROM containers WHERE image_id = ? LIMIT 1",
+                          (record.id,)).fetchone() is not None:
+        return True
     diff_ids = (_json(service, record.id).get("rootfs") or {}).get("diff_ids") or []
     if not diff_ids:
         return False

@@ -195,12 +195,13 @@ class ImageService:
         self.gc()
         return names
 
-    def prune(self, all: bool = False) -> gc.Report:
+    def prune(self, all: bool = False, on_wait=None) -> gc.Report:
         """Collect garbage; with `all`, first remove every image no container uses.
 
         Every record has a name here (a re-tag moves it, leaving no untagged image),
-        so there are no dangling images to remove without `all`."""
-        removed = []
+        so there are no dangling images to remove without `all`.  Collection waits for
+        pulls and imports in progress (`on_wait()` is called first if there are any)."""
+        removed: dict[str, list[str]] = {}
         if all:
             for image_id in sorted({r.id for r in self.list()}):
                 names = self.names_of(image_id)
@@ -208,9 +209,14 @@ class ImageService:
                     with self.db.transaction() as tx:
                         for name in names:
                             tx.execute("DELETE FROM images WHERE name = ?", (name,))
-                    removed += names
-        report = self.gc()
-        report.images = removed
+                    removed[image_id] = names
+        report = self.gc(wait=False)
+        if report is None:
+            if on_wait is not None:
+                on_wait()
+            report = self.gc()
+        report.images = [name for names in removed.values() for name in names]
+        report.removed_images = removed
         return report
 
     def gc_lock(self, shared: bool):
