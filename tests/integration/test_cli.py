@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 
 from corral.cli.images import human_size
+from corral.images.layout import build_image
 from corral.images.service import ImageService
 from tests.integration.corrald import running_corrald
 from tests.integration.registry_server import (
     Registry,
+    actual_tree,
     expected_tree,
     layered_image,
     snapshot_tree,
@@ -125,6 +127,33 @@ def test_image_prune_all_spares_images_in_use_and_waits_for_pulls(tmp_path, regi
         "Untagged: example.com/used:1", f"Deleted: {used_id}",
         f"removed 5 blobs and 3 layers, {human_size(stored)} freed"]
     assert os.listdir(blobs) == []
+
+
+def test_image_build_records_the_layout_image(tmp_path, busybox_rootfs):
+    root = str(tmp_path / "root")
+    files = build_image(busybox_rootfs, "example.com/bb:1", cmd=["echo", "built"])
+    index = json.loads(files["index.json"])
+    manifest = json.loads(files["blobs/sha256/" + index["manifests"][0]["digest"][7:]])
+    done = corral("--root", root, "image", "build", busybox_rootfs, "example.com/bb:1",
+                  "--cmd", "echo", "built")
+    assert done.stdout == f"{manifest['config']['digest']}\n"  # the image ID, as layout.py's
+    (inspected,) = json.loads(corral("--root", root, "image", "inspect",
+                                     "example.com/bb:1").stdout)
+    assert inspected["Config"]["config"]["Cmd"] == ["echo", "built"]
+    service = ImageService(root)
+    try:
+        assert snapshot_tree(service, "example.com/bb:1") == actual_tree(busybox_rootfs)
+    finally:
+        service.close()
+    other = str(tmp_path / "other")
+    done = corral("--root", other, "image", "build", str(tmp_path / "nowhere"), "x:1",
+                  check=False)
+    assert (done.returncode, done.stderr) == (
+        1, f"corral: build: {tmp_path / 'nowhere'} is not a directory\n")
+    done = corral("--root", other, "image", "build", busybox_rootfs, "Bad Name", check=False)
+    assert done.returncode == 1 and done.stderr.startswith("corral: build: invalid reference")
+    assert corral("--root", other, "images", "-q").stdout == ""
+    assert os.listdir(os.path.join(other, "content", "blobs", "sha256")) == []
 
 
 def test_pull_draws_progress_bars_on_a_terminal(tmp_path, registry):

@@ -360,17 +360,10 @@ def cmd_prune(opts) -> int:
 
 
 def cmd_build(opts) -> int:
-    import tempfile
-
-    from corral.images.layout import build_image, write_archive
-
     service = _service(opts)
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            archive = os.path.join(tmp, "image.tar")
-            write_archive(build_image(opts.rootfs, opts.name, cmd=opts.cmd), archive)
-            for record in service.import_archive(archive):
-                print(record.id)
+        record = service.build(opts.rootfs, opts.name, cmd=opts.cmd)
     finally:
         service.close()
+    print(record.id)
     return 0
