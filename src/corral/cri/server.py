@@ -247,6 +247,28 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
                 annotations=status.annotations))
         return api_pb2.ListContainersResponse(containers=items)
 
+    # --- streaming: URLs on the streaming server (cri/streaming) -------------------------------
+    @rpc
+    def Exec(self, request, context):
+        return api_pb2.ExecResponse(url=self._stream_url(context, "exec_url", request))
+
+    @rpc
+    def Attach(self, request, context):
+        return api_pb2.AttachResponse(url=self._stream_url(context, "attach_url", request))
+
+    @rpc
+    def PortForward(self, request, context):
+        return api_pb2.PortForwardResponse(url=self._stream_url(context, "port_forward_url",
+                                                                request))
+
+    def _stream_url(self, context, method: str, request) -> str:
+        from corral.cri.streaming.server import TooManyRequests
+
+        try:
+            return getattr(self.ctx.streaming, method)(request)
+        except TooManyRequests as e:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+
     @rpc
     def ExecSync(self, request, context):
         self._require_id(request.container_id, "container_id")

@@ -16,6 +16,11 @@
     bin_dirs = ["/usr/lib/cni", "/opt/cni/bin"]
     cache_dir = ""                        # "" = <state>/cni
 
+    [stream]                              # the URLs Exec, Attach and PortForward return
+    address = "127.0.0.1"                 # an IP address; 0.0.0.0 or :: listens everywhere
+    port = 0                              # 0: any free port
+    idle_timeout = 14400                  # seconds a stream may idle both ways (containerd's 4h)
+
     [runtimes.native]                     # containers forked by the shim, corral.runtime in process
     type = "native"
     [runtimes.runc]                       # any runc-compatible binary: a RuntimeClass handler
@@ -56,8 +61,18 @@ class CniConfig:
         self.cache_dir = cache_dir
 
 
+class StreamConfig:
+    __slots__ = ("address", "port", "idle_timeout")
+
+    def __init__(self, address: str, port: int, idle_timeout: int):
+        self.address = address
+        self.port = port
+        self.idle_timeout = idle_timeout
+
+
 class Config:
-    def __init__(self, values: dict, runtimes: dict[str, RuntimeHandler], cni: CniConfig):
+    def __init__(self, values: dict, runtimes: dict[str, RuntimeHandler], cni: CniConfig,
+                 stream: StreamConfig | None = None):
         self.root: str = values["root"]
         self.state: str = values["state"]
         self.listen: str = values["listen"]
@@ -69,6 +84,7 @@ class Config:
         self.pod_cgroup_parent: str = values["pod_cgroup_parent"]
         self.runtimes = runtimes
         self.cni = cni
+        self.stream = stream or StreamConfig(*STREAM_DEFAULTS.values())
 
     @property
     def socket_path(self) -> str:
@@ -95,6 +111,7 @@ DEFAULTS = {
     "pod_cgroup_parent": "/corral",
     "sandbox_image": "",
 }
+STREAM_DEFAULTS = {"address": "127.0.0.1", "port": 0, "idle_timeout": 4 * 3600}
 DEFAULT_RUNTIMES = {
     "native": {"type": "native"},
     "runc": {"type": "oci", "path": "/usr/sbin/runc"},
@@ -114,7 +131,7 @@ def load(path: str | None = None, **overrides) -> Config:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"config {path}: not valid TOML: {e}") from None
     where = f"config {path}" if path else "config"
-    known = set(DEFAULTS) | {"cni", "runtimes"}
+    known = set(DEFAULTS) | {"cni", "runtimes", "stream"}
     unknown = sorted(set(document) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
@@ -138,7 +155,8 @@ def load(path: str | None = None, **overrides) -> Config:
     if values["log_level"] not in LOG_LEVELS:
         raise ConfigError(f"{where}: log_level must be one of {', '.join(LOG_LEVELS)}")
     return Config(values, _runtimes(document.get("runtimes", {}), where, values),
-                  _cni(document.get("cni", {}), where, values))
+                  _cni(document.get("cni", {}), where, values),
+                  _stream(document.get("stream", {}), where))
 
 
 def _runtimes(table, where: str, values: dict) -> dict[str, RuntimeHandler]:
@@ -180,3 +198,25 @@ def _cni(table, where: str, values: dict) -> CniConfig:
     if not isinstance(bin_dirs, list) or not all(isinstance(d, str) for d in bin_dirs):
         raise ConfigError(f"{where}: cni.bin_dirs must be a list of strings")
     return CniConfig(conf_dir, bin_dirs, cache_dir)
+
+
+def _stream(table, where: str) -> StreamConfig:
+    import ipaddress
+
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: stream must be a table")
+    unknown = sorted(set(table) - set(STREAM_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) stream.{', stream.'.join(unknown)}")
+    values = {**STREAM_DEFAULTS, **table}
+    try:
+        ipaddress.ip_address(values["address"])
+    except (ValueError, TypeError):
+        raise ConfigError(f"{where}: stream.address must be an IP address, not "
+                          f"{values['address']!r}") from None
+    port, idle = values["port"], values["idle_timeout"]
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise ConfigError(f"{where}: stream.port must be a number from 0 to 65535")
+    if not isinstance(idle, int) or isinstance(idle, bool) or idle <= 0:
+        raise ConfigError(f"{where}: stream.idle_timeout must be a positive number of seconds")
+    return StreamConfig(values["address"], port, idle)

@@ -35,6 +35,7 @@ class Context:
                                   config.cni.cache_dir)
         self.pods = Pods(self)
         self.containers = Containers(self)
+        self.streaming = None  # the Exec/Attach/PortForward URL server, started by main.py
         self.cgroup_v2 = _cgroup_v2_only()
         self.min_oom_score_adj = _current_oom_score_adj()
         self._unpack_lock = threading.Lock()

@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ctx = Context(config)
         recover(ctx)
+        ctx.streaming = _streaming_server(ctx, config)
     except Exception as e:  # noqa: BLE001 - one clear line, then the details in the log
         log.exception("start-up failed")
         print(f"corrald: {e}", file=sys.stderr)
@@ -98,12 +99,27 @@ def main(argv: list[str] | None = None) -> int:
     stopping.wait()
     log.info("stopping: containers keep running")
     server.stop(grace=5).wait()
+    ctx.streaming.stop()
     ctx.close()
     try:
         os.unlink(socket_path)
     except FileNotFoundError:
         pass
     return 0
+
+
+def _streaming_server(ctx, config):
+    """The HTTP server of Exec/Attach/PortForward URLs (cri/streaming), started."""
+    from corral.cri.streaming.server import StreamServer
+
+    try:
+        streaming = StreamServer(ctx, config.stream.address, config.stream.port,
+                                 config.stream.idle_timeout)
+    except OSError as e:
+        raise OSError(f"streaming server on {config.stream.address}:{config.stream.port}: "
+                      f"{e.strerror or e}") from None
+    streaming.start()
+    return streaming
 
 
 def _thread_pool():

@@ -142,7 +142,8 @@ class Containers:
         with self._shim(pod.id) as shim:
             try:
                 shim.call("create", id=container_id, bundle=bundle, log_path=log_path,
-                          runtime={"type": handler.type, "path": handler.path})
+                          runtime={"type": handler.type, "path": handler.path},
+                          stdin=config.stdin, stdin_once=config.stdin_once)
             except ShimError as e:
                 raise _shim_error(e, f"create container {config.metadata.name}") from None
 

@@ -41,6 +41,7 @@ from corral.shim import liveness
 from corral.shim.logs import CriLog
 from corral.shim.oci import OciContainer
 from corral.shim.protocol import MAX_FRAME, ShimError, decode_frames, encode
+from corral.shim.streams import ContainerIO, StreamExec, StreamOps
 
 OUTPUT_LIMIT = 16 << 20  # per stream of an exec_sync, as the CRI's ExecSync allows
 _READ = 1 << 16
@@ -72,6 +73,9 @@ class Connection:
         self.sock = sock
         self.buffer = bytearray()
         self.busy = False  # a request is being answered (maybe later: wait, exec_sync)
+        self.fds: list[int] = []        # passed with the request (SCM_RIGHTS): streams.py
+        self.reply_fds: list[int] = []  # to pass with the reply
+        self.stream = None              # the streaming exec or attach this connection owns
 
 
 class Managed:
@@ -100,7 +104,7 @@ class ExecJob:
         self.timed_out = False
 
 
-class Shim:
+class Shim(StreamOps):
     def __init__(self, pod_id: str, directory: str, socket_path: str | None = None):
         self.pod_id = pod_id
         self.dir = directory
@@ -171,11 +175,12 @@ class Shim:
 
     def _on_readable(self, conn: Connection) -> None:
         try:
-            data = conn.sock.recv(_READ)
+            data, fds, _, _ = socket.recv_fds(conn.sock, _READ, 4, socket.MSG_CMSG_CLOEXEC)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            data = b""
+            data, fds = b"", []
+        conn.fds += fds
         if not data:
             self._drop(conn)
             return
@@ -200,16 +205,26 @@ class Shim:
         conn.sock.close()
         for managed in self.containers.values():
             managed.waiters = [(c, d) for c, d in managed.waiters if c is not conn]
+        for fd in conn.fds + conn.reply_fds:
+            os.close(fd)
+        conn.fds, conn.reply_fds = [], []
+        self._stream_dropped(conn)
 
     def _reply(self, conn: Connection, reply: dict) -> None:
         conn.busy = False
         data = encode(reply if "ok" in reply else {"ok": True, **reply})
+        fds, conn.reply_fds = conn.reply_fds, []
         try:
             conn.sock.setblocking(True)
+            if fds and reply.get("ok", True):
+                data = data[socket.send_fds(conn.sock, [data], fds):]
             conn.sock.sendall(data)
             conn.sock.setblocking(False)
         except OSError:
             self._drop(conn)
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def _dispatch(self, conn: Connection, request: dict) -> None:
         op = request.get("op")
@@ -229,6 +244,9 @@ class Shim:
             reply = {"ok": False, "kind": "failed", "error": f"{op}: {e}"}
         if reply is not None:  # None: answered later (wait, exec_sync)
             self._reply(conn, reply)
+        for fd in conn.fds:  # passed, but not taken by the operation
+            os.close(fd)
+        conn.fds = []
 
     # --- children ------------------------------------------------------------------------------
     def _reap(self) -> None:
@@ -352,12 +370,17 @@ class Shim:
         container_id, bundle = request["id"], request["bundle"]
         if container_id in self.containers:
             raise ShimError("exists", f"container {container_id} already exists")
-        log = CriLog(request.get("log_path") or "")
+        log = ContainerIO(request.get("log_path") or "", stdin_once=bool(request.get("stdin_once")))
         stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
         stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
-        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        if request.get("stdin"):  # CRI stdin: the write end is kept for attach (streams.py)
+            null, log.stdin_fd = os.pipe2(os.O_CLOEXEC)
+        else:
+            null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         runtime = request.get("runtime") or {"type": "native"}
         console = self._console_listener(bundle, runtime)
+        if console:
+            log.open_sources["stdout"] += 1  # the pty master will feed stdout too
         try:
             if runtime.get("type") == "oci":
                 container = OciContainer.create(runtime["path"], os.path.join(self.dir, "oci"),
@@ -561,6 +584,9 @@ class Shim:
         return None
 
     def _finish_exec(self, job: ExecJob, code: int) -> None:
+        if isinstance(job, StreamExec):
+            self._finish_stream_exec(job, code)
+            return
         self._drain(job.streams, lambda n, d: _collect(job, n, d))
         for fd, name in list(job.streams.items()):
             self._close_stream(fd, job.streams, name, None)
