@@ -104,7 +104,8 @@ class Registry:
 class TamperingProxy:
     """An HTTP proxy to a registry that misbehaves on request (`self.mode`, one of
     None, "corrupt", "truncate", "drop-once", "not-json", "huge", "schema1",
-    "500-twice"), counting blob GETs per digest."""
+    "500-twice", "stall": half the blob, then the rest once `resume` is set; `stalled`
+    is set meanwhile), counting blob GETs per digest."""
 
     def __init__(self, upstream: str):
         self.upstream = upstream
@@ -112,6 +113,8 @@ class TamperingProxy:
         self.target = ""  # the digest (or "manifest") the mode applies to
         self.blob_gets: dict[str, int] = {}
         self.failures = 0
+        self.stalled = threading.Event()
+        self.resume = threading.Event()
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -165,6 +168,18 @@ class TamperingProxy:
                 body = body[: len(body) // 2]
                 out_headers["Content-Length"] = str(len(body))
                 return self.reply(handler, status, body, out_headers, close=True)
+            elif self.mode == "stall" and method == "GET" and "Range" not in handler.headers:
+                handler.send_response(status)
+                for key, value in out_headers.items():
+                    handler.send_header(key, value)
+                handler.send_header("Content-Length", str(len(body)))
+                handler.end_headers()
+                handler.wfile.write(body[: len(body) // 2])
+                handler.wfile.flush()
+                self.stalled.set()
+                self.resume.wait(60)
+                handler.wfile.write(body[len(body) // 2:])
+                return
             elif self.mode == "drop-once" and "Range" not in handler.headers:
                 self.mode = "dropped"
                 handler.send_response(status)

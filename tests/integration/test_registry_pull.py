@@ -5,10 +5,14 @@ from __future__ import annotations
 import base64
 import json
 import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
+from corral.images import gc
 from corral.images.pull import Puller
 from corral.images.registries import RegistryConfig, RegistryError
 from corral.images.service import ImageError, ImageService
@@ -20,6 +24,8 @@ from tests.integration.registry_server import (
     layered_image,
     snapshot_tree,
 )
+
+CORRAL = str(Path(sys.executable).parent / "corral")
 
 
 @pytest.fixture(scope="module")
@@ -138,15 +144,59 @@ def proxy(registry):
     server.stop()
 
 
-def first_layer(registry_host: str, service_root: str) -> str:
-    """The digest of the layered image's first layer (from a throwaway pull)."""
+def first_layer(registry_host: str, service_root: str, which: int = 0) -> str:
+    """The digest of the layered image's first (or `which`) layer (from a throwaway pull)."""
     svc = ImageService(service_root)
     try:
         record = pull(svc, f"{registry_host}/test/layered")
         manifest = json.loads(svc.content.read(record.manifest_digest))
-        return manifest["layers"][0]["digest"]
+        return manifest["layers"][which]["digest"]
     finally:
         svc.close()
+
+
+def test_removal_does_not_wait_for_a_pull_in_another_process(service, registry, proxy,
+                                                             tmp_path):
+    """RemoveImage untags at once while a pull (holding the GC lock shared) downloads; the
+    pull collects the removed image's blobs and layers when it is done."""
+    old_layout = str(tmp_path / "old")
+    layered_image(old_layout, marker=b"old")
+    (old,) = service.import_archive(old_layout, "example.com/old:1")
+    old_top = service.unpack(old.name)
+    old_blobs = set(service.content.digests())
+    proxy.target = first_layer(registry.host, str(tmp_path / "scratch"), which=-1)
+    proxy.mode = "stall"
+    ref = f"{proxy.host}/test/layered:latest"
+    puller = subprocess.Popen([CORRAL, "--root", service.root, "pull", "-q", ref],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    remover = None
+    try:
+        assert proxy.stalled.wait(60)  # the pull is mid-blob, holding the lock shared
+        with gc.lock(service.root, shared=False, wait=False) as free:
+            assert not free
+        removed = []
+        remover = threading.Thread(target=lambda: removed.append(service.remove(old.name)))
+        remover.start()
+        remover.join(30)
+        assert not remover.is_alive() and removed == [[old.name]]
+        assert old_blobs <= set(service.content.digests())  # collection is the pull's
+        assert service.snapshots.exists(old_top) and puller.poll() is None
+        proxy.resume.set()
+        out, err = puller.communicate(timeout=60)
+    finally:
+        proxy.resume.set()
+        puller.kill()
+        puller.wait()
+        if remover is not None:
+            remover.join(60)  # (if it waited for the pull, it is done now)
+    assert puller.returncode == 0, err
+    pulled = service.get(ref)
+    assert [r.name for r in service.list()] == [ref] and out == f"{pulled.id}\n"
+    manifest = json.loads(service.content.read(pulled.manifest_digest))
+    assert set(service.content.digests()) == {
+        pulled.manifest_digest, pulled.id, *(layer["digest"] for layer in manifest["layers"])}
+    assert not service.snapshots.exists(old_top)
+    assert snapshot_tree(service, ref) == expected_tree(b"amd64")
 
 
 @pytest.mark.parametrize("mode, message", [

@@ -12,6 +12,15 @@ first stored blob to its record), and so does an import; collection holds
 LOCK_EX, so it never sees a blob that is stored but not yet named.  The lock
 is `ImageService.gc_lock(shared)` (flock: separate processes and separate
 threads of one process both exclude each other).
+
+Deferred collection: a removal never waits for a pull (`collect(wait=False)`).
+It first leaves <root>/gc.pending, then tries the lock; a collection removes
+the file once it holds the lock, before it reads what is reachable.  Whoever
+releases the lock (a pull or import, or a collection) collects if the file
+is there and the lock is free.  If the lock is not free, someone holds it
+who will do the same on release; so a request is never lost, and a holder
+that dies (SIGKILL) leaves the file for the next collection, which collects
+everything unreachable anyway.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from contextlib import contextmanager
 from corral.spec.image import chain_ids
 
 STRAY_AGE = 3600.0
+PENDING = "gc.pending"
 
 
 class Report:
@@ -37,22 +47,32 @@ class Report:
         self.images: list[str] = []  # names removed first (prune)
         self.removed_images: dict[str, list[str]] = {}  # image ID → those of its names
 
+    def add(self, other: Report) -> None:
+        self.blobs += other.blobs
+        self.snapshots += other.snapshots
+        self.bytes += other.bytes
+
     def __repr__(self) -> str:
         return (f"Report(images={len(self.images)}, blobs={self.blobs}, "
                 f"snapshots={self.snapshots}, bytes={self.bytes})")
 
 
 @contextmanager
-def lock(root: str, shared: bool, wait: bool = True):
-    """Yield True once the lock is held; False (without it) if `wait` is off and it is busy."""
+def lock(root: str, shared: bool, wait: bool = True, on_wait=None):
+    """Yield True once the lock is held; False (without it) if `wait` is off and it is busy.
+    `on_wait()` is called before waiting, if it must."""
     fd = os.open(os.path.join(root, "gc.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         try:
-            fcntl.flock(fd, mode if wait else mode | fcntl.LOCK_NB)
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
         except BlockingIOError:
-            yield False
-            return
+            if not wait:
+                yield False
+                return
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, mode)
         yield True
     finally:
         os.close(fd)
@@ -123,10 +143,39 @@ def image_in_use(service, record) -> bool:
     return False
 
 
-def collect(service, wait: bool = True, stray_age: float = STRAY_AGE) -> Report | None:
-    with lock(service.root, shared=False, wait=wait) as held:
+def request(root: str) -> None:
+    """Ask for a collection: the next holder of the lock to release it does one."""
+    os.close(os.open(os.path.join(root, PENDING), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC,
+                     0o600))
+
+
+def requested(root: str) -> bool:
+    return os.path.exists(os.path.join(root, PENDING))
+
+
+def collect(service, wait: bool = True, stray_age: float = STRAY_AGE,
+            on_wait=None) -> Report | None:
+    """Collect now (None, with a request left, if `wait` is off and the lock is busy);
+    then again while a removal asked for one during this collection."""
+    report = _collect(service, wait, stray_age, on_wait)
+    while report is not None and requested(service.root):
+        again = _collect(service, False, stray_age)
+        if again is None:
+            break  # the lock is held again: its holder collects when it releases it
+        report.add(again)
+    return report
+
+
+def _collect(service, wait: bool, stray_age: float, on_wait=None) -> Report | None:
+    if not wait:
+        request(service.root)  # before trying: whoever holds the lock sees it on release
+    with lock(service.root, shared=False, wait=wait, on_wait=on_wait) as held:
         if not held:
             return None
+        try:
+            os.unlink(os.path.join(service.root, PENDING))
+        except FileNotFoundError:
+            pass
         report = Report()
         blobs, keep = reachable(service)
         rows = _snapshot_rows(service)

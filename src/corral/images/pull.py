@@ -9,7 +9,7 @@ written only after every blob is stored and verified.
 A pull holds the data root's GC lock shared: garbage collection (exclusive)
 never sees a blob that is stored but not yet recorded.  A failed pull
 leaves nothing of its own: afterwards it collects garbage if no other pull
-is running (otherwise the next GC does).
+is running (otherwise the last of them to finish does: gc.py).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ content store checks each against its digest), then reads index → manifest
 → config from the store, never from the archive, and records the image only
 when all of it is there.  Unpacking applies each layer once, as a committed
 snapshot named by its chain ID, checking the diff ID the config promises.
-Removal and `prune` untag, then collect garbage (gc.py) under the gc lock.
+Removal and `prune` untag, then collect garbage (gc.py) under the gc lock;
+removal never waits for the lock (a pull in progress collects when it ends).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import os
 import platform
 import time
+from contextlib import contextmanager
 
 from corral.images import gc
 from corral.images.content import ContentStore
@@ -178,7 +180,8 @@ class ImageService:
         return gc.image_in_use(self, record)
 
     def remove(self, name_or_id: str, force: bool = False) -> list[str]:
-        """Untag (every name, when given an ID) and collect what nothing uses any more.
+        """Untag (every name, when given an ID) and collect what nothing uses any more, now
+        or, while a pull or import holds the GC lock, when it is done.
 
         Refused, unless `force`, when the image's last name would go while a container's
         snapshot stands on its layers; its names removed."""
@@ -192,7 +195,9 @@ class ImageService:
         with self.db.transaction() as tx:
             for name in names:
                 tx.execute("DELETE FROM images WHERE name = ?", (name,))
-        self.gc()
+        # Never wait for a pull (it holds the lock shared for as long as it downloads):
+        # collect now if the lock is free, else the pull collects when it is done.
+        self.gc(wait=False)
         return names
 
     def prune(self, all: bool = False, on_wait=None) -> gc.Report:
@@ -210,25 +215,32 @@ class ImageService:
                         for name in names:
                             tx.execute("DELETE FROM images WHERE name = ?", (name,))
                     removed[image_id] = names
-        report = self.gc(wait=False)
-        if report is None:
-            if on_wait is not None:
-                on_wait()
-            report = self.gc()
+        report = self.gc(on_wait=on_wait)
         report.images = [name for names in removed.values() for name in names]
         report.removed_images = removed
         return report
 
+    @contextmanager
     def gc_lock(self, shared: bool):
-        """LOCK_SH while pulling or importing, LOCK_EX while collecting garbage."""
-        return gc.lock(self.root, shared)
+        """LOCK_SH while pulling or importing, LOCK_EX while collecting garbage.
 
-    def gc(self, wait: bool = True, stray_age: float = gc.STRAY_AGE) -> gc.Report | None:
-        """Remove blobs and snapshots no image or container uses (None: others hold the lock).
+        On release, a collection a removal asked for meanwhile is done, if the lock is
+        free (otherwise whoever holds it does it on release: gc.py)."""
+        try:
+            with gc.lock(self.root, shared) as held:
+                yield held
+        finally:
+            if gc.requested(self.root):
+                self.gc(wait=False)
+
+    def gc(self, wait: bool = True, stray_age: float = gc.STRAY_AGE,
+           on_wait=None) -> gc.Report | None:
+        """Remove blobs and snapshots no image or container uses (None: others hold the lock;
+        then the last of them collects when it releases it).
 
         `stray_age`: ingest files older than this are a dead writer's (0 when nothing else
-        can be writing, e.g. at corrald's start)."""
-        return gc.collect(self, wait, stray_age)
+        can be writing, e.g. at corrald's start).  `on_wait()`: called before waiting."""
+        return gc.collect(self, wait, stray_age, on_wait)
 
     # --- import ----------------------------------------------------------------------------------
     def import_archive(self, path: str, name: str | None = None) -> list[ImageRecord]:
