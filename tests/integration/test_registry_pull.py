@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 import threading
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from corral.images import gc
 from corral.images.pull import Puller
 from corral.images.registries import RegistryConfig, RegistryError
 from corral.images.service import ImageError, ImageService
+from corral.spec.image import MEDIA_INDEX, MEDIA_MANIFEST, sha256_digest
 from tests.integration.registry_server import (
     Registry,
     TamperingProxy,
@@ -100,6 +102,106 @@ def test_platform_choice_from_an_index(service, registry):
         assert record.target_digest != record.manifest_digest  # the name points to the index
     with pytest.raises(RegistryError, match=r"no image for linux/s390x .*linux/amd64"):
         pull(service, f"{registry.host}/test/multi", platform="linux/s390x")
+
+
+def layout_files(path: str) -> dict[str, bytes]:
+    """Every file of an OCI layout, a directory or a tar, by its path in it."""
+    if os.path.isdir(path):
+        return {os.path.relpath(os.path.join(d, n), path): Path(d, n).read_bytes()
+                for d, _, names in os.walk(path) for n in names}
+    with tarfile.open(path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+
+
+def named_blobs(files: dict[str, bytes], descriptors: list[dict]) -> set[str]:
+    """The digests the descriptors reach (index → manifests → config and layers), each
+    checked to be in blobs/ with its digest and size."""
+    reached = set()
+    for entry in descriptors:
+        blob = files.get(f"blobs/sha256/{entry['digest'][7:]}")
+        assert blob is not None, f"{entry['digest']} is named but not in blobs/"
+        assert (sha256_digest(blob), len(blob)) == (entry["digest"], entry["size"])
+        reached.add(entry["digest"])
+        if entry["mediaType"] in (MEDIA_INDEX, MEDIA_MANIFEST):
+            document = json.loads(blob)
+            reached |= named_blobs(files, document.get("manifests") or [
+                document["config"], *document["layers"]])
+    return reached
+
+
+def test_a_pulled_index_exports_with_the_platforms_stored(service, registry, tmp_path):
+    """The name points to an index of 3 platforms, of which a pull stores one: oci-archive
+    and oci-dir write the index limited to it, docker-archive its one image; each imports
+    into a fresh root as the same image, and names no blob it lacks."""
+    ref = f"{registry.host}/test/multi:latest"
+    record = pull(service, ref, unpack=True)
+    expected = snapshot_tree(service, ref)
+    original = json.loads(service.content.read(record.target_digest))
+    (host_entry,) = [m for m in original["manifests"] if m["digest"] == record.manifest_digest]
+    assert len(original["manifests"]) == 3 and host_entry["platform"]["architecture"] == "amd64"
+    for fmt in ("oci-archive", "oci-dir", "docker-archive"):
+        path = str(tmp_path / f"multi-{fmt}")
+        service.export([ref], path, fmt)
+        files = layout_files(path)
+        if fmt == "docker-archive":
+            (entry,) = json.loads(files["manifest.json"])
+            assert entry["RepoTags"] == [ref] and entry["Config"] == f"{record.id[7:]}.json"
+            assert len(entry["Layers"]) == 3 and all(layer in files for layer in entry["Layers"])
+        else:
+            (top,) = json.loads(files["index.json"])["manifests"]
+            assert top["mediaType"] == MEDIA_INDEX and "platform" not in top
+            index = json.loads(files[f"blobs/sha256/{top['digest'][7:]}"])
+            assert index["manifests"] == [host_entry]
+            reached = named_blobs(files, [top])
+            assert {f"sha256:{p[13:]}" for p in files if p.startswith("blobs/")} == reached
+        target = ImageService(str(tmp_path / f"root-{fmt}"))
+        try:
+            (imported,) = target.import_archive(path)
+            assert (imported.name, imported.id, imported.platform) == \
+                (ref, record.id, "linux/amd64"), fmt
+            if fmt != "docker-archive":
+                assert imported.manifest_digest == record.manifest_digest
+                assert imported.target_digest == top["digest"]
+                assert target.gc().blobs == 0  # the import reaches every blob it stored
+            assert snapshot_tree(target, imported.name) == expected, fmt
+        finally:
+            for each in target.list():
+                target.remove(each.name, force=True)
+            target.close()
+    archive = str(tmp_path / "multi-oci-archive")
+    inspected = json.loads(subprocess.run(["skopeo", "inspect", f"oci-archive:{archive}"],
+                                          capture_output=True, text=True, check=True).stdout)
+    assert inspected["Architecture"] == "amd64" and len(inspected["Layers"]) == 3
+    copy = subprocess.run(["skopeo", "copy", "--all", f"oci-archive:{archive}",
+                           f"oci:{tmp_path / 'skopeo-copy'}"], capture_output=True, text=True)
+    assert copy.returncode == 0, copy.stderr  # --all: every manifest the index names
+
+    # Every platform stored: the index as the registry served it.
+    for platform in ("linux/arm64", "linux/arm/v7"):
+        pull(service, ref, platform=platform)
+    pull(service, ref)
+    service.export([ref], archive, "oci-archive")
+    (top,) = json.loads(layout_files(archive)["index.json"])["manifests"]
+    assert top["digest"] == record.target_digest
+
+
+def test_an_image_pulled_for_another_platform_exports_its_manifest(service, registry,
+                                                                   tmp_path):
+    ref = f"{registry.host}/test/multi:latest"
+    record = pull(service, ref, platform="linux/arm64")
+    path = str(tmp_path / "arm64.tar")
+    service.export([ref], path, "oci-archive")
+    (top,) = json.loads(layout_files(path)["index.json"])["manifests"]
+    assert top["digest"] == record.manifest_digest  # what an import here would choose
+    assert top["platform"] == {"architecture": "arm64", "os": "linux"}
+    target = ImageService(str(tmp_path / "other"))
+    try:
+        (imported,) = target.import_archive(path)
+        assert (imported.id, imported.platform) == (record.id, "linux/arm64")
+    finally:
+        for each in target.list():
+            target.remove(each.name)
+        target.close()
 
 
 def test_mirror_serves_docker_hub_offline(service, registry, tmp_path):

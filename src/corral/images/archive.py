@@ -5,7 +5,9 @@
              manifest.json (docker-archive: podman save, older docker save)
     export   "oci-dir", "oci-archive" or "docker-archive" (loadable by
              `docker load` / `podman load`: manifest.json, repositories, the
-             config, uncompressed layers whose digests are the diff IDs)
+             config, uncompressed layers whose digests are the diff IDs); a
+             name that points to an index is written with the index limited
+             to the platforms stored (OCI), or its stored platform's image
 
 An import stores only blobs it verified, and records images only when
 every blob they need is stored; a failed import collects what it stored.
@@ -35,6 +37,7 @@ from corral.spec.image import (
     canonical_json,
     check_digest,
     descriptor,
+    sha256_digest,
 )
 
 MEDIA_DOCKER_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
@@ -283,31 +286,87 @@ def _manifest(service, record) -> dict:
 
 
 def _oci_files(service, records) -> list[tuple[str, object]]:
-    """(path in the layout, bytes or a blob digest) for each file."""
-    blobs: set[str] = set()
+    """(path in the layout, bytes or a blob digest) for each file.
+
+    An image whose name points to an index is written with that index, limited to the
+    platform manifests whose blobs are all stored (a pull stores its own platform's only),
+    as `ctr export` without --all-platforms: every descriptor written has its blob, and a
+    re-import records the same image.  Unchanged (same digest) when all are stored."""
+    blobs: dict[str, object] = {}
     entries = []
     for record in records:
+        annotations = {"io.containerd.image.name": record.name,
+                       "org.opencontainers.image.ref.name":
+                           parse_reference(record.name).tag or "latest"}
+        index = _stored_platforms_index(service, record)
+        if index is not None:
+            body, manifest_blobs = index
+            blobs[sha256_digest(body)] = body
+            blobs.update((digest, digest) for digest in manifest_blobs)
+            entries.append(descriptor(record.target_media_type or MEDIA_INDEX, body,
+                                      annotations=annotations))
+            continue
         manifest = _manifest(service, record)
-        blobs.add(record.manifest_digest)
-        blobs.add(manifest["config"]["digest"])
-        blobs.update(layer["digest"] for layer in manifest["layers"])
+        for digest in (record.manifest_digest, manifest["config"]["digest"],
+                       *(layer["digest"] for layer in manifest["layers"])):
+            blobs[digest] = digest
         os_name, _, rest = record.platform.partition("/")
         architecture, _, variant = rest.partition("/")
         platform = {"architecture": architecture, "os": os_name}
         if variant:
             platform["variant"] = variant
-        reference = parse_reference(record.name)
         entries.append(descriptor(
             manifest.get("mediaType") or MEDIA_MANIFEST, record.manifest_digest,
             len(service.content.read(record.manifest_digest)), platform=platform,
-            annotations={"io.containerd.image.name": record.name,
-                         "org.opencontainers.image.ref.name": reference.tag or "latest"}))
+            annotations=annotations))
     index = {"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": entries}
     files: list[tuple[str, object]] = [
         ("oci-layout", canonical_json({"imageLayoutVersion": "1.0.0"})),
         ("index.json", canonical_json(index))]
-    files += [(f"blobs/sha256/{digest[7:]}", digest) for digest in sorted(blobs)]
+    files += [(f"blobs/sha256/{digest[7:]}", blobs[digest]) for digest in sorted(blobs)]
     return files
+
+
+def _stored_platforms_index(service, record) -> tuple[bytes, set[str]] | None:
+    """(the record's index limited to its stored platform manifests, their blobs); None
+    when the record names a manifest, or an import would not choose its manifest from
+    that index (a pull for another platform): then the manifest is written alone."""
+    from corral.images.service import host_manifest
+
+    if record.target_digest == record.manifest_digest:
+        return None
+    body = service.content.read(record.target_digest)
+    document = json.loads(body)
+    manifests = document.get("manifests") if isinstance(document, dict) else None
+    if not isinstance(manifests, list):
+        return None
+    kept, blobs = [], set()
+    for entry in manifests:
+        stored = _stored_manifest_blobs(service, entry)
+        if stored:
+            kept.append(entry)
+            blobs |= stored
+    chosen = host_manifest(kept)
+    if chosen is None or chosen["digest"] != record.manifest_digest:
+        return None
+    if len(kept) < len(manifests):
+        body = canonical_json(dict(document, manifests=kept))
+    return body, blobs
+
+
+def _stored_manifest_blobs(service, entry) -> set[str]:
+    """The blobs of an index entry that is a manifest whose blobs are all stored, or none."""
+    digest = entry.get("digest") if isinstance(entry, dict) else None
+    if not isinstance(digest, str) or not service.content.exists(digest):
+        return set()
+    try:
+        manifest = json.loads(service.content.read(digest))
+        parts = [manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])]
+    except (ValueError, KeyError, TypeError):
+        return set()  # not a manifest (a nested index, say)
+    if not all(isinstance(part, str) and service.content.exists(part) for part in parts):
+        return set()
+    return {digest, *parts}
 
 
 def _docker_files(service, records) -> list[tuple[str, object]]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from contextlib import contextmanager
 
@@ -35,9 +34,9 @@ from corral.spec.image import (
     chain_ids,
     check_digest,
 )
+from corral.spec.platform import Platform
 from corral.store.db import Database
 
-_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
 _SCHEMA1 = ("application/vnd.docker.distribution.manifest.v1+json",
             "application/vnd.docker.distribution.manifest.v1+prettyjws")
 
@@ -335,11 +334,11 @@ class ImageService:
             raise ImageError("Docker schema 1 manifests are not supported")
         document = self._blob_json(digest, "manifest")
         if media_type in (MEDIA_INDEX, MEDIA_DOCKER_MANIFEST_LIST) or "manifests" in document:
-            for candidate in document.get("manifests") or []:
-                wanted = candidate.get("platform") or {}
-                if wanted.get("os") == "linux" and wanted.get("architecture") == _ARCH:
-                    return self._resolve_manifest(candidate)
-            raise ImageError(f"index {digest}: no image for linux/{_ARCH}")
+            manifests = document.get("manifests")
+            candidate = host_manifest(manifests if isinstance(manifests, list) else [])
+            if candidate is None:
+                raise ImageError(f"index {digest}: no image for {Platform.host()}")
+            return self._resolve_manifest(candidate)
         if media_type not in (MEDIA_MANIFEST, MEDIA_DOCKER_MANIFEST, None):
             raise ImageError(f"unsupported manifest media type {media_type!r}")
         return digest, document
@@ -395,6 +394,11 @@ class ImageService:
                                                    expected_diff_id=diff_id)
             parent = chain_id
         return parent
+
+
+def host_manifest(manifests: list) -> dict | None:
+    """The index entry an import records: this machine's platform, chosen as a pull does."""
+    return Platform.host().choose(manifests)
 
 
 def _json_object(data: bytes, what: str) -> dict:
