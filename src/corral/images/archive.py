@@ -289,9 +289,10 @@ def _oci_files(service, records) -> list[tuple[str, object]]:
     """(path in the layout, bytes or a blob digest) for each file.
 
     An image whose name points to an index is written with that index, limited to the
-    platform manifests whose blobs are all stored (a pull stores its own platform's only),
-    as `ctr export` without --all-platforms: every descriptor written has its blob, and a
-    re-import records the same image.  Unchanged (same digest) when all are stored."""
+    platform manifests whose blobs are all stored (a pull stores its own platform's only):
+    every descriptor written has its blob (`ctr export` keeps the whole index, naming
+    manifests it leaves out), and a re-import records the same image.  Unchanged (same
+    digest) when all are stored."""
     blobs: dict[str, object] = {}
     entries = []
     for record in records:
