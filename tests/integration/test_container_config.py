@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from .conftest import Bundle, assert_nothing_left
+from .conftest import PURE_V2, Bundle, assert_nothing_left
 
 pytestmark = pytest.mark.root
 
@@ -206,12 +206,20 @@ def test_cgroup_namespace_shows_the_containers_own_limits(runtime, bundle):
     bundle.linux["namespaces"].append({"type": "cgroup"})
     bundle.linux["resources"]["pids"] = {"limit": 20}
     bundle.linux["resources"]["memory"] = {"limit": 32 * 2**20}
-    out = output(runtime, bundle, "cat /sys/fs/cgroup/pids/pids.max "
-                                  "/sys/fs/cgroup/memory/memory.limit_in_bytes; "
-                                  "grep ' /sys/fs/cgroup/' /proc/self/mountinfo | cut -d' ' -f4")
+    limits = ("/sys/fs/cgroup/pids.max /sys/fs/cgroup/memory.max" if PURE_V2 else
+              "/sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/memory/memory.limit_in_bytes")
+    # root and fstype of each mount there (after the optional fields' "-")
+    out = output(runtime, bundle, f"cat {limits}; grep -E ' /sys/fs/cgroup[/ ]' "
+                                  "/proc/self/mountinfo | "
+                                  "awk '{i = 7; while ($i != \"-\") i++; print $4, $(i + 1)}'")
     lines = out.splitlines()
     assert lines[:2] == ["20", str(32 * 2**20)]
-    assert lines[2:] and set(lines[2:]) == {"/"}, lines[2:]
+    # Each mount shows the container's own cgroup as its root: a fresh cgroup2 mount in
+    # the cgroup namespace on v2, per-controller v1 mounts (and cgroup2 on hybrid) else.
+    mounts = [line.split() for line in lines[2:]]
+    assert mounts and {root for root, _ in mounts} == {"/"}, mounts
+    if PURE_V2:
+        assert [fstype for _, fstype in mounts] == ["cgroup2"]
 
 
 def test_time_namespace_monotonic_offset_and_an_unknown_clock(runtime, make_bundle):

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from .conftest import assert_nothing_left
+from .conftest import PURE_V2, assert_nothing_left
 
 pytestmark = pytest.mark.root
 
@@ -48,8 +48,11 @@ def test_root_filesystem_with_and_without_pivot_root(runtime, bundle, no_pivot):
     assert {"bin", "etc", "proc", "dev"} <= set(out.split())
 
 
+# The container's cgroup as it sees it at /sys/fs/cgroup (bound from the host).
+MEMORY_LIMIT = "/sys/fs/cgroup/" + ("memory.max" if PURE_V2 else "memory/memory.limit_in_bytes")
+PIDS_LIMIT = "/sys/fs/cgroup/" + ("pids.max" if PURE_V2 else "pids/pids.max")
 # The shell keeps 100 MB in a variable: far past a 32 MiB limit.
-ALLOCATE_100M = ("cat /sys/fs/cgroup/memory/memory.limit_in_bytes; "
+ALLOCATE_100M = (f"cat {MEMORY_LIMIT}; "
                  "x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo survived ${#x}")
 
 
@@ -72,7 +75,7 @@ def test_memory_limit_oom_kills_and_state_shows_stopped(runtime, bundle):
 def test_pids_limit_stops_a_fork_bomb(runtime, bundle):
     bundle.linux["resources"]["pids"] = {"limit": 20}
     # Each fork that works prints its count; the shell dies at the first refused one.
-    result = run(runtime, bundle, "cat /sys/fs/cgroup/pids/pids.max; i=0; "
+    result = run(runtime, bundle, f"cat {PIDS_LIMIT}; i=0; "
                                   "while [ $i -lt 100 ]; do sleep 5 & i=$((i+1)); echo $i; done")
     lines = result.stdout.split()
     assert lines[0] == "20"

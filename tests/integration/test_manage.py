@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import pytest
 
-from .conftest import cgroup_dirs
+from .conftest import PURE_V2, cgroup_dirs, cgroup_file
 
 pytestmark = pytest.mark.root
 
@@ -28,16 +27,20 @@ def proc_state(pid: int) -> str:
         return f.read().rsplit(")", 1)[1].split()[0]
 
 
-def cgroup_file(cid: str, controller: str, name: str) -> str:
-    (path,) = [d for d in cgroup_dirs(cid) if f"/{controller}/" in d]
-    with open(os.path.join(path, name)) as f:
-        return f.read().strip()
+def frozen(cid: str) -> bool:
+    if PURE_V2:
+        return cgroup_file(cid, "", "cgroup.freeze") == "1"
+    return cgroup_file(cid, "freezer/freezer.state", "") == "FROZEN"
+
+
+def memory_limit(cid: str) -> str:
+    return cgroup_file(cid, "memory/memory.limit_in_bytes", "memory.max")
 
 
 def test_pause_freezes_and_resume_thaws(runtime, running):
     runtime("pause", running)
     assert runtime.status(running) == "paused"
-    assert cgroup_file(running, "freezer", "freezer.state") == "FROZEN"
+    assert frozen(running)
     pids = json.loads(runtime("ps", "--format", "json", running).stdout)
     # A frozen task sleeps in the freezer, in state D or S, and makes no progress.
     ticks = [open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[11] for p in pids]
@@ -49,7 +52,7 @@ def test_pause_freezes_and_resume_thaws(runtime, running):
 
     runtime("resume", running)
     assert runtime.status(running) == "running"
-    assert cgroup_file(running, "freezer", "freezer.state") == "THAWED"
+    assert not frozen(running)
     assert runtime("resume", running, check=False).returncode == 1
     runtime("delete", "--force", running)
 
@@ -79,25 +82,29 @@ def test_ps_lists_the_containers_processes(runtime, running):
 def test_update_changes_the_live_cgroup(runtime, running, tmp_path):
     runtime("update", "--memory", "128m", "--pids-limit", "50", "--cpu-quota", "50000",
             "--cpu-period", "100000", running)
-    assert cgroup_file(running, "memory", "memory.limit_in_bytes") == str(128 * 2**20)
-    assert cgroup_file(running, "pids", "pids.max") == "50"
-    assert cgroup_file(running, "cpu", "cpu.cfs_quota_us") == "50000"
+    assert memory_limit(running) == str(128 * 2**20)
+    assert cgroup_file(running, "pids/pids.max", "pids.max") == "50"
+    if PURE_V2:
+        assert cgroup_file(running, "", "cpu.max") == "50000 100000"
+    else:
+        assert cgroup_file(running, "cpu/cpu.cfs_quota_us", "") == "50000"
 
     resources = tmp_path / "resources.json"
     resources.write_text(json.dumps({"memory": {"limit": 96 * 2**20}, "cpu": {"shares": 512}}))
     runtime("update", "--resources", str(resources), running)
-    assert cgroup_file(running, "memory", "memory.limit_in_bytes") == str(96 * 2**20)
-    assert cgroup_file(running, "cpu", "cpu.shares") == "512"
+    assert memory_limit(running) == str(96 * 2**20)
+    # cpu.weight is cpu.shares mapped linearly from [2, 262144] to [1, 10000] (as runc).
+    assert cgroup_file(running, "cpu/cpu.shares", "cpu.weight") == ("20" if PURE_V2 else "512")
 
     from_stdin = runtime("update", "-r", "-", running,
                          input=json.dumps({"pids": {"limit": 40}}).encode())
     assert from_stdin.returncode == 0
-    assert cgroup_file(running, "pids", "pids.max") == "40"
+    assert cgroup_file(running, "pids/pids.max", "pids.max") == "40"
 
     bad = runtime("update", "--resources", "-", running, check=False,
                   input=b'{"memory": {"limit": "lots"}}')
     assert bad.returncode == 1 and "linux.resources.memory.limit" in bad.stderr
-    assert cgroup_file(running, "memory", "memory.limit_in_bytes") == str(96 * 2**20)
+    assert memory_limit(running) == str(96 * 2**20)
     runtime("delete", "--force", running)
 
 
