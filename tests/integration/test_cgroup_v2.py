@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 import uuid
 
@@ -242,3 +243,24 @@ def test_update_with_unified_keys_and_swap(runtime, bundle, tmp_path):
     assert bad.returncode == 1 and "linux.resources.unified.memory.nonsense" in bad.stderr
     runtime("delete", "--force", cid)
 
+
+
+def test_a_parent_with_processes_is_a_clear_error(runtime, bundle, parent_cgroup):
+    # cgroup v2 lets only a cgroup without processes of its own hand controllers down.
+    busy = f"{CGROUP_ROOT}/{parent_cgroup}"
+    os.makedirs(busy)
+    sleeper = subprocess.Popen(["sleep", "600"])
+    try:
+        with open(f"{busy}/cgroup.procs", "w") as f:
+            f.write(str(sleeper.pid))
+        bundle.linux["resources"]["memory"] = {"limit": 64 * MiB}
+        bundle.linux["cgroupsPath"] = f"/{parent_cgroup}/box"
+        result = runtime.run_capture(bundle.write(["true"]))
+        assert result.returncode == 1
+        assert (f"linux.resources.memory: the memory controller is not available in "
+                f"{busy}/box (no memory.max): its parent {busy} has processes of its own, "
+                f"so cannot enable it") in result.stderr
+        assert not os.path.exists(f"{busy}/box")
+    finally:
+        sleeper.kill()
+        sleeper.wait()

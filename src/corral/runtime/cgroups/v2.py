@@ -66,7 +66,21 @@ def enable_controllers(top: str, leaf: str) -> None:
 def _need(path: str, name: str, field: str, controller: str) -> None:
     if not has_file(path, name):
         raise field_error(field, f"the {controller} controller is not available in {path} "
-                                 f"(no {name})")
+                                 f"(no {name}){_not_handed_down(path, controller)}")
+
+
+def _not_handed_down(path: str, controller: str) -> str:
+    """Why the parent offers `controller` but did not enable it for `path`, if we know."""
+    parent = os.path.dirname(path)
+    offered = (read_or_none(parent, "cgroup.controllers") or "").split()
+    enabled = (read_or_none(parent, "cgroup.subtree_control") or "").split()
+    if controller not in offered or controller in enabled:
+        return ""
+    # cgroup v2's "no internal processes" rule: only a cgroup without processes of
+    # its own may enable domain controllers for its children (the root excepted).
+    if (read_or_none(parent, "cgroup.procs") or "").strip():
+        return f": its parent {parent} has processes of its own, so cannot enable it"
+    return ""
 
 
 # --- the sections ---------------------------------------------------------------------
