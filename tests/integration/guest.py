@@ -94,7 +94,7 @@ def module_files(modules_dir: str, names: tuple[str, ...] = MODULES) -> list[str
 
 INIT = r"""#!/bin/busybox sh
 # PID 1 of the guest: mount the host's root read-only under a tmpfs overlay,
-# give it a cgroup2-only /sys/fs/cgroup, run /command in it, report, power off.
+# give it a cgroup2-only /sys/fs/cgroup, switch to it, run /command, report, power off.
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -119,17 +119,13 @@ mount -t devpts -o newinstance,ptmxmode=0666 devpts $r/dev/pts
 mount -t tmpfs -o mode=1777 shm $r/dev/shm
 for d in tmp var/tmp run; do mount -t tmpfs -o mode=1777 tmpfs "$r/$d"; done
 cp /command $r/run/guest-command
+printf '%s\n' '/bin/sh /run/guest-command' 'echo "{marker}$?"' sync \
+  '/bin/busybox poweroff -f' > $r/run/guest-init
 hostname corral-guest
 ip link set lo up
-# The overlay becomes / (as switch_root does), so the command is not "chrooted":
-# the kernel refuses user namespaces to a process whose root is not its
-# mount namespace's.  This shell stays behind on the initramfs to report.
-cd $r && mount --move . / || fail "cannot move the overlay to /"
-chroot . /bin/sh /run/guest-command
-echo "{marker}$?"
-sync
-poweroff -f
-sleep 10
+# The overlay becomes / and PID 1 moves into it (as at any boot): the kernel refuses
+# user namespaces to a chrooted process, and runs modprobe in PID 1's root.
+exec switch_root $r /bin/sh /run/guest-init
 """
 
 

@@ -11,6 +11,7 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2
 
+from tests.integration.conftest import PURE_V2
 from tests.integration.corrald import BUSYBOX, NOTHING_LEFT, running_corrald
 
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z (stdout|stderr) (F|P) (.*)$")
@@ -373,7 +374,14 @@ def test_pod_sysctls_and_cgroup_parent(daemon):
                              "cat /proc/self/cgroup"]))
         lines = reply.stdout.decode().splitlines()
         assert lines[0] == "99"
-        assert any(f"{parent}/{container_id}" in line for line in lines[1:])
+        if PURE_V2:
+            # A cgroup namespace (as containerd gives on v2): the container sees its own
+            # cgroup as the root; the host sees it below the pod's parent.
+            assert lines[1:] == ["0::/"]
+            with open(f"/sys/fs/cgroup{parent}/{container_id}/cgroup.procs") as f:
+                assert f.read().split()
+        else:
+            assert any(f"{parent}/{container_id}" in line for line in lines[1:])
         with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
             assert f.read().strip() != "99"  # the host's is untouched
         bad = daemon.pod_config("untuned")
@@ -388,10 +396,11 @@ def test_pod_sysctls_and_cgroup_parent(daemon):
             daemon.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod.id))
             daemon.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(
                 pod_sandbox_id=pod.id))
-        for hierarchy in os.listdir("/sys/fs/cgroup"):  # a CRI cgroup parent is kubelet's
+        # A CRI cgroup parent is kubelet's to remove.
+        for hierarchy in [""] if PURE_V2 else os.listdir("/sys/fs/cgroup"):
             for path in (parent, os.path.dirname(parent)):
                 try:
-                    os.rmdir(f"/sys/fs/cgroup/{hierarchy}{path}")
+                    os.rmdir(os.path.join("/sys/fs/cgroup", hierarchy) + path)
                 except OSError:
                     pass
 
