@@ -19,8 +19,12 @@ def test_stats_once(runtime, bundle):
                               "sleep 1000 & wait"])
     cid = runtime.new_id()
     runtime("run", "--detach", "--bundle", str(bundle.path), cid)
-    time.sleep(0.3)
-    event = json.loads(runtime("events", "--stats", cid).stdout)
+    deadline = time.monotonic() + 30  # until the loop is done and sleep runs (slow under TCG)
+    while True:
+        event = json.loads(runtime("events", "--stats", cid).stdout)
+        if event["data"]["pids"]["current"] == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert event["type"] == "stats" and event["id"] == cid
     data = event["data"]
     assert data["cpu"]["usage"]["total"] > 0
