@@ -76,7 +76,17 @@ def test_dead_shim_marks_its_containers_exited(daemon):
     time.sleep(0.3)
     daemon.start()
     status = daemon.container_state(container_id)
-    assert status.state == api_pb2.CONTAINER_EXITED
+    # no exit was recorded: containerd's unknown exit
+    assert (status.state, status.exit_code, status.reason) == \
+        (api_pb2.CONTAINER_EXITED, 255, "Unknown")
+    # The state dir is intact, so the pod keeps its namespaces and a new shim serves it
+    # (a reboot, which loses them, is test_cri_reboot.py's).
+    status = daemon.runtime.PodSandboxStatus(
+        api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod_id)).status
+    assert status.state == api_pb2.SANDBOX_READY
+    again = daemon.create_container(pod_id, pod_config, "again", ["sleep", "60"])
+    daemon.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=again))
+    assert daemon.container_state(again).state == api_pb2.CONTAINER_RUNNING
     remove_everything(daemon)
 
 

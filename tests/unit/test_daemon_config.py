@@ -21,8 +21,18 @@ def test_file_and_flags(tmp_path):
     config = load(str(path), root="/srv/corral")
     assert (config.root, config.state, config.log_level) == ("/srv/corral", "/run/x", "debug")
     assert config.socket_path == "/run/x/corral.sock"
-    assert config.cni.bin_dirs == ["/opt/cni"] and config.cni.cache_dir == "/run/x/cni"
+    assert config.cni.bin_dirs == ["/opt/cni"]
+    # the CNI cache outlives a reboot, under the root; the old default is still looked at
+    assert (config.cni.cache_dir, config.cni.legacy_cache_dir) == ("/srv/corral/cni",
+                                                                   "/run/x/cni")
     assert config.handler("kata").path == "/usr/bin/kata-runtime"
+
+
+def test_explicit_cni_cache_dir(tmp_path):
+    path = tmp_path / "corrald.toml"
+    path.write_text('[cni]\ncache_dir = "/var/cache/cni"\n')
+    config = load(str(path))
+    assert (config.cni.cache_dir, config.cni.legacy_cache_dir) == ("/var/cache/cni", "")
 
 
 @pytest.mark.parametrize("text, message", [

@@ -14,7 +14,8 @@
     [cni]
     conf_dir = "/etc/cni/net.d"
     bin_dirs = ["/usr/lib/cni", "/opt/cni/bin"]
-    cache_dir = ""                        # "" = <state>/cni
+    cache_dir = ""                        # "" = <root>/cni: ADD results DEL needs, kept
+                                          # across reboots (host-local's IPs are kept too)
 
     [stream]                              # the URLs Exec, Attach and PortForward return
     address = "127.0.0.1"                 # an IP address; 0.0.0.0 or :: listens everywhere
@@ -53,12 +54,15 @@ class RuntimeHandler:
 
 
 class CniConfig:
-    __slots__ = ("conf_dir", "bin_dirs", "cache_dir")
+    __slots__ = ("conf_dir", "bin_dirs", "cache_dir", "legacy_cache_dir")
 
-    def __init__(self, conf_dir: str, bin_dirs: list[str], cache_dir: str):
+    def __init__(self, conf_dir: str, bin_dirs: list[str], cache_dir: str,
+                 legacy_cache_dir: str = ""):
         self.conf_dir = conf_dir
         self.bin_dirs = bin_dirs
         self.cache_dir = cache_dir
+        # The default of earlier corralds (<state>/cni): caches found there are moved over.
+        self.legacy_cache_dir = legacy_cache_dir
 
 
 class StreamConfig:
@@ -192,12 +196,17 @@ def _cni(table, where: str, values: dict) -> CniConfig:
         raise ConfigError(f"{where}: unknown key(s) cni.{', cni.'.join(unknown)}")
     conf_dir = table.get("conf_dir", "/etc/cni/net.d")
     bin_dirs = table.get("bin_dirs", ["/usr/lib/cni", "/opt/cni/bin"])
-    cache_dir = table.get("cache_dir", "") or os.path.join(values["state"], "cni")
+    cache_dir = table.get("cache_dir", "")
     if not isinstance(conf_dir, str) or not isinstance(cache_dir, str):
         raise ConfigError(f"{where}: cni.conf_dir and cni.cache_dir must be strings")
     if not isinstance(bin_dirs, list) or not all(isinstance(d, str) for d in bin_dirs):
         raise ConfigError(f"{where}: cni.bin_dirs must be a list of strings")
-    return CniConfig(conf_dir, bin_dirs, cache_dir)
+    if cache_dir:
+        return CniConfig(conf_dir, bin_dirs, cache_dir)
+    # Persistent, as libcni's /var/lib/cni/results: after a reboot DEL still finds what ADD
+    # did, and releases the IPs host-local keeps in /var/lib/cni/networks.
+    return CniConfig(conf_dir, bin_dirs, os.path.join(values["root"], "cni"),
+                     legacy_cache_dir=os.path.join(values["state"], "cni"))
 
 
 def _stream(table, where: str) -> StreamConfig:

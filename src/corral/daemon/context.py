@@ -32,7 +32,7 @@ class Context:
         self.registries = RegistryConfig.load(config.registries_conf or None,
                                               config.auth_file or None, config.certs_dir)
         self.network = PodNetwork(config.cni.conf_dir, config.cni.bin_dirs,
-                                  config.cni.cache_dir)
+                                  config.cni.cache_dir, config.cni.legacy_cache_dir)
         self.pods = Pods(self)
         self.containers = Containers(self)
         self.streaming = None  # the Exec/Attach/PortForward URL server, started by main.py
@@ -66,6 +66,16 @@ class Context:
         if not relative or not relative.startswith(self.config.pod_cgroup_parent.strip("/")
                                                     + "/pod-"):
             return  # a parent kubelet chose is kubelet's to remove
+        self._remove_cgroup(relative, "pod")
+
+    def remove_container_cgroup(self, record, container_id: str) -> None:
+        """A container's cgroup its runtime cannot remove, its state lost with the state dir
+        (emptied: the processes are gone).  The runtime removes it in every other case."""
+        if record is not None and record.cgroup_parent:
+            self._remove_cgroup(os.path.join(record.cgroup_parent.strip("/"), container_id),
+                                "container")
+
+    def _remove_cgroup(self, relative: str, what: str) -> None:
         base = "/sys/fs/cgroup"
         hierarchies = [base] if self.cgroup_v2 else [
             os.path.join(base, name) for name in os.listdir(base)
@@ -77,7 +87,7 @@ class Context:
             except (FileNotFoundError, NotADirectoryError):
                 pass
             except OSError as e:
-                log.warning("pod cgroup %s in %s: %s", relative, hierarchy, e)
+                log.warning("%s cgroup %s in %s: %s", what, relative, hierarchy, e)
 
 
 def _cgroup_v2_only() -> bool:

@@ -3,7 +3,12 @@
     pod `creating` / `removing`        undo it all (shim, CNI DEL, namespaces, shm, dirs)
     container `creating` / `removing`  undo it all (shim delete, rootfs mount, snapshot, bundle)
     pod whose shim died                its containers are marked exited with the exit code the
-                                       shim recorded (255 if none); a new shim serves the pod
+                                       shim recorded (else 255, reason Unknown, as containerd);
+                                       a new shim serves the pod
+    pod whose namespaces are gone      (a reboot wiped the state dir) its containers marked
+                                       exited as above, CNI DEL from the cache kept under the
+                                       root (the IPs, iptables rules), the pod NOTREADY
+    CNI caches of the old default dir  (<state>/cni) moved to <root>/cni
     container whose process ended      marked exited with its recorded exit code
     pod directory without a record     torn down (a crash between cleanup and record removal)
     active snapshot without a record   removed
@@ -19,16 +24,26 @@ import logging
 import os
 import re
 import shutil
+import time
 
-from corral.sandbox.pods import pod_config
+from corral.network.cni import CNIError
+from corral.sandbox.errors import SandboxError
+from corral.sandbox.pods import namespace_mode, pod_config
 from corral.shim.protocol import ShimClient, ShimError
 
 log = logging.getLogger("corrald.recovery")
 _ID = re.compile(r"[0-9a-f]{64}")
+# containerd's for a container whose end nobody recorded
+UNKNOWN_EXIT_CODE = 255
+UNKNOWN_EXIT_REASON = "Unknown"
 
 
 def recover(ctx) -> None:
     store = ctx.store
+    try:
+        ctx.network.adopt_legacy_cache()
+    except OSError as e:
+        log.warning("CNI caches of the old default dir: %s", e)
     stale = ctx.images.snapshots.remove_stale_extractions()
     if stale:
         log.info("removed %d layer extraction(s) a crash interrupted", stale)
@@ -45,7 +60,11 @@ def recover(ctx) -> None:
             ctx.pods.teardown(pod.id, pod_config(pod), network=True)
             store.remove_pod(pod.id)
             continue
-        if not _shim_alive(ctx, pod.id):
+        shim_alive = _shim_alive(ctx, pod.id)
+        lost = _lost_namespaces(ctx, pod)
+        if lost:
+            _retire_pod(ctx, pod, lost, shim_alive)
+        elif not shim_alive:
             _replace_shim(ctx, pod)
     for container in store.containers():
         ctx.containers.sync(container)
@@ -67,29 +86,83 @@ def _shim_alive(ctx, pod_id: str) -> bool:
         return False
 
 
+def _lost_namespaces(ctx, pod) -> str:
+    """Why the pod's sandbox is gone ("" if it is not): its directory or a pinned namespace
+    is missing, as after a reboot, which wipes the state dir and every mount."""
+    from corral.network import netns
+
+    if not os.path.isdir(ctx.pods.paths(pod.id).dir):
+        return "its state directory is gone"
+    for kind, path in sorted(pod.pinned.items()):
+        if not netns.is_pinned(path):
+            return f"its {kind} namespace is no longer pinned"
+    return ""
+
+
+def _retire_pod(ctx, pod, why: str, shim_alive: bool) -> None:
+    """A pod without its namespaces cannot run anything: its containers are ended, its
+    network released (the IPs and rules the plugins keep on the host), and it is NOTREADY,
+    for kubelet to stop and remove it.  A DEL that fails here is retried by StopPodSandbox."""
+    if pod.state != "notready":
+        log.warning("pod %s: %s (was the host rebooted?): it is not ready", pod.id[:12], why)
+    if not (shim_alive and _stop_containers(ctx, pod)):
+        _end_containers(ctx, pod)
+    if namespace_mode(pod_config(pod), "network") != 2:
+        try:
+            ctx.network.teardown(pod.id, pod.pinned.get("net", ""))
+        except (CNIError, OSError) as e:
+            log.warning("pod %s: CNI DEL: %s", pod.id[:12], e)
+    if pod.state != "notready":
+        ctx.store.update_pod(pod.id, state="notready")
+
+
+def _stop_containers(ctx, pod) -> bool:
+    """Stop the pod's containers through its live shim, which records their exits."""
+    try:
+        for container in ctx.store.containers(pod.id):
+            ctx.containers.stop(container.id, timeout=0)
+    except SandboxError as e:
+        log.warning("pod %s: stopping its containers: %s", pod.id[:12], e)
+        return False
+    return True
+
+
 def _replace_shim(ctx, pod) -> None:
     """The pod's shim died: record its containers' ends, clear them, serve the pod anew."""
+    log.warning("pod %s: shim is gone; its containers are marked exited", pod.id[:12])
+    _end_containers(ctx, pod)
+    paths = ctx.pods.paths(pod.id)
+    if os.path.isdir(paths.dir):
+        pid = ctx.shims.start(pod.id, paths.shim, paths.shim_socket)
+        ctx.store.update_pod(pod.id, shim_pid=pid)
+
+
+def _end_containers(ctx, pod) -> None:
+    """The pod's shim is gone: its containers are marked exited with the exits it recorded
+    (255 and reason Unknown where none is), and what runs of them is killed."""
     from corral.runtime.container import Container
     from corral.shim.server import recorded_exit
 
     paths = ctx.pods.paths(pod.id)
-    log.warning("pod %s: shim is gone; its containers are marked exited", pod.id[:12])
     for container in ctx.store.containers(pod.id):
         if container.state in ("created", "running"):
-            exit_record = recorded_exit(paths.shim, container.id) or {
-                "exit_code": 255, "finished_at": 0, "reason": "shim died"}
             ctx.store.update_container(container.id, state="exited",
-                                       exit_code=exit_record["exit_code"],
-                                       finished=exit_record["finished_at"],
-                                       reason=exit_record.get("reason") or "Error")
+                                       **_exit_fields(recorded_exit(paths.shim, container.id)))
         # A process left without its shim has no one reading its output: end it.
         try:
             Container.load(os.path.join(paths.shim, "runtime"), container.id).delete(force=True)
         except Exception as e:  # noqa: BLE001 - gone already is the usual case
             log.debug("container %s: runtime delete: %s", container.id[:12], e)
-    if os.path.isdir(paths.dir):
-        pid = ctx.shims.start(pod.id, paths.shim, paths.shim_socket)
-        ctx.store.update_pod(pod.id, shim_pid=pid)
+
+
+def _exit_fields(exit_record: dict | None) -> dict:
+    if exit_record is None:
+        return {"exit_code": UNKNOWN_EXIT_CODE, "finished": time.time_ns(),
+                "reason": UNKNOWN_EXIT_REASON,
+                "message": "its shim is gone and recorded no exit"}
+    code = exit_record["exit_code"]
+    return {"exit_code": code, "finished": exit_record["finished_at"],
+            "reason": exit_record.get("reason") or ("Completed" if code == 0 else "Error")}
 
 
 def _remove_strays(ctx) -> None:

@@ -6,6 +6,7 @@
     net.check(pod_id)                CNI CHECK against what ADD returned
     net.teardown(pod_id, netns_path) DEL; idempotent, works with the netns already gone
     net.status()                     (ready, message) for the CRI NetworkReady condition
+    net.adopt_legacy_cache()         move caches an older corrald kept elsewhere (at start)
 
 The network config, CNI_ARGS, runtime config and netns used are cached per
 pod (`<cache_dir>/<pod-id>.json`, written and fsynced) BEFORE the first
@@ -13,6 +14,9 @@ plugin runs, and the ADD result is added when ADD is done: a teardown — by
 a restarted corrald, with the config dir since edited, with the netns
 gone — runs DEL with exactly what ADD had (libcni keeps the same in
 /var/lib/cni/results).  No cache means ADD never began: nothing to undo.
+corrald keeps it under its root, not its state dir: a reboot wipes /run but
+not the IPs host-local allocated (/var/lib/cni/networks), which only DEL
+releases.
 
 The pod gets two networks, as with containerd: the built-in loopback
 network (`lo` up) and the first valid config of `conf_dir` (on `eth0`).
@@ -55,10 +59,12 @@ log = logging.getLogger("corral.network")
 
 
 class PodNetwork:
-    def __init__(self, conf_dir: str, bin_dirs: list[str], cache_dir: str):
+    def __init__(self, conf_dir: str, bin_dirs: list[str], cache_dir: str,
+                 legacy_cache_dir: str = ""):
         self.conf_dir = conf_dir
         self.bin_dirs = list(bin_dirs)
         self.cache_dir = cache_dir
+        self.legacy_cache_dir = legacy_cache_dir
 
     # --- config ----------------------------------------------------------------------------------
     def network(self) -> Network:
@@ -176,6 +182,38 @@ class PodNetwork:
         cache = self._read_cache(pod_id)
         return NetworkResult(cache["result"]) if cache and cache.get("result") else None
 
+    def adopt_legacy_cache(self) -> int:
+        """Move the caches of pods set up by an older corrald, which kept them in its state
+        dir, into `cache_dir`; how many.  Idempotent: a crash midway leaves each cache in
+        one place or both, and the copy in `cache_dir` wins."""
+        legacy = self.legacy_cache_dir
+        if not legacy or os.path.realpath(legacy) == os.path.realpath(self.cache_dir):
+            return 0
+        try:
+            names = sorted(os.listdir(legacy))
+        except FileNotFoundError:
+            return 0
+        moved = 0
+        for name in names:
+            source = os.path.join(legacy, name)
+            if name.endswith(".stand-in"):
+                ns.unpin_namespaces(source)  # a teardown cut short; DEL is redone from the cache
+                continue
+            if name.endswith(".json"):
+                target = os.path.join(self.cache_dir, name)
+                if not os.path.exists(target):
+                    os.makedirs(self.cache_dir, mode=0o700, exist_ok=True)
+                    with open(source, "rb") as f:
+                        _write_atomic_bytes(target, f.read())
+                    moved += 1
+            if name.endswith((".json", ".tmp")):  # .tmp: a write cut short
+                os.unlink(source)
+        with contextlib.suppress(OSError):
+            os.rmdir(legacy)
+        if moved:
+            log.info("moved %d CNI cache(s) from %s to %s", moved, legacy, self.cache_dir)
+        return moved
+
     # --- helpers ---------------------------------------------------------------------------------
     def _delete(self, network: Network, invocation: Invocation, result: dict | None) -> None:
         errors = []
@@ -292,11 +330,15 @@ def _live(path: str) -> str:
 
 
 def _write_atomic(path: str, value: dict, mode: int = 0o600) -> None:
+    _write_atomic_bytes(path, json.dumps(value, indent=1).encode(), mode)
+
+
+def _write_atomic_bytes(path: str, data: bytes, mode: int = 0o600) -> None:
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f, indent=1)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.rename(tmp, path)

@@ -197,8 +197,12 @@ class Containers:
             try:
                 OciContainer(handler.path, os.path.join(shim_dir, "oci"), container_id).run(
                     "delete", "--force", container_id)
+                return
             except RuntimeFailure as e:
                 log.debug("container %s: %s delete: %s", container_id[:12], handler.path, e)
+        # No runtime state (the state dir was wiped, as by a reboot): what is left is the
+        # container's cgroup, if the host kept it.
+        self.ctx.remove_container_cgroup(pod, container_id)
 
     # --- start, stop ---------------------------------------------------------------------------
     def start(self, container_id: str) -> None:

@@ -160,14 +160,16 @@ class Pods:
         with self.lock(record.id):
             for container in self.store.containers(record.id):
                 self.ctx.containers.stop(container.id, timeout=0)
+            config = pod_config(record)
+            if namespace_mode(config, "network") != 2:
+                # Also when not ready: a DEL that failed earlier (at recovery after a reboot)
+                # is retried; with nothing cached it is a no-op.
+                self.ctx.network.teardown(record.id, record.pinned.get("net", ""),
+                                          name=config.metadata.name,
+                                          namespace=config.metadata.namespace,
+                                          uid=config.metadata.uid,
+                                          port_mappings=port_mappings(config))
             if record.state != "notready":
-                config = pod_config(record)
-                if namespace_mode(config, "network") != 2:
-                    self.ctx.network.teardown(record.id, record.pinned.get("net", ""),
-                                              name=config.metadata.name,
-                                              namespace=config.metadata.namespace,
-                                              uid=config.metadata.uid,
-                                              port_mappings=port_mappings(config))
                 self.store.update_pod(record.id, state="notready")
         log.info("pod %s stopped", record.id[:12])
 
