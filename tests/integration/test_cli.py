@@ -96,10 +96,11 @@ def test_image_prune_all_spares_images_in_use_and_waits_for_pulls(tmp_path, regi
         # waits, and collects once the pull is done.
         holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, root],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        prune = subprocess.Popen([CORRAL, "--root", root, "image", "prune", "--all"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        prune = None
         try:
-            assert holder.stdout.readline() == "held\n"
+            assert holder.stdout.readline() == "held\n"  # before prune starts: it must wait
+            prune = subprocess.Popen([CORRAL, "--root", root, "image", "prune", "--all"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             assert select.select([prune.stderr], [], [], 60)[0]
             assert prune.stderr.readline() == "waiting for a pull or import to finish ...\n"
             assert prune.poll() is None
@@ -108,8 +109,9 @@ def test_image_prune_all_spares_images_in_use_and_waits_for_pulls(tmp_path, regi
             out, err = prune.communicate(timeout=60)
         finally:
             for process in (holder, prune):
-                process.kill()
-                process.wait()
+                if process is not None:
+                    process.kill()
+                    process.wait()
         assert (prune.returncode, err) == (0, "")
         lines = out.splitlines()
         assert sorted(lines[:2]) == sorted([f"Untagged: {ref}", "Untagged: docker.io/mine/app:v2"])
