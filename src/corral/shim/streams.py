@@ -144,11 +144,7 @@ class StreamOps:
 
         fds, conn.fds = conn.fds, []
         try:
-            managed = self._managed(request)
-            if managed.exit is not None:
-                raise ShimError("invalid", f"container {managed.id} is not running")
-            if conn.stream is not None:
-                raise ShimError("invalid", "this connection already streams")
+            managed = self._stream_target(conn, request)
             container = managed.container
             oci = isinstance(container, OciContainer)
             if request.get("tty"):
@@ -177,6 +173,15 @@ class StreamOps:
         conn.stream = job
         return {"pid": pid}
 
+    def _stream_target(self, conn, request):
+        """The running container a new stream on this connection is for."""
+        managed = self._managed(request)
+        if managed.exit is not None:
+            raise ShimError("invalid", f"container {managed.id} is not running")
+        if conn.stream is not None:
+            raise ShimError("invalid", "this connection already streams")
+        return managed
+
     def op_wait_exec(self, conn, request) -> dict | None:
         job = conn.stream
         if not isinstance(job, StreamExec):
@@ -189,11 +194,7 @@ class StreamOps:
     def op_attach(self, conn, request) -> dict:
         fds, conn.fds = conn.fds, []
         try:
-            managed = self._managed(request)
-            if managed.exit is not None:
-                raise ShimError("invalid", f"container {managed.id} is not running")
-            if conn.stream is not None:
-                raise ShimError("invalid", "this connection already streams")
+            managed = self._stream_target(conn, request)
             names = request.get("outputs", [])
             if len(names) != len(fds) or not set(names) <= {"stdout", "stderr"}:
                 raise ShimError("invalid", "attach: outputs must name the fds passed")
