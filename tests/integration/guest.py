@@ -117,7 +117,11 @@ mount -t devtmpfs devtmpfs $r/dev
 mkdir -p $r/dev/pts $r/dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666 devpts $r/dev/pts
 mount -t tmpfs -o mode=1777 shm $r/dev/shm
+# The command's directory stays visible even where a tmpfs below covers it (a clone in /tmp).
+work=$(cat /workdir)
+[ "$work" = / ] || { mkdir -p /keep && mount --bind "$r$work" /keep; } || fail "keep $work"
 for d in tmp var/tmp run; do mount -t tmpfs -o mode=1777 tmpfs "$r/$d"; done
+[ "$work" = / ] || { mkdir -p "$r$work" && mount --move /keep "$r$work"; } || fail "move $work"
 cp /command $r/run/guest-command
 printf '%s\n' '/bin/sh /run/guest-command' 'echo "{marker}$?"' sync \
   '/bin/busybox poweroff -f' > $r/run/guest-init
@@ -147,7 +151,7 @@ def _cpio_entry(out: io.BytesIO, name: str, mode: int, data: bytes = b"", ino: i
     out.write(b"\0" * (-len(data) % 4))
 
 
-def build_initramfs(dest: str, modules_dir: str, command: str) -> None:
+def build_initramfs(dest: str, modules_dir: str, command: str, workdir: str = "/") -> None:
     """A gzip'd newc cpio: busybox as /bin/busybox and /init's shell, the modules, /command."""
     mods = module_files(modules_dir)
     out = io.BytesIO()
@@ -160,6 +164,7 @@ def build_initramfs(dest: str, modules_dir: str, command: str) -> None:
         _cpio_entry(out, "bin/busybox", 0o100755, f.read(), next(ino))
     _cpio_entry(out, "init", 0o100755, INIT.replace("{marker}", EXIT_MARKER).encode(), next(ino))
     _cpio_entry(out, "command", 0o100644, command.encode(), next(ino))
+    _cpio_entry(out, "workdir", 0o100644, workdir.encode(), next(ino))
     names = []
     for rel in mods:
         name = os.path.basename(rel)
@@ -196,7 +201,8 @@ def run_in_guest(argv: list[str], *, cwd: str, env: dict[str, str] | None = None
     with tempfile.TemporaryDirectory(prefix="corral-guest-") as tmp:
         initrd = os.path.join(tmp, "initrd.gz")
         console = console_log or os.path.join(tmp, "console.log")
-        build_initramfs(initrd, modules_dir, command_script(argv, cwd, guest_env))
+        build_initramfs(initrd, modules_dir, command_script(argv, cwd, guest_env),
+                        os.path.abspath(cwd))
         cmdline = ("console=ttyS0 panic=-1 quiet loglevel=4 cgroup_no_v1=all "
                    "rdinit=/init tsc=unstable")
         args = [qemu, "-accel", "tcg", "-cpu", "max", "-m", memory, "-smp", str(cpus),
