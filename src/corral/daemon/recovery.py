@@ -24,7 +24,6 @@ import logging
 import os
 import re
 import shutil
-import time
 
 from corral.network.cni import CNIError
 from corral.sandbox.errors import SandboxError
@@ -33,9 +32,6 @@ from corral.shim.protocol import ShimClient, ShimError
 
 log = logging.getLogger("corrald.recovery")
 _ID = re.compile(r"[0-9a-f]{64}")
-# containerd's for a container whose end nobody recorded
-UNKNOWN_EXIT_CODE = 255
-UNKNOWN_EXIT_REASON = "Unknown"
 
 
 def recover(ctx) -> None:
@@ -140,29 +136,18 @@ def _replace_shim(ctx, pod) -> None:
 def _end_containers(ctx, pod) -> None:
     """The pod's shim is gone: its containers are marked exited with the exits it recorded
     (255 and reason Unknown where none is), and what runs of them is killed."""
-    from corral.runtime.container import Container
+    from corral.sandbox.containers import exit_fields
     from corral.shim.server import recorded_exit
 
     paths = ctx.pods.paths(pod.id)
     for container in ctx.store.containers(pod.id):
         if container.state in ("created", "running"):
-            ctx.store.update_container(container.id, state="exited",
-                                       **_exit_fields(recorded_exit(paths.shim, container.id)))
+            ctx.store.update_container(
+                container.id, state="exited",
+                **exit_fields(recorded_exit(paths.shim, container.id),
+                              message="its shim is gone and recorded no exit"))
         # A process left without its shim has no one reading its output: end it.
-        try:
-            Container.load(os.path.join(paths.shim, "runtime"), container.id).delete(force=True)
-        except Exception as e:  # noqa: BLE001 - gone already is the usual case
-            log.debug("container %s: runtime delete: %s", container.id[:12], e)
-
-
-def _exit_fields(exit_record: dict | None) -> dict:
-    if exit_record is None:
-        return {"exit_code": UNKNOWN_EXIT_CODE, "finished": time.time_ns(),
-                "reason": UNKNOWN_EXIT_REASON,
-                "message": "its shim is gone and recorded no exit"}
-    code = exit_record["exit_code"]
-    return {"exit_code": code, "finished": exit_record["finished_at"],
-            "reason": exit_record.get("reason") or ("Completed" if code == 0 else "Error")}
+        ctx.containers.end_unparented(pod.id, container.id)
 
 
 def _remove_strays(ctx) -> None:

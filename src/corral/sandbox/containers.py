@@ -34,6 +34,9 @@ from corral.sandbox.pods import namespace_mode, pod_config
 from corral.shim.protocol import ShimClient, ShimError
 
 log = logging.getLogger("corrald.containers")
+# containerd's for a container whose end nobody recorded
+UNKNOWN_EXIT_CODE = 255
+UNKNOWN_EXIT_REASON = "Unknown"
 
 
 def container_config(record):
@@ -161,7 +164,7 @@ class Containers:
             if e.kind != "not_found":
                 log.warning("container %s: shim delete: %s", container_id[:12], e)
         except SandboxError:
-            self._end_unparented(pod_id, container_id)
+            self.end_unparented(pod_id, container_id)
         bundle = self._bundle(pod_id, container_id)
         rootfs = os.path.join(bundle, "rootfs")
         try:
@@ -175,7 +178,7 @@ class Containers:
                 log.warning("container %s: remove snapshot: %s", container_id[:12], e)
         shutil.rmtree(bundle, ignore_errors=True)
 
-    def _end_unparented(self, pod_id: str, container_id: str) -> None:
+    def end_unparented(self, pod_id: str, container_id: str) -> None:
         """Kill what runs of a container whose shim is gone (reparented to init, nobody
         reads its output), through the runtime's own state: its PID and cgroup."""
         from corral.runtime.container import Container
@@ -266,18 +269,15 @@ class Containers:
             return record
         shim_dir = self.ctx.pods.paths(record.pod_id).shim
         exit_record = recorded_exit(shim_dir, record.id)
+        lost = ""
         if exit_record is None:
             lost = self._shim_lost(record.pod_id, shim_dir)
             if lost is None:
                 return record
             # The shim may have recorded the exit just before it ended.
-            exit_record = recorded_exit(shim_dir, record.id) or {
-                "exit_code": 255, "finished_at": time.time_ns(), "reason": f"shim lost: {lost}"}
-        reason = exit_record.get("reason") or ("Completed" if exit_record["exit_code"] == 0
-                                               else "Error")
+            exit_record = recorded_exit(shim_dir, record.id)
         self.store.update_container(record.id, state="exited",
-                                    exit_code=exit_record["exit_code"],
-                                    finished=exit_record["finished_at"], reason=reason)
+                                    **exit_fields(exit_record, f"shim lost: {lost}"))
         return self.store.container(record.id)
 
     def _shim_lost(self, pod_id: str, shim_dir: str) -> str | None:
@@ -374,6 +374,19 @@ class Containers:
                 shim.call("update", id=record.id, resources=resources)
             except ShimError as e:
                 raise _shim_error(e, f"update container {record.id[:12]}") from None
+
+
+def exit_fields(exit_record: dict | None, unrecorded_reason: str = UNKNOWN_EXIT_REASON,
+                message: str = "") -> dict:
+    """The record fields of a container's end: from its shim's exit record, or for an end
+    nobody recorded, 255 and `unrecorded_reason` (containerd's "Unknown"), finished now."""
+    if exit_record is None:
+        fields = {"exit_code": UNKNOWN_EXIT_CODE, "finished": time.time_ns(),
+                  "reason": unrecorded_reason}
+        return {**fields, "message": message} if message else fields
+    code = exit_record["exit_code"]
+    return {"exit_code": code, "finished": exit_record["finished_at"],
+            "reason": exit_record.get("reason") or ("Completed" if code == 0 else "Error")}
 
 
 def _shim_error(error: ShimError, what: str) -> SandboxError:
