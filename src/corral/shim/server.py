@@ -472,9 +472,6 @@ class Shim(StreamOps):
     def op_state(self, conn, request) -> dict:
         return self._state(self._managed(request))
 
-    def op_list(self, conn, request) -> dict:
-        return {"containers": [self._state(m) for m in self.containers.values()]}
-
     def op_wait(self, conn, request) -> dict | None:
         managed = self._managed(request)
         if managed.exit is not None:
