@@ -385,29 +385,30 @@ def test_hybrid_unified_dir_and_hugetlb(cg):
     if "hugetlb" not in _v2_controllers() or not _hugetlb_2mb():
         pytest.skip("hugetlb is not offered on the cgroup2 mount")
     manager = cg.open()
-    manager.create({"hugepageLimits": [{"pageSize": "2MB", "limit": 4 * MiB}],
-                    "unified": {"cgroup.max.descendants": "7"}})
+    manager.create({"hugepageLimits": [{"pageSize": "2MB", "limit": 4 * MiB}]})
     unified = manager.paths[""]
     assert cat(f"{unified}/hugetlb.2MB.max") == str(4 * MiB)
-    assert cat(f"{unified}/cgroup.max.descendants") == "7"
     sleeper = cg.spawn("sleep", "60")
     manager.join(sleeper.pid)
     assert cat(f"{unified}/cgroup.procs") == str(sleeper.pid)
-    manager.apply({"unified": {"hugetlb.2MB.max": str(2 * MiB)}})
+    manager.apply({"hugepageLimits": [{"pageSize": "2MB", "limit": 2 * MiB}]})
     assert cat(f"{unified}/hugetlb.2MB.max") == str(2 * MiB)
 
 
 @needs_v1
-def test_unified_key_that_is_no_file_is_refused(cg):
+def test_unified_is_refused_on_v1_even_with_a_cgroup2_mount(cg):
+    # As runc: "unified" is for cgroup v2 hosts; nothing is made, nothing is changed.
     manager = cg.open()
     name = os.path.basename(manager.paths["memory"])
-    with pytest.raises(CgroupError) as err:
-        manager.create({"unified": {"memory.nonsense": "1"}})
-    if UNIFIED:
-        assert str(err.value).startswith("linux.resources.unified.memory.nonsense: no such file")
-    else:
-        assert "needs cgroup v2" in str(err.value)
-    assert leftovers(name) == []
+    for resources in ({"unified": {"pids.max": "5"}}, {"unified": {"memory.nonsense": "1"}}):
+        with pytest.raises(CgroupError, match=r"^linux\.resources\.unified: invalid "
+                                              r"configuration: cannot use unified on cgroup v1"):
+            manager.create(resources)
+        assert leftovers(name) == []
+    manager.create({"pids": {"limit": 9}})
+    with pytest.raises(CgroupError, match="cannot use unified"):
+        manager.apply({"unified": {"pids.max": "5"}})
+    assert cat(f"{manager.paths['pids']}/pids.max") == "9"
 
 
 @needs_v1

@@ -182,11 +182,17 @@ def test_parse_rules_defaults_and_errors():
         Rule("a", -1, -1, "rwm", False), Rule("c", 136, -1, "rw", True)]
     for bad, field in [({"allow": "yes", "access": "r"}, "devices[0].allow"),
                        ({"allow": True, "type": "x", "access": "r"}, "devices[0].type"),
-                       ({"allow": True, "access": "rx"}, "devices[0].access"),
                        ({"allow": True, "access": ""}, "devices[0].access"),
                        ({"allow": True, "major": -5, "access": "r"}, "devices[0].major")]:
         with pytest.raises(CgroupError, match=rf"linux\.resources\.{field.replace('[', '.')}"):
             parse_rules([bad])
+
+
+def test_parse_rules_drops_unknown_access_letters_as_runc():
+    assert parse_rules([{"allow": True, "type": "c", "major": 1, "minor": 11, "access": "rwa"},
+                        {"allow": False, "type": "c", "major": 1, "minor": 3, "access": "x"},
+                        {"allow": False, "access": "a"}]) == [
+        Rule("c", 1, 11, "rw", True), Rule("a", -1, -1, "rwm", False)]
 
 
 def test_emulator_default_is_deny_and_allow_all_resets():
@@ -313,7 +319,7 @@ def test_v2_files_for_oci_resources(v2dir):
                             "swappiness": 10, "kernel": 5, "disableOOMKiller": True},
                  "cpu": {"shares": 1024, "quota": 20000, "period": 50000, "cpus": "0-1",
                          "idle": 1, "burst": 1000},
-                 "pids": {"limit": 0},
+                 "pids": {"limit": -1},
                  "blockIO": {"weight": 500, "throttleReadBpsDevice": [
                      {"major": 8, "minor": 0, "rate": 1048576}]},
                  "hugepageLimits": [{"pageSize": "2MB", "limit": 2 << 20}]}

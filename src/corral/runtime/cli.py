@@ -101,7 +101,8 @@ def cmd_create(args) -> int:
     _undo_on_signals()
     Container.create(args.root, args.id, args.bundle, pid_file=args.pid_file,
                      no_pivot=args.no_pivot, preserve_fds=args.preserve_fds,
-                     console_socket=args.console_socket, listen_fds=_listen_fds())
+                     console_socket=args.console_socket, listen_fds=_listen_fds(),
+                     warn=_warn)
     return 0
 
 
@@ -131,7 +132,8 @@ def cmd_run(args) -> int:
     try:
         container = Container.create(args.root, args.id, args.bundle, pid_file=args.pid_file,
                                      no_pivot=args.no_pivot, preserve_fds=args.preserve_fds,
-                                     console_socket=console_socket, listen_fds=_listen_fds())
+                                     console_socket=console_socket, listen_fds=_listen_fds(),
+                                     warn=_warn)
     except BaseException:
         if terminal:
             terminal.close()
@@ -261,13 +263,34 @@ def cmd_exec(args) -> int:
         # The process is the bootstrap's child; orphaned, it comes to us to be reaped.
         syscalls.Syscalls().prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
     pid = container.exec(process, preserve_fds=args.preserve_fds,
-                         console_socket=args.console_socket)
+                         console_socket=args.console_socket,
+                         sub_cgroups=sub_cgroup_paths(args.cgroup),
+                         ignore_paused=args.ignore_paused)
     if args.pid_file:
         write_pid_file(args.pid_file, pid)
     if args.detach:
         return 0
     _forward_signals_to(pid)
     return wait_for_exit(pid)
+
+
+def sub_cgroup_paths(values: list[str]) -> dict[str, str]:
+    """exec --cgroup values as controller → path below the container's cgroup; a lone
+    PATH without a controller ("" key) is for every hierarchy (runc's rules)."""
+    paths: dict[str, str] = {}
+    for value in values:
+        parts = value.split(":")
+        if len(parts) > 2:
+            raise UsageError(f"invalid --cgroup argument: {value}")
+        if len(parts) == 1:
+            if len(values) != 1:
+                raise UsageError(f"invalid --cgroup argument: {value} "
+                                 f"(missing <controller>: prefix)")
+            paths[""] = value
+            continue
+        for controller in parts[0].split(","):
+            paths[controller] = parts[1]
+    return paths
 
 
 def exec_process(args, container_process: dict):
@@ -370,23 +393,50 @@ def cmd_ps(args) -> int:
 
 
 def cmd_update(args) -> int:
+    """runc update: linux.resources from -r JSON (then the other flags are ignored, as
+    runc says), or from the flags; an unset value (0, absent) is left as it is."""
     from corral.runtime.container import Container
 
+    container = Container.load(args.root, args.id)
+    _refuse_intel_rdt(args)
+    resources = _update_json(args.resources) if args.resources else _update_flags(args)
+    memory = resources.get("memory")
+    if isinstance(memory, dict) and (memory.get("kernel") or memory.get("kernelTCP")):
+        _warn("Kernel memory settings are ignored and will be removed")
+    container.update(resources)
+    return 0
+
+
+def _update_json(source: str) -> dict:
+    text = sys.stdin.read() if source == "-" else _read(source)
+    try:
+        resources = fastjson.loads(text)
+    except ValueError as e:
+        raise UsageError(f"--resources: invalid JSON: {e}") from None
+    if not isinstance(resources, dict):
+        raise UsageError("--resources: expected a JSON object (linux.resources)")
+    return resources
+
+
+def _update_flags(args) -> dict:
     resources: dict = {}
-    if args.resources:
-        text = sys.stdin.read() if args.resources == "-" else _read(args.resources)
-        try:
-            resources = fastjson.loads(text)
-        except ValueError as e:
-            raise UsageError(f"--resources: invalid JSON: {e}") from None
-        if not isinstance(resources, dict):
-            raise UsageError("--resources: expected a JSON object (linux.resources)")
     for flag, (section, key, parse) in UPDATE_FLAGS.items():
         value = getattr(args, flag)
         if value is not None:
             resources.setdefault(section, {})[key] = parse(value, flag)
-    Container.load(args.root, args.id).update(resources)
-    return 0
+    return resources
+
+
+def _refuse_intel_rdt(args) -> None:
+    """Intel RDT schemas: runc's error where resctrl is missing; corral has no RDT support."""
+    for flag, feature in (("l3_cache_schema", "CAT: l3 cache schema"),
+                          ("mem_bw_schema", "MBA: memory bandwidth schema")):
+        if getattr(args, flag) is None:
+            continue
+        if not os.path.isdir("/sys/fs/resctrl/info"):
+            raise UsageError(f"Intel RDT/{feature} is not enabled")
+        raise UsageError(f"--{flag.replace('_', '-')}: Intel RDT is not supported by "
+                         f"{PROG}")
 
 
 def _read(path: str) -> str:
@@ -395,15 +445,20 @@ def _read(path: str) -> str:
 
 
 def _bytes(text: str, flag: str) -> int:
-    """Sizes as runc takes them: 1024, 100k, 64m, 2g, 1GiB (binary units); -1 unlimited."""
-    units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-    lowered = text.strip().lower().removesuffix("ib").removesuffix("b")
-    scale = units.get(lowered[-1:], 1)
-    digits = lowered[:-1] if lowered[-1:] in units else lowered
-    try:
-        return int(digits) * scale
-    except ValueError:
-        raise UsageError(f"--{flag.replace('_', '-')}: invalid size {text!r}") from None
+    """Sizes as runc (go-units' RAMInBytes) takes them: 1024, 100k, 50M, 1.5g, 2 GiB
+    (binary units, case ignored); -1 is unlimited."""
+    if text == "-1":
+        return -1
+    number = text.rstrip("kKmMgGtTpPiIbB ")
+    suffix = text[len(number):].lower().removeprefix(" ")
+    unit = suffix.removesuffix("b").removesuffix("i")
+    scale = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "p": 2**50}.get(unit)
+    whole, _, fraction = number.partition(".")
+    if scale is None or not (whole.isascii() and whole.isdigit()) or (
+            "." in number and not (fraction.isascii() and fraction.isdigit())):
+        raise UsageError(f"invalid value for {flag.replace('_', '-')}: invalid size: "
+                         f"{text!r}")
+    return int(float(number) * scale) if fraction else int(whole) * scale
 
 
 def _int(text: str, flag: str) -> int:
@@ -422,7 +477,7 @@ UPDATE_FLAGS = {
     "memory": ("memory", "limit", _bytes),
     "memory_reservation": ("memory", "reservation", _bytes),
     "memory_swap": ("memory", "swap", _bytes),
-    "cpu_shares": ("cpu", "shares", _int),
+    "cpu_shares": ("cpu", "shares", _int),  # --cpu-share, runc's spelling
     "cpu_quota": ("cpu", "quota", _int),
     "cpu_period": ("cpu", "period", _int),
     "cpu_rt_period": ("cpu", "realtimePeriod", _int),
@@ -431,6 +486,8 @@ UPDATE_FLAGS = {
     "cpuset_mems": ("cpu", "mems", _text),
     "blkio_weight": ("blockIO", "weight", _int),
     "pids_limit": ("pids", "limit", _int),
+    "kernel_memory": ("memory", "kernel", _bytes),
+    "kernel_memory_tcp": ("memory", "kernelTCP", _bytes),
 }
 
 
@@ -544,7 +601,10 @@ COMMANDS = [
                default=0, convert=int),
         Option("--console-socket", "unix socket to send the pty master to", value="PATH"),
         Option("--process-label", "SELinux label (not supported)", value="LABEL"),
-        Option("--apparmor", "AppArmor profile (not supported)", value="PROFILE")],
+        Option("--apparmor", "AppArmor profile (not supported)", value="PROFILE"),
+        Option("--cgroup", "join an existing sub-cgroup: [CONTROLLER[,CONTROLLER]:]PATH",
+               value="PATH", multiple=True),
+        Option("--ignore-paused", "allow exec in a paused container")],
         ("id",), rest="command"),
     Command("pause", "suspend every process in the container (cgroup freezer)", cmd_pause,
             [], ("id",)),
@@ -559,7 +619,7 @@ COMMANDS = [
         Option("--memory-swap", "memory plus swap limit", value="SIZE"),
         Option("--kernel-memory", "ignored, as by runc", value="SIZE"),
         Option("--kernel-memory-tcp", "ignored, as by runc", value="SIZE"),
-        Option("--cpu-shares", "CPU shares (relative weight)", value="N"),
+        Option("--cpu-share,--cpu-shares", "CPU shares (relative weight)", value="N"),
         Option("--cpu-quota", "CPU CFS quota in microseconds", value="N"),
         Option("--cpu-period", "CPU CFS period in microseconds", value="N"),
         Option("--cpu-rt-period", "CPU realtime period", value="N"),
@@ -567,7 +627,10 @@ COMMANDS = [
         Option("--cpuset-cpus", "CPUs to use (e.g. 0-1)", value="LIST"),
         Option("--cpuset-mems", "memory nodes to use", value="LIST"),
         Option("--blkio-weight", "block IO weight (10-1000)", value="N"),
-        Option("--pids-limit", "maximum number of processes", value="N")], ("id",)),
+        Option("--pids-limit", "maximum number of processes", value="N"),
+        Option("--l3-cache-schema", "Intel RDT/CAT L3 cache schema", value="SCHEMA"),
+        Option("--mem-bw-schema", "Intel RDT/MBA memory bandwidth schema", value="SCHEMA")],
+        ("id",)),
     Command("events", "show container events: stats and OOM kills", cmd_events, [
         Option("--stats", "print the stats once and exit"),
         Option("--interval", "how often to print stats (e.g. 5s, 500ms)", value="DURATION",

@@ -37,7 +37,7 @@ class Container:
     def create(cls, root: str, container_id: str, bundle: str, *, pid_file: str | None = None,
                no_pivot: bool = False, preserve_fds: int = 0,
                console_socket: str | None = None, listen_fds: int = 0,
-               stdio: tuple | None = None, syscalls=None) -> Container:
+               stdio: tuple | None = None, syscalls=None, warn=None) -> Container:
         from corral.runtime import validate
         from corral.runtime.hooks import hooks_to_state
         from corral.runtime.process.spawn import SpawnRequest, spawn_init
@@ -69,7 +69,7 @@ class Container:
         init_pid = None
         console_fd = None
         try:
-            cgroup = _make_cgroup(spec, container_id)
+            cgroup = _make_cgroup(spec, container_id, warn or _warn_on_stderr)
             fifo = os.path.join(state_dir, "exec.fifo")
             os.mkfifo(fifo)
             # World-writable: the init may no longer be root when it opens it.
@@ -163,11 +163,17 @@ class Container:
         return sorted(self.require_cgroup("ps").pids())
 
     def update(self, resources: dict) -> None:
-        """Change the live cgroup (the OCI linux.resources JSON, or part of it)."""
-        from corral.spec.runtime import SpecError, validate_resources
+        """Change the live cgroup (the OCI linux.resources JSON, or part of it).
+
+        Device rules are left as they are, as runc leaves them: they were made with
+        the default devices appended, and a partial list would take those away.
+        """
+        from corral.spec.runtime import SpecError, canonical_resources, validate_resources
 
         if self.state.status() == "stopped":
             raise InvalidState("container not running")
+        resources = canonical_resources(resources)
+        resources.pop("devices", None)
         try:
             validate_resources(resources, "linux.resources")
         except SpecError as e:
@@ -175,24 +181,33 @@ class Container:
         self.require_cgroup("update").apply(resources)
 
     def exec(self, process, *, preserve_fds: int = 0, console_socket: str | None = None,
-             stdio: tuple | None = None, syscalls=None) -> int:
-        """Start `process` (a spec Process) in the running container; its PID."""
+             stdio: tuple | None = None, syscalls=None, sub_cgroups: dict | None = None,
+             ignore_paused: bool = False) -> int:
+        """Start `process` (a spec Process) in the running container; its PID.
+
+        `sub_cgroups` (exec --cgroup): controller ("" for all) → an existing cgroup
+        below the container's to join instead.  Into a paused container only with
+        `ignore_paused`: the process then starts frozen and runs once resumed.
+        """
+
         from corral.runtime import validate
         from corral.runtime.process.enter import ExecRequest, spawn_exec
         from corral.runtime.process.identity import last_capability, setgroups_allowed
         from corral.runtime.syscalls import Syscalls
 
         status = self.state.status()
-        if status != "running":
+        if status != "running" and not (status == "paused" and ignore_paused):
             raise InvalidState(f"cannot exec in a {status} container")
         validate.check_process(process)
         validate.check_console(process, console_socket)
+        cgroup = (self.require_cgroup("join a sub-cgroup").below(sub_cgroups) if sub_cgroups
+                  else self._cgroup())
         console_fd = None
         if console_socket:
             from corral.runtime import console
 
             console_fd = console.connect(console_socket)
-        request = ExecRequest(init_pid=self.state.pid, process=process, cgroup=self._cgroup(),
+        request = ExecRequest(init_pid=self.state.pid, process=process, cgroup=cgroup,
                               may_setgroups=setgroups_allowed(self.state.pid),
                               preserve_fds=preserve_fds, last_cap=last_capability(),
                               console_fd=console_fd,
@@ -269,13 +284,17 @@ class Container:
 
         state = self.state.oci_state()
         run_hooks_warning(kind, hooks_from_state(self.state.hooks, kind), state,
-                          warn or (lambda message: os.write(2, f"warning: {message}\n".encode())))
+                          warn or _warn_on_stderr)
     def _cgroup(self):
         if not self.state.cgroup:
             return None
         from corral.runtime.cgroups import load_manager
 
         return load_manager(self.state.cgroup)
+
+
+def _warn_on_stderr(message: str) -> None:
+    os.write(2, f"warning: {message}\n".encode())
 
 
 def _compile_seccomp(profile: dict | None):
@@ -286,7 +305,7 @@ def _compile_seccomp(profile: dict | None):
     return compile_filter(profile)
 
 
-def _make_cgroup(spec, container_id: str):
+def _make_cgroup(spec, container_id: str, warn):
     """The container's cgroup, made and configured; None when running rootless."""
     from corral.runtime.cgroups import CgroupError, open_manager
     from corral.runtime.devices import cgroup_device_rules
@@ -294,14 +313,26 @@ def _make_cgroup(spec, container_id: str):
     if os.geteuid() != 0 and not spec.linux.cgroups_path:
         return None
     resources = dict(spec.linux.resources)
-    resources["devices"] = cgroup_device_rules(resources.get("devices", []),
-                                               spec.linux.devices)
+    resources["devices"] = cgroup_device_rules(resources.get("devices", []))
     try:
         manager = open_manager(spec.linux.cgroups_path, container_id)
+        _check_existing_cgroup(manager, warn)
         manager.create(resources)
     except CgroupError as e:
         raise ConfigInvalid(str(e)) from None
     return manager
+
+
+def _check_existing_cgroup(manager, warn) -> None:
+    """A cgroup made before us may hold processes (runc warns) or be frozen (our
+    init would stop in it and create would never return: refused, as runc)."""
+    if not manager.exists():
+        return
+    found = manager.pids()
+    if found:
+        warn(f"container's cgroup is not empty: {len(found)} process(es) found")
+    if manager.frozen():
+        raise InvalidState("container's cgroup unexpectedly frozen")
 
 
 def _undo_create(init_pid: int | None, cgroup, state_dir: str) -> None:

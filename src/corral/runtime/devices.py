@@ -38,23 +38,25 @@ DEFAULT_LINKS = (
 )
 
 # Appended after the config's own rules, as runc does: mknod of anything, the
-# default devices, and ptys.
+# default devices, ptys and tun.  Nothing else: /dev/console is a pty bind mount.
 DEFAULT_ALLOW_RULES = [
     {"allow": True, "type": "c", "access": "m"},
     {"allow": True, "type": "b", "access": "m"},
     *({"allow": True, "type": "c", "major": d.major, "minor": d.minor, "access": "rwm"}
       for d in DEFAULT_DEVICES),
-    {"allow": True, "type": "c", "major": 5, "minor": 1, "access": "rwm"},  # /dev/console
     {"allow": True, "type": "c", "major": 136, "access": "rwm"},  # /dev/pts/*
     {"allow": True, "type": "c", "major": 5, "minor": 2, "access": "rwm"},  # /dev/ptmx
+    {"allow": True, "type": "c", "major": 10, "minor": 200, "access": "rwm"},  # /dev/net/tun
 ]
 
 
-def cgroup_device_rules(config_rules: list[dict], devices: list[Device]) -> list[dict]:
-    """The full rule list for the device cgroup: config rules, then what must work."""
-    extra = [{"allow": True, "type": d.type if d.type != "u" else "c", "major": d.major,
-              "minor": d.minor, "access": "rwm"} for d in devices if d.type != "p"]
-    return [*config_rules, *DEFAULT_ALLOW_RULES, *extra]
+def cgroup_device_rules(config_rules: list[dict]) -> list[dict]:
+    """The full rule list for the device cgroup: config rules, then what must work.
+
+    linux.devices only makes nodes; whether they may be opened is for
+    linux.resources.devices to say (as runc), so a deny-all there holds.
+    """
+    return [*config_rules, *DEFAULT_ALLOW_RULES]
 
 
 def create_devices(rootfs: str, devices: list[Device], sc: Syscalls, *,

@@ -311,7 +311,7 @@ class Linux(Record):
         for key, value in sysctl.items():
             if not isinstance(value, str):
                 raise SpecError(f"{where}.sysctl.{key}: expected a string")
-        resources = _obj(raw, "resources", where)
+        resources = canonical_resources(_obj(raw, "resources", where))
         validate_resources(resources, f"{where}.resources")
         return cls(
             namespaces=namespaces,
@@ -390,13 +390,62 @@ class Spec(Record):
             raise SpecError("linux.uidMappings: a new user namespace needs uid and gid mappings")
         if self.linux.time_offsets and not self.has_new_namespace("time"):
             raise SpecError("linux.timeOffsets: needs a new time namespace")
-        if not self.has_new_namespace("mount"):
-            # Setting up a rootfs without one would rearrange the host's mounts.
-            raise SpecError("linux.namespaces: a new mount namespace is required")
 
     def has_new_namespace(self, kind: str) -> bool:
         ns = self.linux.namespace(kind)
         return ns is not None and not ns.path
+
+
+_DEVICE_NUMBERS = ("major", "minor")
+_THROTTLE = ("list", {k: None for k in (*_DEVICE_NUMBERS, "rate")})
+# linux.resources as runtime-spec's Go types name it: a dict is an object's fields, a
+# ("list", …) a list of such objects, a ("map", …) a map whose keys are data (kept as they are).
+_RESOURCE_FIELDS: dict = {
+    "devices": ("list", dict.fromkeys(("allow", "type", *_DEVICE_NUMBERS, "access"))),
+    "memory": dict.fromkeys(("limit", "reservation", "swap", "kernel", "kernelTCP",
+                             "swappiness", "disableOOMKiller", "useHierarchy",
+                             "checkBeforeUpdate")),
+    "cpu": dict.fromkeys(("shares", "quota", "burst", "period", "realtimeRuntime",
+                          "realtimePeriod", "cpus", "mems", "idle")),
+    "pids": {"limit": None},
+    "blockIO": {"weight": None, "leafWeight": None,
+                "weightDevice": ("list", dict.fromkeys((*_DEVICE_NUMBERS, "weight",
+                                                        "leafWeight"))),
+                "throttleReadBpsDevice": _THROTTLE, "throttleWriteBpsDevice": _THROTTLE,
+                "throttleReadIOPSDevice": _THROTTLE, "throttleWriteIOPSDevice": _THROTTLE},
+    "hugepageLimits": ("list", {"pageSize": None, "limit": None}),
+    "network": {"classID": None,
+                "priorities": ("list", {"name": None, "priority": None})},
+    "rdma": ("map", {"hcaHandles": None, "hcaObjects": None}),
+    "unified": ("map", None),
+}
+
+
+def canonical_resources(res: dict) -> dict:
+    """linux.resources with its keys spelled as the spec does, matched regardless of case
+    ({"CPU": {"Cpus": "0"}} is {"cpu": {"cpus": "0"}}), as Go's encoding/json reads them
+    for runc.  Keys that match no field are kept, for validate_resources to name."""
+    return _canonical_fields(res, _RESOURCE_FIELDS)
+
+
+def _canonical_fields(value: object, fields) -> object:
+    if fields is None:
+        return value
+    if isinstance(fields, tuple):
+        kind, inner = fields
+        if kind == "list" and isinstance(value, list):
+            return [_canonical_fields(item, inner) for item in value]
+        if kind == "map" and isinstance(value, dict):
+            return {key: _canonical_fields(item, inner) for key, item in value.items()}
+        return value
+    if not isinstance(value, dict):
+        return value
+    by_folded = {name.lower(): name for name in fields}
+    out: dict = {}
+    for key, item in value.items():
+        name = key if key in fields else by_folded.get(key.lower(), key)
+        out[name] = _canonical_fields(item, fields.get(name))
+    return out
 
 
 def validate_resources(res: dict, where: str) -> None:

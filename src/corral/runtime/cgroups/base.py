@@ -33,8 +33,12 @@ class Manager:
     def _apply(self, resources: dict, creating: bool) -> None:
         raise NotImplementedError
 
+    def _refuse(self, resources: dict) -> None:
+        """Raise for what this hierarchy can never do, before anything is touched."""
+
     def create(self, resources: dict | None) -> None:
         """Make the directories and apply `resources`; on failure, leave nothing we made."""
+        self._refuse(resources or {})
         created: list[str] = []
         try:
             self._make_dirs(created)
@@ -51,10 +55,32 @@ class Manager:
 
     def apply(self, resources: dict | None) -> None:
         """Change the limits of a live cgroup (`update`)."""
+        self._refuse(resources or {})
         try:
             self._apply(resources or {}, creating=False)
         except OSError as e:
             raise CgroupError(f"cannot update cgroup {self._dirs()[0]}: {e}") from None
+
+    def below(self, sub_paths: dict[str, str]) -> Manager:
+        """This cgroup's existing sub-cgroups, to join (exec --cgroup): controller →
+        path below its directory, or "" → the same path in every hierarchy."""
+        paths = dict(self.paths)
+        if "" in sub_paths:
+            targets = {key: sub_paths[""] for key in paths}
+        else:
+            unknown = sorted(set(sub_paths) - set(paths))
+            if unknown:
+                raise CgroupError(f"unknown controller {unknown[0]} in sub-cgroup paths")
+            targets = sub_paths
+        for key, sub in targets.items():
+            joined = os.path.normpath(os.path.join(paths[key], sub.lstrip("/")))
+            if joined != paths[key] and not joined.startswith(paths[key] + "/"):
+                raise CgroupError(f"{sub} is not a sub cgroup path")
+            paths[key] = joined
+        return self._with_paths(paths)
+
+    def _with_paths(self, paths: dict[str, str]) -> Manager:
+        raise NotImplementedError
 
     def join(self, pid: int) -> None:
         """Move `pid` (0: the calling process) into the cgroup in every hierarchy."""

@@ -266,8 +266,11 @@ def write_pid(dirpath: str, pid: int) -> None:
             if e.errno == errno.EINVAL and attempt < 4:
                 time.sleep(0.03)
                 continue
-            who = "this process" if pid == 0 else f"process {pid}"
-            raise CgroupError(f"cannot move {who} into {dirpath}: {e.strerror}") from None
+            # Worded as runc's (exec --cgroup callers match on it), errno text as Go's.
+            who = "this process" if pid == 0 else f"pid {pid}"
+            reason = e.strerror[:1].lower() + e.strerror[1:]
+            raise CgroupError(f"error adding {who} to cgroups: cannot write {path}: "
+                              f"{reason}") from None
 
 
 # --- making and removing directories -----------------------------------------------

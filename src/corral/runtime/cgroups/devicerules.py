@@ -63,9 +63,13 @@ def parse_rules(items: list) -> list[Rule]:
                 raise field_error(f"{where}.{key}", f"invalid device number {value!r}")
             numbers.append(value)
         access = item.get("access")
-        if not isinstance(access, str) or not access or set(access) - set(_ACCESS_ORDER):
-            raise field_error(f"{where}.access", f"{access!r} is not made of r, w and m")
-        rules.append(Rule(kind, numbers[0], numbers[1], _canonical(access), allow))
+        if not isinstance(access, str) or not access:
+            raise field_error(f"{where}.access", "must not be empty")
+        # As runc: letters other than r, w and m ("rwa") mean nothing and are dropped.
+        known = _canonical(access)
+        if not known and kind != "a":
+            continue  # no access to grant or take away
+        rules.append(Rule(kind, numbers[0], numbers[1], known or "rwm", allow))
     return rules
 
 

@@ -160,7 +160,7 @@ def set_cpuset(path: str, resources: dict) -> None:
 
 def set_pids(path: str, resources: dict) -> None:
     limit = get_int(section(resources, "pids"), "limit", "pids.limit")
-    if limit is not None:
+    if limit:  # 0 leaves it as it is (runc), -1 is "max"
         write(path, "pids.max", convert.pids_limit(limit), "pids.limit")
 
 
@@ -279,6 +279,9 @@ class V1Manager(Manager):
     def unified(self) -> str | None:
         return self.paths.get("")
 
+    def _with_paths(self, paths: dict[str, str]) -> V1Manager:
+        return V1Manager(paths)
+
     def _v2_controllers(self) -> set[str]:
         """Controllers a hybrid host offers on cgroup2 because no v1 mount has them."""
         if self._v2_available is None:
@@ -331,7 +334,7 @@ class V1Manager(Manager):
              lambda p, r: set_memory(p, r, creating), v2.set_memory),
             ("cpu", "cpu", any(_given(v) for k, v in cpu.items() if k not in ("cpus", "mems")),
              set_cpu, v2.set_cpu),
-            ("pids", "pids", section(resources, "pids").get("limit") is not None, set_pids,
+            ("pids", "pids", _given(section(resources, "pids").get("limit")), set_pids,
              v2.set_pids),
             ("blkio", "blockIO", bool(section(resources, "blockIO")), set_blkio, v2.set_io),
             ("hugetlb", "hugepageLimits", bool(section(resources, "hugepageLimits", list)),
@@ -345,10 +348,12 @@ class V1Manager(Manager):
                 continue
             version, path = self._where(controller, field)
             (set_v1 if version == 1 else set_v2)(path, resources)
+
+    def _refuse(self, resources: dict) -> None:
+        # Even on a hybrid host, whose cgroup2 mount would take some keys: as runc.
         if section(resources, "unified"):
-            if not self.unified:
-                raise field_error("unified", "needs cgroup v2, and this host has only v1")
-            v2.set_unified(self.unified, resources)
+            raise field_error("unified", "invalid configuration: cannot use unified on "
+                                         "cgroup v1")
 
     def freeze(self) -> None:
         if "freezer" in self.paths:

@@ -155,7 +155,7 @@ def set_cpuset(path: str, resources: dict) -> None:
 def set_pids(path: str, resources: dict) -> None:
     pids = section(resources, "pids")
     limit = get_int(pids, "limit", "pids.limit")
-    if limit is not None:
+    if limit:  # 0 leaves it as it is (runc), -1 is "max"
         _need(path, "pids.max", "pids.limit", "pids")
         write(path, "pids.max", convert.pids_limit(limit), "pids.limit")
 
@@ -328,6 +328,9 @@ class V2Manager(Manager):
         self.path = path
         self.root = root
         self.paths = {"": path}
+
+    def _with_paths(self, paths: dict[str, str]) -> V2Manager:
+        return V2Manager(paths[""], root=self.root)
 
     def _make_dirs(self, created: list[str]) -> None:
         make_dirs(self.path, created)
