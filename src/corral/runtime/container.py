@@ -211,7 +211,8 @@ class Container:
                               may_setgroups=setgroups_allowed(self.state.pid),
                               preserve_fds=preserve_fds, last_cap=last_capability(),
                               console_fd=console_fd,
-                              seccomp=_compile_seccomp(self.state.seccomp), stdio=stdio)
+                              seccomp=_compile_seccomp(self.state.seccomp), stdio=stdio,
+                              agent_state=_agent_state(self.state.oci_state()))
         try:
             return spawn_exec(request, syscalls or Syscalls())
         finally:
@@ -300,9 +301,15 @@ def _warn_on_stderr(message: str) -> None:
 def _compile_seccomp(profile: dict | None):
     if not profile:
         return None
-    from corral.runtime.seccomp import compile_filter
+    from corral.runtime.seccomp import compile_program
 
-    return compile_filter(profile)
+    return compile_program(profile)
+
+
+def _agent_state(state: dict) -> dict:
+    """The OCI state a seccomp agent gets for an exec'd process (runc's specs.State)."""
+    return {key: state[key] for key in ("ociVersion", "id", "status", "pid", "bundle",
+                                         "annotations")}
 
 
 def _make_cgroup(spec, container_id: str, warn):

@@ -76,7 +76,16 @@ _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203,
                    "s390x": 217}.get(os.uname().machine, 155)
 _SYS_CLOSE_RANGE = 436
 _CLOSE_RANGE_CLOEXEC = 1 << 2
+_SYS_SECCOMP = {"x86_64": 317, "aarch64": 277, "riscv64": 277, "ppc64le": 358,
+                "s390x": 348}.get(os.uname().machine, 317)
+_SECCOMP_SET_MODE_FILTER = 1
+_SYS_PIDFD_GETFD = 438  # the unified table: the same on every architecture
+_F_GETFD, _F_SETFD, _FD_CLOEXEC = 1, 2, 1
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
 class _CapHeader(ctypes.Structure):
@@ -228,9 +237,27 @@ class Syscalls:
         os.setsid()
 
     def mark_fds_cloexec(self, first: int) -> None:
-        """Every fd from `first` up is closed by the coming execve (close_range(2))."""
-        _check(libc().syscall(_SYS_CLOSE_RANGE, first, ctypes.c_uint(0xFFFFFFFF),
-                              _CLOSE_RANGE_CLOEXEC), "close_range")
+        """Every fd from `first` up is closed by the coming execve (close_range(2)).
+
+        A seccomp profile older than close_range (Linux 5.9) refuses it, with
+        ENOSYS or its own errno: then each open fd is marked by fcntl.
+        """
+        if libc().syscall(_SYS_CLOSE_RANGE, ctypes.c_uint(first), ctypes.c_uint(0xFFFFFFFF),
+                          ctypes.c_uint(_CLOSE_RANGE_CLOEXEC)) == 0:
+            return
+        for fd in _open_fds(first):
+            flags = libc().fcntl(fd, _F_GETFD)
+            if flags >= 0 and not flags & _FD_CLOEXEC:
+                _check(libc().fcntl(fd, _F_SETFD, flags | _FD_CLOEXEC), f"fcntl({fd})")
+
+    def load_seccomp(self, bpf: bytes, flags: int) -> int:
+        """seccomp(SECCOMP_SET_MODE_FILTER, flags, bpf); the listener fd when `flags`
+        asks for one (SECCOMP_FILTER_FLAG_NEW_LISTENER), else 0."""
+        code = ctypes.create_string_buffer(bpf, len(bpf))
+        program = _SockFprog(len(bpf) // 8, ctypes.cast(code, ctypes.c_void_p))
+        return _check(libc().syscall(_SYS_SECCOMP, ctypes.c_ulong(_SECCOMP_SET_MODE_FILTER),
+                                     ctypes.c_ulong(flags), ctypes.byref(program)),
+                      "seccomp(SECCOMP_SET_MODE_FILTER)")
 
     def execve(self, path: str, args: list[str], env: list[str]) -> None:
         os.execve(path, args, dict(_split_env(env)))
@@ -244,6 +271,24 @@ def _split_env(env: list[str]):
 
 class LinuxSyscalls(Syscalls):
     """The real kernel.  `Syscalls` already talks to it; the name says so."""
+
+
+def _open_fds(first: int) -> list[int]:
+    """The fds from `first` up: /proc/self/fd, or every number below RLIMIT_NOFILE
+    where the container has no /proc (yet)."""
+    try:
+        return [fd for fd in map(int, os.listdir("/proc/self/fd")) if fd >= first]
+    except OSError:
+        return list(range(first, resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
+
+
+def pidfd_getfd(pid: int, fd: int) -> int:
+    """A copy of process `pid`'s fd `fd` (pidfd_getfd(2)), close-on-exec."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        return _check(libc().syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0), "pidfd_getfd")
+    finally:
+        os.close(pidfd)
 
 
 def capget_bounding_last() -> int:

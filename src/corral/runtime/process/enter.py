@@ -44,7 +44,8 @@ class ExecRequest(Record):
     preserve_fds: int = 0
     last_cap: int = 40  # read on the host: the container may have no /proc
     console_fd: int | None = None  # connected --console-socket, for process.terminal
-    seccomp: object | None = None  # the container's compiled seccomp.SyscallFilter
+    seccomp: object | None = None  # the container's seccomp.SeccompProgram
+    agent_state: dict = {}  # the container's OCI state, for a seccomp agent
     stdio: tuple | None = None  # fds for 0, 1, 2 (a shim's pipes); None inherits ours
 
 
@@ -87,11 +88,16 @@ def spawn_exec(request: ExecRequest, syscalls: Syscalls) -> int:
         if request.cgroup is not None:
             request.cgroup.join(bootstrap)
         ours.send("go")
+        listeners = []  # the process's seccomp listener, for the agent once its PID is known
         while (message := ours.receive()) is not None:
             if message["type"] == "pid":
                 pid = message["pid"]
             elif message["type"] == "error":
                 raise InitFailed(message["message"])
+            elif message["type"] == "seccomp-listener":
+                listeners.append(message["fd"])
+            while listeners and pid is not None:
+                _pass_listener(ours, request, pid, listeners.pop())
         if pid is None:
             raise InitFailed("the exec process exited before it started")
         return pid
@@ -141,16 +147,31 @@ def _process_main(request: ExecRequest, channel: SyncChannel, sc: Syscalls) -> N
         executable = find_executable(process)
         process.env = env_with_home(process)
         apply_rlimits(process.rlimits, sc)
-        load_seccomp_early(request.seccomp, process)
+        load_seccomp_early(request.seccomp, process, sc, channel)
         become(process, sc, request.last_cap, may_setgroups=request.may_setgroups)
         sc.chdir(process.cwd)
         reset_signals()
         sc.mark_fds_cloexec(3 + request.preserve_fds)
-        load_seccomp_late(request.seccomp, process)
+        load_seccomp_late(request.seccomp, process, sc, channel)
         sc.execve(executable, process.args, process.env)
     except BaseException as e:  # noqa: BLE001
         _report(channel, e)
     os._exit(127)
+
+
+def _pass_listener(channel: SyncChannel, request: ExecRequest, pid: int, fd: int) -> None:
+    """The process's seccomp listener to the agent, then the process may go on."""
+    from corral.runtime.seccomp import send_listener_to_agent
+
+    try:
+        send_listener_to_agent(request.seccomp, pid, fd, request.agent_state)
+    except BaseException as e:
+        try:
+            channel.send("seccomp-listener-sent", error=str(e))
+        except BrokenPipeError:
+            pass
+        raise
+    channel.send("seccomp-listener-sent")
 
 
 def _report(channel: SyncChannel, error: BaseException) -> None:

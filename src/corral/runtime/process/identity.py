@@ -97,20 +97,49 @@ def _as_user(call, value, field: str) -> None:
             from None
 
 
-def load_seccomp_early(fltr, process: Process) -> None:
+def load_seccomp_early(program, process: Process, sc: Syscalls, channel=None) -> None:
     """Without no_new_privs, loading needs CAP_SYS_ADMIN: before the user change."""
-    if fltr is not None and not process.no_new_privileges:
-        from corral.runtime.seccomp import load  # loaded by the runtime before it forked
-
-        load(fltr)
+    if program is not None and not process.no_new_privileges:
+        _load_seccomp(program, sc, channel)
 
 
-def load_seccomp_late(fltr, process: Process) -> None:
-    """With no_new_privs, as late as can be: only execve follows (fewer syscalls to allow)."""
-    if fltr is not None and process.no_new_privileges:
-        from corral.runtime.seccomp import load
+def load_seccomp_late(program, process: Process, sc: Syscalls, channel=None) -> None:
+    """With no_new_privs, as late as can be (fewer syscalls to allow); for a filter
+    that notifies, while `channel` to the runtime is still open."""
+    if program is not None and process.no_new_privileges:
+        _load_seccomp(program, sc, channel)
 
-        load(fltr)
+
+def notifies(program) -> bool:
+    """A seccomp.SeccompProgram whose listener must reach the runtime (SCMP_ACT_NOTIFY)."""
+    return program is not None and program.notifies
+
+
+def _load_seccomp(program, sc: Syscalls, channel) -> None:
+    """Load the compiled program (a seccomp.SeccompProgram); its listener, if any,
+    goes to the runtime over `channel`."""
+    try:
+        listener = sc.load_seccomp(program.bpf, program.flags)
+    except OSError as e:
+        raise OSError(e.errno, f"linux.seccomp: cannot load the filter: {e.strerror}") \
+            from None
+    if program.notifies:
+        hand_listener_to_runtime(channel, listener)
+
+
+def hand_listener_to_runtime(channel, listener: int) -> None:
+    """Tell the runtime which fd is the listener; it copies it (pidfd_getfd) for the
+    seccomp agent.  Ours is closed once the agent has its copy: a syscall held for
+    the agent before that would wait for good."""
+    try:
+        channel.send("seccomp-listener", fd=listener)
+        reply = channel.expect("seccomp-listener-sent")
+    finally:
+        os.close(listener)
+    if reply.get("error"):
+        from corral.runtime.seccomp import SeccompAgentFailed  # imported before the fork
+
+        raise SeccompAgentFailed(reply["error"])
 
 
 def setgroups_allowed(pid: str | int = "self") -> bool:

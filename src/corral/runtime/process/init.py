@@ -29,6 +29,7 @@ from corral.runtime.process.identity import (
     last_capability,
     load_seccomp_early,
     load_seccomp_late,
+    notifies,
     reset_signals,
     setgroups_allowed,
 )
@@ -55,10 +56,12 @@ class InitContext(Record):
     no_pivot: bool = False
     preserve_fds: int = 0
     console_fd: int | None = None
-    seccomp: object | None = None  # a compiled seccomp.SyscallFilter
+    seccomp: object | None = None  # a seccomp.SeccompProgram
 
 
 class InitSequence:
+    listener_channel = None  # where a seccomp listener goes: run_init's channel to the runtime
+
     def __init__(self, ctx: InitContext, syscalls: Syscalls, last_cap: int,
                  before_pivot=None):
         self.ctx = ctx
@@ -91,10 +94,13 @@ class InitSequence:
                                   process.user.gid)
         executable = find_executable(process)
         apply_rlimits(process.rlimits, sc)
-        load_seccomp_early(ctx.seccomp, process)
+        load_seccomp_early(ctx.seccomp, process, sc, self.listener_channel)
         become(process, sc, self.last_cap,
                may_setgroups=not ctx.user_namespace or setgroups_allowed())
         sc.chdir(process.cwd)
+        if notifies(ctx.seccomp):
+            # The listener reaches the agent through the runtime: before "ready".
+            load_seccomp_late(ctx.seccomp, process, sc, self.listener_channel)
         return executable
 
     def wait_for_start(self) -> None:
@@ -107,11 +113,14 @@ class InitSequence:
         # once the startContainer hooks are done and the program is exec'd (OCI order).
         os.close(self.ctx.state_dir_fd)
 
-    def exec(self, executable: str) -> None:
+    def exec(self, executable: str, start_hooks=None) -> None:
         process = self.ctx.spec.process
         reset_signals()
         self.sc.mark_fds_cloexec(3 + self.ctx.preserve_fds)
-        load_seccomp_late(self.ctx.seccomp, process)
+        if not notifies(self.ctx.seccomp):
+            load_seccomp_late(self.ctx.seccomp, process, self.sc)
+        if start_hooks is not None:
+            start_hooks()  # under the no_new_privs filter too, as runc runs them
         self.sc.execve(executable, process.args, process.env)
 
 
@@ -121,6 +130,7 @@ def run_init(ctx: InitContext, channel: SyncChannel, syscalls: Syscalls) -> None
         last_cap = last_capability()
         hooks = HookRunner(ctx.spec, channel)
         sequence = InitSequence(ctx, syscalls, last_cap, before_pivot=hooks.before_pivot)
+        sequence.listener_channel = channel
         if ctx.spec.has_new_namespace("cgroup"):
             channel.expect("cgroup-joined")
             syscalls.unshare(k.CLONE_NEWCGROUP)
@@ -135,8 +145,7 @@ def run_init(ctx: InitContext, channel: SyncChannel, syscalls: Syscalls) -> None
     channel.close()
     try:
         sequence.wait_for_start()
-        hooks.start_container()
-        sequence.exec(executable)
+        sequence.exec(executable, hooks.start_container)
     except BaseException as e:  # noqa: BLE001
         os.write(2, f"corral-runtime init: {describe(e)}\n".encode())
     os._exit(127)

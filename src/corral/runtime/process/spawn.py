@@ -57,7 +57,7 @@ class SpawnRequest(Record):
     preserve_fds: int = 0
     hook_state: dict = {}  # the OCI state for hooks, less status and pid
     console_fd: int | None = None  # connected --console-socket, for process.terminal
-    seccomp: object | None = None  # a compiled seccomp.SyscallFilter
+    seccomp: object | None = None  # a seccomp.SeccompProgram
     stdio: tuple | None = None  # fds for the init's 0, 1, 2 (a shim's pipes); None inherits ours
 
 
@@ -92,6 +92,7 @@ def spawn_init(request: SpawnRequest, syscalls: Syscalls) -> int:
 def _converse(channel: SyncChannel, bootstrap_pid: int, request: SpawnRequest) -> int:
     spec, cgroup = request.spec, request.cgroup
     init_pid = None
+    listeners = []  # seccomp listener fds of the init, for the agent once its PID is known
     while True:
         message = channel.receive()
         if message is None:
@@ -118,12 +119,31 @@ def _converse(channel: SyncChannel, bootstrap_pid: int, request: SpawnRequest) -
                 e.init_pid = init_pid
                 raise
             _tell(channel, "hooks-done", state=state)
+        elif kind == "seccomp-listener":
+            listeners.append(message["fd"])
         elif kind == "ready":
             return init_pid
         elif kind == "error":
             error = InitFailed(message["message"])
             error.init_pid = init_pid
             raise error
+        while listeners and init_pid is not None:
+            _pass_listener(channel, request, init_pid, listeners.pop())
+
+
+def _pass_listener(channel: SyncChannel, request: SpawnRequest, init_pid: int,
+                   fd: int) -> None:
+    """The init's seccomp listener to the agent, then the init may go on."""
+    from corral.runtime.seccomp import send_listener_to_agent
+
+    state = dict(request.hook_state, status="creating", pid=init_pid)
+    try:
+        send_listener_to_agent(request.seccomp, init_pid, fd, state)
+    except BaseException as e:
+        _tell(channel, "seccomp-listener-sent", error=str(e))
+        e.init_pid = init_pid
+        raise
+    _tell(channel, "seccomp-listener-sent")
 
 
 def _tell(channel: SyncChannel, kind: str, **fields) -> None:
