@@ -90,6 +90,24 @@ def test_a_device_rule_allows_the_configured_device(runtime, bundle):
     assert "c 10:229 rw" in value(cid, "devices.list").splitlines()
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse on this host")
+def test_a_cri_device_comes_with_its_cgroup_rule(runtime, bundle):
+    # CRI devices (containerd's WithDevices): the node and an allow rule with its permissions.
+    from cri_api.v1 import api_pb2
+
+    from corral.cri.oci import PodContext, container_spec
+
+    config = api_pb2.ContainerConfig(command=["true"])
+    config.devices.add(container_path="/dev/fuse", host_path="/dev/fuse", permissions="rw")
+    spec = container_spec(config, api_pb2.PodSandboxConfig(), {"config": {}},
+                          PodContext(pod_id="pod", namespaces={}), rootfs=str(bundle.rootfs),
+                          container_id="ct")
+    bundle.linux["devices"] = spec["linux"]["devices"]
+    bundle.linux["resources"]["devices"] = spec["linux"]["resources"]["devices"]
+    cid = start(runtime, bundle)
+    assert inside(runtime, cid, OPEN_FUSE).stdout.strip() == "opened"
+
+
 def test_access_strings_as_runc_reads_them(runtime, bundle):
     # runc 1.1.5 update.bats: a deny with "rwa" next to a node made by linux.devices.
     bundle.linux["devices"] = [{"path": "/dev/kmsg", "type": "c", "major": 1, "minor": 11}]

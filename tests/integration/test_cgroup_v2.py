@@ -147,10 +147,43 @@ def test_a_disk_is_denied_with_eperm_until_a_rule_allows_it(runtime, make_bundle
     assert result.returncode != 0 and "Operation not permitted" in result.stderr
 
 
+def test_a_listed_device_is_not_allowed_by_the_listing(runtime, make_bundle):
+    # linux.devices makes the node; only linux.resources.devices may allow it (as runc).
+    name, major, minor = block_device()
+    listed = make_bundle()
+    listed.linux["devices"] = [{"path": f"/dev/{name}", "type": "b", "major": major,
+                                "minor": minor}]
+    result = runtime.run_capture(listed.write(
+        ["sh", "-c", f"ls /dev/{name} && head -c 1 /dev/{name} | wc -c"]))
+    assert result.stdout.split() == [f"/dev/{name}", "0"], result.stderr
+    assert f"/dev/{name}: Operation not permitted" in result.stderr
+
+
+def test_exec_into_a_sub_cgroup(runtime, bundle):
+    # exec.bats "runc exec --cgroup subcgroup [v2]"
+    bundle.write(["sleep", "1000"])
+    cid = runtime.new_id()
+    runtime("run", "--detach", "--bundle", str(bundle.path), cid)
+    path = container_cgroup(cid)
+    os.mkdir(f"{path}/sub")
+    show = ["cat", "/proc/self/cgroup"]
+    for bad, message in (("..", ".. is not a sub cgroup path"),
+                         ("nonexistent", "/nonexistent/cgroup.procs: no such file ")):
+        result = runtime("exec", "--cgroup", bad, cid, *show, check=False)
+        assert result.returncode != 0 and message in result.stderr, result.stderr
+    own = path[len(CGROUP_ROOT):]  # no cgroup namespace: the host's view
+    assert runtime("exec", "--cgroup", "/", cid, *show).stdout == f"0::{own}\n"
+    assert runtime("exec", "--cgroup", "sub", cid, *show).stdout == f"0::{own}/sub\n"
+    runtime("delete", "--force", cid)
+    assert not os.path.exists(path)
+
+
 def test_events_stats_come_from_the_v2_files(runtime, bundle):
     name, major, minor = block_device()
     bundle.linux["devices"] = [{"path": f"/dev/{name}", "type": "b", "major": major,
                                 "minor": minor, "fileMode": 0o600}]
+    bundle.linux["resources"]["devices"].append(
+        {"allow": True, "type": "b", "major": major, "minor": minor, "access": "r"})
     bundle.linux["resources"].update(memory={"limit": 64 * MiB}, pids={"limit": 30})
     bundle.write(["sh", "-c", f"dd if=/dev/{name} of=/dev/null bs=64k count=16 2>/dev/null; "
                               "x=$(head -c 4000000 /dev/zero | tr '\\0' a); "

@@ -108,6 +108,11 @@ def container_spec(config, pod_config, image_config: dict, pod: PodContext, *, r
     linux["sysctl"] = _sysctls(pod)
     linux["resources"] = linux_resources(config.linux.resources, privileged)
     linux["devices"] = _devices(config.devices)
+    # A device node is only usable where a cgroup rule allows it (containerd adds these).
+    linux["resources"]["devices"] += [
+        {"allow": True, "type": d["type"], "major": d["major"], "minor": d["minor"],
+         "access": device.permissions or "rwm"}
+        for d, device in zip(linux["devices"], config.devices, strict=True)]
     if cgroups_path:
         linux["cgroupsPath"] = cgroups_path
     seccomp = _seccomp(security)
