@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from corral.runtime.capabilities import CAPABILITY_NAMES
-from corral.runtime.mounts import FLAG_OPTIONS, PROPAGATION_OPTIONS
+from corral.runtime.mounts import FLAG_OPTIONS, PROPAGATION_OPTIONS, RECURSIVE_OPTIONS
 from corral.spec.runtime import HOOK_KINDS, NAMESPACE_TYPES
 
 
 def features() -> dict:
-    options = sorted({*FLAG_OPTIONS, *PROPAGATION_OPTIONS, "tmpcopyup"})
+    options = sorted({*FLAG_OPTIONS, *PROPAGATION_OPTIONS, *RECURSIVE_OPTIONS, "tmpcopyup"})
     return {
         "ociVersionMin": "1.0.0",
         "ociVersionMax": "1.2.0",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -37,8 +38,27 @@ PROPAGATION_OPTIONS: dict[str, int] = {
     "slave": k.MS_SLAVE, "rslave": k.MS_SLAVE | k.MS_REC,
     "unbindable": k.MS_UNBINDABLE, "runbindable": k.MS_UNBINDABLE | k.MS_REC,
 }
+# Recursive attributes (OCI runtime-spec 1.1), applied with mount_setattr(2) and
+# AT_RECURSIVE to the mount and every mount below it: option → (set it?, MOUNT_ATTR_*).
+RECURSIVE_OPTIONS: dict[str, tuple[bool, int]] = {
+    "rro": (True, k.MOUNT_ATTR_RDONLY), "rrw": (False, k.MOUNT_ATTR_RDONLY),
+    "rnosuid": (True, k.MOUNT_ATTR_NOSUID), "rsuid": (False, k.MOUNT_ATTR_NOSUID),
+    "rnodev": (True, k.MOUNT_ATTR_NODEV), "rdev": (False, k.MOUNT_ATTR_NODEV),
+    "rnoexec": (True, k.MOUNT_ATTR_NOEXEC), "rexec": (False, k.MOUNT_ATTR_NOEXEC),
+    "rnodiratime": (True, k.MOUNT_ATTR_NODIRATIME),
+    "rdiratime": (False, k.MOUNT_ATTR_NODIRATIME),
+    "rrelatime": (True, k.MOUNT_ATTR_RELATIME), "rnorelatime": (False, k.MOUNT_ATTR_RELATIME),
+    "rnoatime": (True, k.MOUNT_ATTR_NOATIME), "ratime": (False, k.MOUNT_ATTR_NOATIME),
+    "rstrictatime": (True, k.MOUNT_ATTR_STRICTATIME),
+    "rnostrictatime": (False, k.MOUNT_ATTR_STRICTATIME),
+    "rnosymfollow": (True, k.MOUNT_ATTR_NOSYMFOLLOW),
+    "rsymfollow": (False, k.MOUNT_ATTR_NOSYMFOLLOW),
+}
 # runc-specific extensions that are not kernel options; accepted and ignored here.
 _IGNORED_OPTIONS = {"tmpcopyup", "idmap", "ridmap"}
+# procfs and sysfs go on the very path named (runc: "must be mounted on ordinary
+# directory"): a symlink there could put the host's view anywhere.
+_PSEUDO_FILESYSTEMS = ("proc", "sysfs")
 
 
 class MountError(OSError):
@@ -49,21 +69,40 @@ class MountOptions(Record):
     flags: int = 0
     propagation: list[int] | None = None
     data: str = ""
+    recursive_set: int = 0  # MOUNT_ATTR_* for the whole tree
+    recursive_clear: int = 0
 
     @classmethod
     def parse(cls, options: list[str]) -> MountOptions:
         flags = 0
         propagation = []
         data = []
+        attr_set = attr_clear = 0
         for option in options:
             if option in FLAG_OPTIONS:
                 set_flags, clear_flags = FLAG_OPTIONS[option]
                 flags = (flags | set_flags) & ~clear_flags
             elif option in PROPAGATION_OPTIONS:
                 propagation.append(PROPAGATION_OPTIONS[option])
+            elif option in RECURSIVE_OPTIONS:
+                attr_set, attr_clear = _add_recursive(option, attr_set, attr_clear)
             elif option not in _IGNORED_OPTIONS:
                 data.append(option)
-        return cls(flags, propagation, ",".join(data))
+        return cls(flags, propagation, ",".join(data), attr_set, attr_clear)
+
+
+def _add_recursive(option: str, attr_set: int, attr_clear: int) -> tuple[int, int]:
+    setting, attr = RECURSIVE_OPTIONS[option]
+    if attr & ~k.MOUNT_ATTR__ATIME == 0:
+        # The access-time mode is one field, not bits (mount_setattr(2)): any change
+        # clears the whole field and sets one value; undoing one means relatime (0).
+        attr_clear |= k.MOUNT_ATTR__ATIME
+        attr_set = attr_set & ~k.MOUNT_ATTR__ATIME | (attr if setting else 0)
+    elif setting:
+        attr_set, attr_clear = attr_set | attr, attr_clear & ~attr
+    else:
+        attr_set, attr_clear = attr_set & ~attr, attr_clear | attr
+    return attr_set, attr_clear
 
 
 class MountContext(Record):
@@ -74,28 +113,78 @@ class MountContext(Record):
     cgroup_paths: dict[str, str]  # controller → host directory of the container's cgroup
     cgroup_namespace: bool
     syscalls: Syscalls
+    source_fds: dict[int, int] = {}  # index in spec.mounts → O_PATH fd on its bind source
 
 
-def mount_into_rootfs(mount: Mount, ctx: MountContext) -> None:
-    """Mount one config.json entry at its destination inside the rootfs."""
+def mount_into_rootfs(mount: Mount, ctx: MountContext, source_fd: int | None = None) -> None:
+    """Mount one config.json entry at its destination inside the rootfs.
+
+    `source_fd`: an O_PATH fd on a bind mount's source, opened by the runtime
+    (see corral.runtime.mountsources) where the init itself may not reach it.
+    """
     opts = MountOptions.parse(mount.options)
     sc = ctx.syscalls
-    dest = secure_join(ctx.rootfs, mount.destination)
+    if mount.type in _PSEUDO_FILESYSTEMS and not mount.is_bind:
+        dest = _ordinary_directory(ctx.rootfs, mount)
+    else:
+        dest = secure_join(ctx.rootfs, mount.destination)
     if mount.is_bind:
-        source = mount.source if os.path.isabs(mount.source) else os.path.join(
-            ctx.bundle, mount.source)
-        if not os.path.exists(source):
-            raise MountError(2, f"bind mount source {source} does not exist")
-        _make_target(ctx.rootfs, dest, directory=os.path.isdir(source), sc=sc)
+        source, is_dir = _bind_source(mount, ctx.bundle, source_fd)
+        _make_target(ctx.rootfs, dest, directory=is_dir, sc=sc)
         _bind(source, dest, opts, sc)
     elif mount.type == "cgroup":
         _mount_cgroups(dest, opts, ctx)
     else:
         _make_target(ctx.rootfs, dest, directory=True, sc=sc)
-        sc.mount(mount.source or mount.type, dest, mount.type, opts.flags & ~k.MS_REMOUNT,
-                 opts.data or None)
+        flags = opts.flags & ~k.MS_REMOUNT
+        if finished_after_pivot(mount):
+            flags &= ~k.MS_RDONLY  # files and mounts still go in; see finishing_touches
+        sc.mount(mount.source or mount.type, dest, mount.type, flags, opts.data or None)
     for propagation in opts.propagation:
         sc.mount(None, dest, None, propagation)
+    if not finished_after_pivot(mount):
+        set_recursive_attributes(dest, opts, sc)
+
+
+def finished_after_pivot(mount: Mount) -> bool:
+    """A tmpfs or /dev is made read-only only at the end, as runc does: devices,
+    /dev/pts and mounts below it need it writable first."""
+    return not mount.is_bind and (
+        mount.type == "tmpfs" or os.path.normpath(mount.destination) == "/dev")
+
+
+def finishing_touches(mounts: list[Mount]) -> list[tuple[str, MountOptions]]:
+    """(destination in the container, options) of each mount left to finish after pivot_root."""
+    return [(secure_join("/", m.destination), MountOptions.parse(m.options))
+            for m in mounts if finished_after_pivot(m)]
+
+
+def set_recursive_attributes(dest: str, opts: MountOptions, sc: Syscalls) -> None:
+    if opts.recursive_set or opts.recursive_clear:
+        sc.mount_setattr(dest, opts.recursive_set, opts.recursive_clear)
+
+
+def _ordinary_directory(rootfs: str, mount: Mount) -> str:
+    """The destination of procfs or sysfs, refused unless a directory or absent."""
+    dest = os.path.normpath(mount.destination)
+    parent = secure_join(rootfs, os.path.dirname(dest))
+    path = os.path.join(parent, os.path.basename(dest))
+    if os.path.lexists(path) and not stat.S_ISDIR(os.lstat(path).st_mode):
+        raise MountError(errno.ENOTDIR, f"{mount.destination}: filesystem "
+                         f"\"{mount.type}\" must be mounted on ordinary directory")
+    return path
+
+
+def _bind_source(mount: Mount, bundle: str, source_fd: int | None) -> tuple[str, bool]:
+    """The path to bind from, and whether it is a directory."""
+    if source_fd is not None:
+        return f"/proc/self/fd/{source_fd}", stat.S_ISDIR(os.fstat(source_fd).st_mode)
+    source = mount.source if os.path.isabs(mount.source) else os.path.join(bundle,
+                                                                           mount.source)
+    try:
+        return source, stat.S_ISDIR(os.stat(source).st_mode)
+    except FileNotFoundError:
+        raise MountError(errno.ENOENT, f"bind mount source {source} does not exist") from None
 
 
 def _bind(source: str, dest: str, opts: MountOptions, sc: Syscalls) -> None:

@@ -41,6 +41,21 @@ MS_PROPAGATION = MS_SHARED | MS_SLAVE | MS_PRIVATE | MS_UNBINDABLE
 
 MNT_DETACH = 0x2
 
+# mount_setattr(2) attributes (struct mount_attr); the access-time mode is a field
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+MOUNT_ATTR__ATIME = 0x70
+MOUNT_ATTR_RELATIME = 0x0
+MOUNT_ATTR_NOATIME = 0x10
+MOUNT_ATTR_STRICTATIME = 0x20
+MOUNT_ATTR_NODIRATIME = 0x80
+MOUNT_ATTR_NOSYMFOLLOW = 0x200000
+AT_RECURSIVE = 0x8000
+_AT_FDCWD = -100
+_SYS_MOUNT_SETATTR = 442  # the same on every architecture (unified table, Linux 5.12)
+
 # clone(2) / unshare(2) / setns(2) namespace flags
 CLONE_NEWTIME = 0x00000080
 CLONE_NEWNS = 0x00020000
@@ -82,6 +97,15 @@ _SECCOMP_SET_MODE_FILTER = 1
 _SYS_PIDFD_GETFD = 438  # the unified table: the same on every architecture
 _F_GETFD, _F_SETFD, _FD_CLOEXEC = 1, 2, 1
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
 
 
 class _SockFprog(ctypes.Structure):
@@ -133,6 +157,14 @@ class Syscalls:
 
     def umount(self, target: str, flags: int = 0) -> None:
         _check(libc().umount2(_b(target), flags), f"umount {target}", target)
+
+    def mount_setattr(self, target: str, attr_set: int, attr_clear: int) -> None:
+        """Change attributes of `target` and every mount below it (AT_RECURSIVE)."""
+        attr = _MountAttr(attr_set, attr_clear, 0, 0)
+        _check(libc().syscall(_SYS_MOUNT_SETATTR, ctypes.c_int(_AT_FDCWD), _b(target),
+                              ctypes.c_uint(AT_RECURSIVE), ctypes.byref(attr),
+                              ctypes.c_size_t(ctypes.sizeof(attr))),
+               f"mount_setattr {target}", target)
 
     def pivot_root(self, new_root: str, put_old: str) -> None:
         _check(libc().syscall(_SYS_PIVOT_ROOT, _b(new_root), _b(put_old)), "pivot_root")

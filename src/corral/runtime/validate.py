@@ -27,6 +27,8 @@ def check_spec(spec: Spec, rootfs: str) -> None:
     _refuse_unsupported(spec.source)
     for key in spec.linux.sysctl:
         _check_sysctl(spec, key)
+    if spec.linux.namespace("mount") is None:
+        _check_without_mount_namespace(spec)
 
 
 def check_process(process: Process) -> None:
@@ -53,6 +55,23 @@ def _refuse_unsupported(source: dict) -> None:
         if (source.get(section) or {}).get(key) is not None:
             raise ConfigInvalid(f"{section}.{key}: not supported by this version of "
                                 "corral-runtime")
+
+
+def _check_without_mount_namespace(spec: Spec) -> None:
+    """Sharing the runtime's mount namespace, the container is only chrooted: what
+    would mount (on the host, left there for good) or change host mounts is refused."""
+    needs_mounting = (
+        ("mounts", bool(spec.mounts)),
+        ("linux.maskedPaths", bool(spec.linux.masked_paths)),
+        ("linux.readonlyPaths", bool(spec.linux.readonly_paths)),
+        ("linux.devices", bool(spec.linux.devices)),
+        ("linux.rootfsPropagation", bool(spec.linux.rootfs_propagation)),
+        ("root.readonly", spec.root.readonly),
+    )
+    for field, asked in needs_mounting:
+        if asked:
+            raise ConfigInvalid(f"{field}: needs a mount namespace of the container's own "
+                                "(linux.namespaces has no mount namespace)")
 
 
 def check_console(process: Process, console_socket: str | None) -> None:

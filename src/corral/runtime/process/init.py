@@ -57,6 +57,7 @@ class InitContext(Record):
     preserve_fds: int = 0
     console_fd: int | None = None
     seccomp: object | None = None  # a seccomp.SeccompProgram
+    mount_sources_fd: int | None = None  # socket bringing bind sources' fds (mountsources)
 
 
 class InitSequence:
@@ -76,7 +77,8 @@ class InitSequence:
         sc.setsid()
         mounts = MountContext(rootfs=ctx.rootfs, bundle=ctx.bundle,
                               cgroup_paths=ctx.cgroup_paths,
-                              cgroup_namespace=spec.has_new_namespace("cgroup"), syscalls=sc)
+                              cgroup_namespace=spec.has_new_namespace("cgroup"), syscalls=sc,
+                              source_fds=self.mount_sources())
         enter_rootfs(spec, mounts, user_namespace=ctx.user_namespace, no_pivot=ctx.no_pivot,
                      before_pivot=self.before_pivot)
         if spec.has_new_namespace("network"):
@@ -102,6 +104,13 @@ class InitSequence:
             # The listener reaches the agent through the runtime: before "ready".
             load_seccomp_late(ctx.seccomp, process, sc, self.listener_channel)
         return executable
+
+    def mount_sources(self) -> dict[int, int]:
+        if self.ctx.mount_sources_fd is None:
+            return {}
+        from corral.runtime import mountsources  # its socket module: only when needed
+
+        return mountsources.receive(self.ctx.mount_sources_fd)
 
     def wait_for_start(self) -> None:
         """Block until `start` opens exec.fifo for reading."""

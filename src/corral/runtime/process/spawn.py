@@ -28,7 +28,7 @@ import os
 import select
 import time
 
-from corral.runtime import namespaces
+from corral.runtime import mountsources, namespaces
 from corral.runtime.errors import InitFailed
 from corral.runtime.hooks import run_hooks
 from corral.runtime.process.identity import describe
@@ -67,29 +67,39 @@ def spawn_init(request: SpawnRequest, syscalls: Syscalls) -> int:
     ours, theirs = SyncChannel.pair()
     join_targets = namespaces.open_join_targets(spec.linux.namespaces)
     state_dir_fd = os.open(request.state_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    sources, init_sources_fd = (mountsources.socket_pair() if mountsources.needed(spec)
+                                else (None, None))
     try:
         bootstrap_pid = os.fork()
         if bootstrap_pid == 0:
             ours.close()
-            _bootstrap_main(request, theirs, join_targets, state_dir_fd, syscalls)
+            if sources is not None:
+                sources.close()  # the init must see EOF if the runtime's helper fails
+            _bootstrap_main(request, theirs, join_targets, state_dir_fd, syscalls,
+                            init_sources_fd)
     finally:
         theirs.close()
         os.close(state_dir_fd)
+        if init_sources_fd is not None:
+            os.close(init_sources_fd)
         for _, fd in join_targets:
             os.close(fd)
     init_pid = None
     try:
-        init_pid = _converse(ours, bootstrap_pid, request)
+        init_pid = _converse(ours, bootstrap_pid, request, sources)
         return init_pid
     except BaseException as e:
         _stop_failed_init(ours, getattr(e, "init_pid", init_pid))
         raise
     finally:
         ours.close()
+        if sources is not None:
+            sources.close()
         _reap(bootstrap_pid)
 
 
-def _converse(channel: SyncChannel, bootstrap_pid: int, request: SpawnRequest) -> int:
+def _converse(channel: SyncChannel, bootstrap_pid: int, request: SpawnRequest,
+              mount_sources=None) -> int:
     spec, cgroup = request.spec, request.cgroup
     init_pid = None
     listeners = []  # seccomp listener fds of the init, for the agent once its PID is known
@@ -110,6 +120,9 @@ def _converse(channel: SyncChannel, bootstrap_pid: int, request: SpawnRequest) -
                 e.init_pid = init_pid
                 raise
             _tell(channel, "cgroup-joined")
+            if mount_sources is not None:
+                mountsources.send(mount_sources, init_pid, spec, request.bundle)
+                mount_sources.close()
         elif kind == "run-hooks":
             state = dict(request.hook_state, status="creating", pid=init_pid)
             try:
@@ -201,7 +214,8 @@ def _reap(pid: int) -> None:
 # --- in the bootstrap process ---------------------------------------------------
 
 def _bootstrap_main(request: SpawnRequest, channel: SyncChannel,
-                    join_targets: list, state_dir_fd: int, sc: Syscalls) -> None:
+                    join_targets: list, state_dir_fd: int, sc: Syscalls,
+                    mount_sources_fd: int | None = None) -> None:
     """Runs in the forked child; never returns."""
     try:
         spec = request.spec
@@ -233,7 +247,8 @@ def _bootstrap_main(request: SpawnRequest, channel: SyncChannel,
                               cgroup_paths=request.cgroup.paths if request.cgroup else {},
                               user_namespace=user_ns is not None, no_pivot=request.no_pivot,
                               preserve_fds=request.preserve_fds,
-                              console_fd=request.console_fd, seccomp=request.seccomp)
+                              console_fd=request.console_fd, seccomp=request.seccomp,
+                              mount_sources_fd=mount_sources_fd)
             run_init(ctx, channel, sc)
         channel.send("init-pid", pid=init_pid)
     except BaseException as e:  # noqa: BLE001 - reported to the runtime, never raised here
