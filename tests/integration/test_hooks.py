@@ -129,3 +129,14 @@ def test_poststart_and_poststop_failures_are_warnings(runtime, hooked):
     kinds = [k for k, _ in read_log(log)]
     assert "poststart" in kinds and "poststop" in kinds  # the rest still ran
     assert_nothing_left(runtime, cid)
+
+
+def test_create_container_hooks_run_in_the_container_root(runtime, bundle, tmp_path):
+    """runc chdirs to the rootfs before the createContainer hooks; other hooks keep ours."""
+    log = tmp_path / "cwd.log"
+    bundle.config["hooks"] = {
+        "createContainer": [{"path": "/bin/sh", "args": ["sh", "-c", f"pwd > {log}"]}]}
+    bundle.write(["true"])
+    result = runtime.run_capture(bundle)
+    assert result.returncode == 0, result.stderr
+    assert log.read_text().strip() == str(bundle.rootfs)

@@ -217,3 +217,46 @@ def test_podman_forwards_a_stop_signal_the_container_handles(podman):
         assert state.strip() == "0"
     finally:
         run([*podman, "rm", "--force", name], check=False)
+
+
+# --- process.cwd from an image or a client cannot lead out (CVE-2024-21626 class) --------
+
+ESCAPE_FDS = range(3, 12)
+
+
+@pytest.fixture
+def host_secret():
+    name = f"corral-escape-{os.getpid()}-{time.monotonic_ns()}"
+    path = f"/tmp/{name}"
+    with open(path, "w") as f:
+        f.write("host-secret-" + name)
+    try:
+        yield name, "host-secret-" + name
+    finally:
+        os.unlink(path)
+
+
+def climb(name: str) -> list[str]:
+    return ["sh", "-c", f"cat {'../' * 24}tmp/{name} 2>/dev/null; pwd"]
+
+
+def test_containerd_image_working_dir_through_an_fd_stays_inside(ctr, tmp_path, host_secret):
+    name, secret = host_secret
+    rootfs = tmp_path / "rootfs"
+    build_rootfs(str(rootfs))
+    for fd in ESCAPE_FDS:
+        image = f"localhost/corral-workdir:{fd}"
+        write_archive(build_image(str(rootfs), image, working_dir=f"/proc/self/fd/{fd}"),
+                      str(tmp_path / "i.tar"))
+        run([*ctr, "images", "import", "--snapshotter", "native", str(tmp_path / "i.tar")])
+        out = run(ctr_run(ctr, "--rm", image, f"c-wd-{fd}", *climb(name)), check=False)
+        assert secret not in out.stdout + out.stderr, f"fd {fd}: read the host's file"
+        run([*ctr, "images", "rm", image])
+
+
+def test_podman_workdir_through_an_fd_stays_inside(podman, host_secret):
+    name, secret = host_secret
+    for fd in ESCAPE_FDS:
+        out = run([*podman, "run", "--rm", *PODMAN_RUN, "--workdir", f"/proc/self/fd/{fd}",
+                   IMAGE, *climb(name)], check=False)
+        assert secret not in out.stdout + out.stderr, f"fd {fd}: read the host's file"

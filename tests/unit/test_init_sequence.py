@@ -57,7 +57,7 @@ def make_sequence(rootfs, edit=None) -> tuple[InitSequence, RecordingSyscalls]:
         edit(config)
     spec = Spec.parse(config)
     ctx = InitContext(spec=spec, rootfs=str(rootfs), bundle=str(rootfs.parent),
-                      state_dir_fd=-1, cgroup_paths={}, user_namespace=False)
+                      fifo_fd=-1, cgroup_paths={}, user_namespace=False)
     recorder = RecordingSyscalls()
     return InitSequence(ctx, recorder, last_cap=40), recorder
 
@@ -85,10 +85,14 @@ def test_the_init_sequence_runs_in_the_order_the_kernel_needs(rootfs):
     uid = sc.index(lambda c: c[0] == "setresuid")
     capset = sc.index(lambda c: c[0] == "capset")
     nnp = sc.index(lambda c: c[:2] == ("prctl", k.PR_SET_NO_NEW_PRIVS))
-    chdir = len(calls) - 1
+    # Stray fds are closed, then the cwd is entered as root (runc's order), and once the
+    # user is taken on the cwd must still be reachable from the container's root.
+    close_fds = sc.index(lambda c: c[0] == "close_fds_except")
+    chdir = close_fds + 1
     assert calls[chdir] == ("chdir", "/")
+    assert calls[-1] == ("check_cwd_reachable",)
     order = [bind_root, proc, null, pivot, hostname, sysctl, readonly, masked, root_ro,
-             rlimit, drop, groups, gid, uid, capset, nnp, chdir]
+             rlimit, close_fds, chdir, drop, groups, gid, uid, capset, nnp, len(calls) - 1]
     assert order == sorted(order), calls
     assert calls[groups] == ("setgroups", [10, 100])
     assert calls[gid] == ("setresgid", 1000) and calls[uid] == ("setresuid", 1000)

@@ -57,7 +57,8 @@ def _walk_sorted(root: str):
 
 
 def build_image(rootfs: str, name: str, *, cmd: list[str] | None = None,
-                env: list[str] | None = None) -> dict[str, bytes]:
+                env: list[str] | None = None,
+                working_dir: str | None = None) -> dict[str, bytes]:
     """Every blob and file of the image, by its path in an OCI layout."""
     ref = parse_reference(name)
     tar = layer_tar(rootfs)
@@ -67,7 +68,8 @@ def build_image(rootfs: str, name: str, *, cmd: list[str] | None = None,
         "os": "linux",
         "config": {"Env": env or ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
                                   "/sbin:/bin"],
-                   "Cmd": cmd or ["sh"]},
+                   "Cmd": cmd or ["sh"],
+                   **({"WorkingDir": working_dir} if working_dir else {})},
         "rootfs": {"type": "layers",
                    "diff_ids": ["sha256:" + hashlib.sha256(tar).hexdigest()]},
     }

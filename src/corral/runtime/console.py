@@ -34,11 +34,13 @@ def connect(path: str) -> int:
     return fd
 
 
-def take_terminal(console_fd: int, size: tuple[int, int] | None, uid: int, gid: int) -> None:
+def take_terminal(console_fd: int, size: tuple[int, int] | None, uid: int) -> None:
     """In the container's process (a session leader): a new pty as its terminal and stdio."""
     master, slave = os.openpty()
     try:
-        os.fchown(slave, uid, gid)
+        # The user's, in the group devpts gave it (gid=5, tty, in the default
+        # mount options), as runc leaves it.
+        os.fchown(slave, uid, -1)
         if size and all(size):
             rows, cols = size
             fcntl.ioctl(slave, termios.TIOCSWINSZ, _u16(rows) + _u16(cols) + bytes(4))

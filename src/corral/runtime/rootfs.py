@@ -19,7 +19,6 @@ from corral.runtime.mounts import (
     mount_into_rootfs,
     set_recursive_attributes,
 )
-from corral.runtime.paths import make_dirs_inside, secure_join
 from corral.runtime.syscalls import Syscalls
 from corral.spec.record import Record
 from corral.spec.runtime import Spec
@@ -51,11 +50,6 @@ def enter_rootfs(spec: Spec, ctx: MountContext, *, user_namespace: bool,
     else:
         _close_all(ctx.source_fds)
 
-    if spec.process:
-        cwd = secure_join(rootfs, spec.process.cwd)
-        if not os.path.lexists(cwd):
-            make_dirs_inside(rootfs, cwd, sc.mkdir)
-
     if before_pivot is not None:
         before_pivot()  # the createRuntime and createContainer hooks
     if not own_mounts:
@@ -66,8 +60,10 @@ def enter_rootfs(spec: Spec, ctx: MountContext, *, user_namespace: bool,
     else:
         _pivot_root(rootfs, sc)
     if spec.linux.rootfs_propagation:
-        # What the config asked of the container's "/" (runtime-tools checks it there).
-        sc.mount(None, "/", None, PROPAGATION_OPTIONS[spec.linux.rootfs_propagation])
+        # What the config asked of the container's "/" (runtime-tools checks it there);
+        # of "/" alone: the mounts below keep the propagation their options gave them.
+        sc.mount(None, "/", None, PROPAGATION_OPTIONS[spec.linux.rootfs_propagation]
+                 & ~k.MS_REC)
 
 
 def _prepare_root(spec: Spec, rootfs: str, no_pivot: bool, sc: Syscalls) -> None:

@@ -87,6 +87,8 @@ _IFREQ_SIZE = 40  # char ifr_name[16] + the largest member of the union
 
 # glibc has no pivot_root wrapper; its number differs by architecture
 # (close_range is 436 on every architecture since the unified table).
+_FD_MAX = 2**31 - 1  # os.closerange's end: CPython turns it into one close_range(2)
+
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203,
                    "s390x": 217}.get(os.uname().machine, 155)
 _SYS_CLOSE_RANGE = 436
@@ -97,10 +99,6 @@ _SECCOMP_SET_MODE_FILTER = 1
 _SYS_PIDFD_GETFD = 438  # the unified table: the same on every architecture
 _F_GETFD, _F_SETFD, _FD_CLOEXEC = 1, 2, 1
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
-
-
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
 class _MountAttr(ctypes.Structure):
@@ -290,6 +288,27 @@ class Syscalls:
         return _check(libc().syscall(_SYS_SECCOMP, ctypes.c_ulong(_SECCOMP_SET_MODE_FILTER),
                                      ctypes.c_ulong(flags), ctypes.byref(program)),
                       "seccomp(SECCOMP_SET_MODE_FILTER)")
+
+    def close_fds_except(self, keep: set[int]) -> None:
+        """Close every fd from 3 up that is not in `keep` (a few close_range calls)."""
+        low = 3
+        for fd in sorted(k for k in keep if k >= 3):
+            if fd > low:
+                os.closerange(low, fd)
+            low = max(low, fd + 1)
+        os.closerange(low, _FD_MAX)
+
+    def check_cwd_reachable(self) -> None:
+        """The working directory must lie under our root: a directory reached through
+        an fd or /proc link from outside (CVE-2024-21626) is "(unreachable)" to
+        getcwd(2), which glibc reports as ENOENT."""
+        try:
+            reachable = os.getcwd().startswith("/")
+        except FileNotFoundError:
+            reachable = False
+        if not reachable:
+            raise PermissionError(1, "current working directory is outside of the container's "
+                                  "root: possible container breakout detected")
 
     def execve(self, path: str, args: list[str], env: list[str]) -> None:
         os.execve(path, args, dict(_split_env(env)))

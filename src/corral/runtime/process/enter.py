@@ -3,7 +3,8 @@
     runtime ──fork──▶ bootstrap  [runtime moves it into the container's cgroup]
        │                 │  setns: user, then ipc, uts, net, pid, cgroup, time, mount
        │                 └─fork──▶ process: in the container's PID namespace
-       │◀────── "pid" ───┘ exits     │ rlimits, user, groups, caps, cwd
+       │◀────── "pid" ───┘ exits     │ rlimits, close stray fds, cwd (as root),
+       │                             │ user, groups, caps, cwd checked
        │◀──────────────── EOF ───────┘ execve (the channel is close-on-exec)
 
 The namespaces to join are those the init lives in that differ from the
@@ -18,6 +19,8 @@ from corral.runtime.errors import InitFailed
 from corral.runtime.namespaces import CLONE_FLAGS, PROC_NAMES
 from corral.runtime.process.identity import (
     become,
+    chdir_after_user,
+    chdir_before_user,
     describe,
     env_with_home,
     find_executable,
@@ -142,14 +145,17 @@ def _process_main(request: ExecRequest, channel: SyncChannel, sc: Syscalls) -> N
             from corral.runtime import console  # loaded by the runtime before it forked
 
             os.setsid()  # a terminal needs a session of its own
-            console.take_terminal(request.console_fd, process.console_size, process.user.uid,
-                                  process.user.gid)
+            console.take_terminal(request.console_fd, process.console_size, process.user.uid)
         executable = find_executable(process)
         process.env = env_with_home(process)
         apply_rlimits(process.rlimits, sc)
+        # Nothing of the runtime's may be a way out of the container (CVE-2024-21626).
+        sc.close_fds_except({*range(3, 3 + request.preserve_fds), channel.read_fd,
+                             channel.write_fd})
+        entered = chdir_before_user(process.cwd, sc)
         load_seccomp_early(request.seccomp, process, sc, channel)
         become(process, sc, request.last_cap, may_setgroups=request.may_setgroups)
-        sc.chdir(process.cwd)
+        chdir_after_user(process.cwd, sc, entered)
         reset_signals()
         sc.mark_fds_cloexec(3 + request.preserve_fds)
         load_seccomp_late(request.seccomp, process, sc, channel)

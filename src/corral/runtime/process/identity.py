@@ -88,6 +88,28 @@ def become(process: Process, sc: Syscalls, last_cap: int, *, may_setgroups: bool
         sc.prctl(k.PR_SET_NO_NEW_PRIVS, 1)
 
 
+def chdir_before_user(cwd: str, sc: Syscalls) -> bool:
+    """Enter process.cwd while still root, as runc does (a directory the runtime's
+    user may reach and the container's user may not); False if that failed."""
+    try:
+        sc.chdir(cwd)
+    except OSError:
+        return False
+    return True
+
+
+def chdir_after_user(cwd: str, sc: Syscalls, entered: bool) -> None:
+    """Enter process.cwd as the container's user unless done already; either way
+    it must be reachable from the container's root."""
+    if not entered:
+        try:
+            sc.chdir(cwd)
+        except OSError as e:
+            raise OSError(e.errno, f'chdir to cwd ("{cwd}") set in config.json failed: '
+                          f"{e.strerror}") from None
+    sc.check_cwd_reachable()
+
+
 def _as_user(call, value, field: str) -> None:
     try:
         call(value)

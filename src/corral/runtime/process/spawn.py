@@ -35,6 +35,7 @@ from corral.runtime.process.identity import describe
 from corral.runtime.process.init import InitContext, run_init
 from corral.runtime.process.stdio import adopt_stdio
 from corral.runtime.process.sync import SyncChannel
+from corral.runtime.state import EXEC_FIFO
 from corral.runtime.syscalls import (
     CLONE_NEWCGROUP,
     CLONE_NEWUSER,
@@ -66,7 +67,14 @@ def spawn_init(request: SpawnRequest, syscalls: Syscalls) -> int:
     spec = request.spec
     ours, theirs = SyncChannel.pair()
     join_targets = namespaces.open_join_targets(spec.linux.namespaces)
-    state_dir_fd = os.open(request.state_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    # The init reaches exec.fifo after pivot_root through this O_PATH fd, never a
+    # directory fd: a directory outside the container could become its cwd.
+    fifo_fd = os.open(os.path.join(request.state_dir, EXEC_FIFO), os.O_PATH | os.O_CLOEXEC)
+    if not _container_has_proc(spec):
+        # Without its own /proc the init cannot reopen that fd: it keeps the state
+        # directory instead, and the cwd check after chdir is what keeps it inside.
+        os.close(fifo_fd)
+        fifo_fd = os.open(request.state_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     sources, init_sources_fd = (mountsources.socket_pair() if mountsources.needed(spec)
                                 else (None, None))
     try:
@@ -75,11 +83,11 @@ def spawn_init(request: SpawnRequest, syscalls: Syscalls) -> int:
             ours.close()
             if sources is not None:
                 sources.close()  # the init must see EOF if the runtime's helper fails
-            _bootstrap_main(request, theirs, join_targets, state_dir_fd, syscalls,
+            _bootstrap_main(request, theirs, join_targets, fifo_fd, syscalls,
                             init_sources_fd)
     finally:
         theirs.close()
-        os.close(state_dir_fd)
+        os.close(fifo_fd)
         if init_sources_fd is not None:
             os.close(init_sources_fd)
         for _, fd in join_targets:
@@ -159,6 +167,11 @@ def _pass_listener(channel: SyncChannel, request: SpawnRequest, init_pid: int,
     _tell(channel, "seccomp-listener-sent")
 
 
+def _container_has_proc(spec: Spec) -> bool:
+    return spec.has_new_namespace("mount") and any(
+        m.destination.rstrip("/") == "/proc" and m.type == "proc" for m in spec.mounts)
+
+
 def _tell(channel: SyncChannel, kind: str, **fields) -> None:
     try:
         channel.send(kind, **fields)
@@ -214,7 +227,7 @@ def _reap(pid: int) -> None:
 # --- in the bootstrap process ---------------------------------------------------
 
 def _bootstrap_main(request: SpawnRequest, channel: SyncChannel,
-                    join_targets: list, state_dir_fd: int, sc: Syscalls,
+                    join_targets: list, fifo_fd: int, sc: Syscalls,
                     mount_sources_fd: int | None = None) -> None:
     """Runs in the forked child; never returns."""
     try:
@@ -243,7 +256,7 @@ def _bootstrap_main(request: SpawnRequest, channel: SyncChannel,
         init_pid = os.fork()
         if init_pid == 0:
             ctx = InitContext(spec=spec, rootfs=request.rootfs, bundle=request.bundle,
-                              state_dir_fd=state_dir_fd,
+                              fifo_fd=fifo_fd,
                               cgroup_paths=request.cgroup.paths if request.cgroup else {},
                               user_namespace=user_ns is not None, no_pivot=request.no_pivot,
                               preserve_fds=request.preserve_fds,
