@@ -82,8 +82,9 @@ def test_exec_with_a_tty(runtime, bundle, receiver):
     bundle.write(["sleep", "1000"])
     cid = runtime.new_id()
     runtime("run", "--detach", "--bundle", str(bundle.path), cid)
-    proc = subprocess.Popen(runtime.cmd("exec", "--tty", "--console-socket", receiver.path,
-                                        cid, "sh", "-c", "tty; echo done"))
+    # A console socket is for a detached exec only (runc's rule).
+    proc = subprocess.Popen(runtime.cmd("exec", "--tty", "--detach", "--console-socket",
+                                        receiver.path, cid, "sh", "-c", "tty; echo done"))
     master = receiver.receive()
     try:
         out = read_until(master, b"done")
@@ -101,12 +102,13 @@ def test_terminal_without_console_socket_is_a_clear_error(runtime, bundle, recei
     bundle.write(["sh"])
     cid = runtime.new_id()
     result = runtime("create", "--bundle", str(bundle.path), cid, check=False)
-    assert result.returncode == 1 and "--console-socket" in result.stderr
+    assert result.returncode == 1 and "cannot allocate tty" in result.stderr
+    assert "without setting console socket" in result.stderr
     bundle.config["process"]["terminal"] = False
     bundle.write()
     result = runtime("create", "--console-socket", receiver.path, "--bundle", str(bundle.path),
                      cid, check=False)
-    assert result.returncode == 1 and "terminal is false" in result.stderr
+    assert result.returncode == 1 and "cannot use console socket" in result.stderr
 
 
 def test_run_in_the_foreground_relays_its_own_terminal(runtime, bundle):

@@ -555,7 +555,7 @@ def test_events_shapes(hybrid):
     assert event["type"] == "stats" and event["id"] == "abc"
     assert event["data"] == read_stats(hybrid)
     assert oom_event("abc") == {"type": "oom", "id": "abc"}
-    assert fastjson.dumps(oom_event("abc")) == '{"type": "oom", "id": "abc"}'
+    assert fastjson.dumps(oom_event("abc")) == '{"type":"oom","id":"abc"}'
 
 
 class FakeClock:

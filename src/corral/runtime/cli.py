@@ -1,6 +1,6 @@
 """corral-runtime: runc's command line over corral.runtime.
 
-Exit status 1 and a one-line error (runc's log format) for every failure.
+runc's exit statuses (see main) and a one-line error in runc's log format for each failure.
 Imports are deferred to the command that needs them: start-up time is
 most of a short command's cost.
 """
@@ -13,6 +13,7 @@ import sys
 from corral.runtime.cliargs import (
     Command,
     HelpRequested,
+    IncorrectUsage,
     Option,
     UsageError,
     command_usage,
@@ -30,6 +31,8 @@ _SIGNALS_NOT_FORWARDED = ("SIGCHLD", "SIGKILL", "SIGSTOP", "SIGURG", "SIGWINCH")
 # --- logging (runc's format, so containerd can read our --log file) ------------------
 
 class Log:
+    """logrus's two formats, as runc writes them: to --log if given, else to stderr."""
+
     def __init__(self) -> None:
         self.path: str | None = None
         self.format = "text"
@@ -40,9 +43,8 @@ class Log:
 
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         if self.format == "json":
-            import json
-
-            return json.dumps({"level": level, "msg": message, "time": stamp})
+            # logrus's JSONFormatter: compact, keys sorted.
+            return fastjson.dumps({"level": level, "msg": message, "time": stamp})
         quoted = message.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
         return f'time="{stamp}" level={level} msg="{quoted}"'
 
@@ -56,8 +58,10 @@ class Log:
                     f.write(line)
             except OSError:
                 pass
-        if level == "error" or not self.path:
-            sys.stderr.write(line)
+            if level in ("error", "fatal"):
+                sys.stderr.write(message + "\n")  # runc's fatal(): the bare error too
+            return
+        sys.stderr.write(line)
 
 
 LOG = Log()
@@ -99,6 +103,7 @@ def cmd_create(args) -> int:
     from corral.runtime.container import Container
 
     _undo_on_signals()
+    check_console_use(_wants_terminal(args.bundle), True, args.console_socket)
     Container.create(args.root, args.id, args.bundle, pid_file=args.pid_file,
                      no_pivot=args.no_pivot, preserve_fds=args.preserve_fds,
                      console_socket=args.console_socket, listen_fds=_listen_fds(),
@@ -122,13 +127,8 @@ def cmd_run(args) -> int:
     if not args.detach:
         # The init is reparented to us when its bootstrap exits, so we can wait for it.
         syscalls.Syscalls().prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
-    terminal = None
-    console_socket = args.console_socket
-    if not args.detach and not console_socket and _wants_terminal(args.bundle):
-        from corral.runtime.tty import ForegroundTerminal
-
-        terminal = ForegroundTerminal()
-        console_socket = terminal.path
+    console_socket, terminal = _console_for(_wants_terminal(args.bundle), args.detach,
+                                            args.console_socket)
     try:
         container = Container.create(args.root, args.id, args.bundle, pid_file=args.pid_file,
                                      no_pivot=args.no_pivot, preserve_fds=args.preserve_fds,
@@ -136,11 +136,15 @@ def cmd_run(args) -> int:
                                      warn=_warn)
     except BaseException:
         if terminal:
-            terminal.close()
+            terminal.abandon()
         raise
     try:
+        if terminal:
+            terminal.attach()  # the pty's size and modes are set before the process runs
         container.start()
     except BaseException:
+        if terminal:
+            terminal.abandon()
         container.delete(force=True)
         raise
     if args.detach:
@@ -148,11 +152,35 @@ def cmd_run(args) -> int:
     pid = container.state.pid
     _forward_signals_to(pid)
     if terminal:
-        terminal.relay()
+        terminal.relay(pid)
     status = wait_for_exit(pid)
+    LOG.write("debug", f"process exited: pid={pid} status={status}")
     if not args.keep:
         container.delete(force=True)
     return status
+
+
+def check_console_use(terminal: bool, detach: bool, console_socket: str | None) -> None:
+    """runc's rules: a detached terminal needs a console socket, and a console socket is
+    only for a detached terminal (in the foreground the runtime relays it itself)."""
+    if detach and terminal and not console_socket:
+        raise UsageError("cannot allocate tty if the runtime will detach without setting "
+                         "console socket")
+    if console_socket and not (detach and terminal):
+        raise UsageError("cannot use console socket if the runtime will not detach or "
+                         "allocate tty")
+
+
+def _console_for(terminal: bool, detach: bool, console_socket: str | None):
+    """The console socket to hand the container, and our own ForegroundTerminal when we
+    are to relay the pty to the caller's terminal (None otherwise)."""
+    check_console_use(terminal, detach, console_socket)
+    if not terminal or detach:
+        return console_socket, None
+    from corral.runtime.tty import ForegroundTerminal
+
+    relay = ForegroundTerminal()
+    return relay.path, relay
 
 
 def _wants_terminal(bundle: str) -> bool:
@@ -187,16 +215,16 @@ def cmd_state(args) -> int:
     from corral.runtime.container import Container
 
     state = Container.load(args.root, args.id).state.oci_state()
-    print(json.dumps(state, indent=2))
+    sys.stdout.write(json.dumps(state, indent=2))  # runc's MarshalIndent: no newline after
     return 0
 
 
 def cmd_list(args) -> int:
-    import json
-
     from corral.runtime.errors import ContainerNotFound
     from corral.runtime.state import ContainerState, list_ids
 
+    if args.format not in ("table", "json"):
+        raise UsageError("invalid format option")
     states = []
     for container_id in list_ids(args.root):
         try:
@@ -207,7 +235,7 @@ def cmd_list(args) -> int:
         for state in states:
             print(state["id"])
     elif args.format == "json":
-        print(json.dumps(states))
+        print(fastjson.dumps(states or None))  # compact; "null" for none, as runc
     else:
         rows = [("ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER")]
         rows += [(s["id"], str(s["pid"]), s["status"], s["bundle"], s["created"], s["owner"])
@@ -221,8 +249,12 @@ def cmd_list(args) -> int:
 def cmd_kill(args) -> int:
     from corral.runtime.container import Container
 
+    container = Container.load(args.root, args.id)
     signum = parse_signal(args.signal or "SIGTERM")
-    Container.load(args.root, args.id).kill(signum, all_processes=args.all)
+    try:
+        container.kill(signum, all_processes=args.all)
+    except OSError as e:  # a number the kernel refuses (EINVAL)
+        raise UsageError(f"unable to signal init: {(e.strerror or str(e)).lower()}") from None
     return 0
 
 
@@ -249,7 +281,6 @@ SIGNALS = {
     "TTOU": 22, "URG": 23, "XCPU": 24, "XFSZ": 25, "VTALRM": 26, "PROF": 27, "WINCH": 28,
     "IO": 29, "POLL": 29, "PWR": 30, "SYS": 31,
 }
-_NSIG = 65
 
 
 def cmd_exec(args) -> int:
@@ -262,16 +293,30 @@ def cmd_exec(args) -> int:
     if not args.detach:
         # The process is the bootstrap's child; orphaned, it comes to us to be reaped.
         syscalls.Syscalls().prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
-    pid = container.exec(process, preserve_fds=args.preserve_fds,
-                         console_socket=args.console_socket,
-                         sub_cgroups=sub_cgroup_paths(args.cgroup),
-                         ignore_paused=args.ignore_paused)
+    console_socket, terminal = _console_for(process.terminal, args.detach,
+                                            args.console_socket)
+    if terminal and process.console_size is None:
+        # The process runs at once: it takes the caller's size from the start.
+        process.console_size = terminal.window_size()
+    try:
+        pid = container.exec(process, preserve_fds=args.preserve_fds,
+                             console_socket=console_socket,
+                             sub_cgroups=sub_cgroup_paths(args.cgroup),
+                             ignore_paused=args.ignore_paused)
+    except BaseException:
+        if terminal:
+            terminal.abandon()
+        raise
     if args.pid_file:
         write_pid_file(args.pid_file, pid)
     if args.detach:
         return 0
     _forward_signals_to(pid)
-    return wait_for_exit(pid)
+    if terminal:
+        terminal.relay(pid)
+    status = wait_for_exit(pid)
+    LOG.write("debug", f"process exited: pid={pid} status={status}")
+    return status
 
 
 def sub_cgroup_paths(values: list[str]) -> dict[str, str]:
@@ -306,7 +351,7 @@ def exec_process(args, container_process: dict):
             raise UsageError("give either --process or a command, not both")
     else:
         if not args.command:
-            raise UsageError("exec needs a command to run (or --process)")
+            raise UsageError("process args cannot be empty")
         raw = dict(container_process, args=args.command, terminal=args.tty)
         raw["env"] = [*raw.get("env", []), *args.env]
         if args.cwd:
@@ -373,7 +418,7 @@ def cmd_ps(args) -> int:
         print(fastjson.dumps(pids))
         return 0
     if args.format != "table":
-        raise UsageError(f"invalid format option {args.format!r}")
+        raise UsageError("invalid format option")
     listing = subprocess.run(["ps", *(args.ps_options or ["-ef"])], capture_output=True,
                              text=True)
     if listing.returncode != 0:
@@ -517,6 +562,44 @@ def cmd_events(args) -> int:
     return 0
 
 
+def cmd_checkpoint(args) -> int:
+    from corral.runtime import checkpoint
+    from corral.runtime.container import Container
+
+    container = Container.load(args.root, args.id)
+    images = checkpoint.image_dir(args.image_path)
+    checkpoint.checkpoint(container, criu=args.criu, images=images, parent=args.parent_path,
+                          manage_cgroups_mode=args.manage_cgroups_mode,
+                          empty_ns=args.empty_ns, page_server=args.page_server)
+    return 0
+
+
+def cmd_restore(args) -> int:
+    from corral.runtime import checkpoint
+
+    images = checkpoint.image_dir(args.image_path)
+    checkpoint.restore(args.root, args.id, args.bundle or ".", criu=args.criu, images=images,
+                       manage_cgroups_mode=args.manage_cgroups_mode, empty_ns=args.empty_ns)
+    return 0
+
+
+def _criu_options() -> list[Option]:
+    """The flags checkpoint and restore share (runc's)."""
+    return [
+        Option("--work-path", "path for saving work files and logs", value="DIR"),
+        Option("--tcp-established", "allow open tcp connections"),
+        Option("--ext-unix-sk", "allow external unix sockets"),
+        Option("--shell-job", "allow shell jobs"),
+        Option("--file-locks", "handle file locks, for safety"),
+        Option("--manage-cgroups-mode", "cgroups mode: 'soft' (default), 'full' and 'strict'",
+               value="MODE"),
+        Option("--empty-ns", "create a namespace, but don't restore its properties",
+               value="NS", multiple=True),
+        Option("--auto-dedup", "enable auto deduplication of memory images"),
+        Option("--lazy-pages", "use userfaultfd to lazily restore memory pages"),
+    ]
+
+
 def cmd_features(args) -> int:
     import json
 
@@ -531,14 +614,13 @@ def _warn(message: str) -> None:
 
 
 def parse_signal(text: str) -> int:
+    """A name (KILL, SIGKILL) or any number, as runc: the kernel judges the number
+    (0 only checks that the process exists)."""
     if text.isdigit():
-        number = int(text)
-        if not 0 < number < _NSIG:
-            raise UsageError(f"invalid signal: {text}")
-        return number
+        return int(text)
     name = text.upper().removeprefix("SIG")
     if name not in SIGNALS:
-        raise UsageError(f"unknown signal {text!r}")
+        raise UsageError(f'unknown signal "{text}"')
     return SIGNALS[name]
 
 
@@ -557,34 +639,81 @@ def _container_options() -> list[Option]:
 
 
 GLOBAL_OPTIONS = [
-    Option("--root", "root directory for storage of container state", value="DIR",
-           default=DEFAULT_ROOT),
-    Option("--log", "log file path (errors are also written to stderr)", value="FILE"),
-    Option("--log-format", "text or json", value="FORMAT", default="text"),
     Option("--debug", "enable debug logging"),
+    Option("--log", "set the log file to write the runtime's logs to (default is "
+           "'/dev/stderr'; errors go to stderr too)", value="FILE"),
+    Option("--log-format", "set the log format ('text' (default), or 'json')",
+           value="FORMAT", default="text"),
+    Option("--root", "root directory for storage of container state (this should be "
+           "located in tmpfs)", value="DIR", default=DEFAULT_ROOT),
+    Option("--criu", "path to the criu binary used for checkpoint and restore",
+           value="PATH", default="criu"),
     Option("--systemd-cgroup", "use systemd cgroups (not supported yet)"),
     Option("--rootless", "ignored; kept for runc compatibility", value="MODE", default="auto"),
     Option("-v,--version", "print the version"),
 ]
 
+_ID_ARG = "<container-id>"
+
 COMMANDS = [
-    Command("spec", "create a new specification file (config.json)", cmd_spec, [
+    Command("checkpoint", "checkpoint a running container", cmd_checkpoint, [
+        Option("--image-path", "path for saving criu image files (default: ./checkpoint)",
+               value="DIR"),
+        Option("--parent-path", "path for previous criu image files in pre-dump",
+               value="DIR"),
+        Option("--leave-running", "leave the process running after checkpointing"),
+        Option("--status-fd", "criu writes \\0 to this FD once lazy-pages is ready",
+               value="FD", default=-1, convert=int),
+        Option("--page-server", "ADDRESS:PORT of the page server", value="ADDRESS"),
+        Option("--pre-dump", "dump container's memory information only, leave the "
+               "container running after this"),
+        *_criu_options()], ("id",), args_usage=_ID_ARG,
+        description="The checkpoint command saves the state of the container instance "
+        "(with CRIU)."),
+    Command("restore", "restore a container from a previous checkpoint", cmd_restore, [
+        Option("--console-socket", "unix socket to send the pty master to", value="PATH"),
+        Option("--image-path", "path to criu image files for restoring (default: "
+               "./checkpoint)", value="DIR"),
+        Option("-b,--bundle", "path to the root of the bundle directory", value="DIR"),
+        Option("-d,--detach", "detach from the container's process"),
+        Option("--pid-file", "specify the file to write the process id to", value="FILE"),
+        Option("--no-subreaper", "accepted for runc compatibility"),
+        Option("--no-pivot", "use MS_MOVE and chroot instead of pivot_root"),
+        Option("--lsm-profile", "LSM profile for the restore, as TYPE:NAME", value="PROFILE"),
+        Option("--lsm-mount-context", "LSM mount context for the restore", value="CONTEXT"),
+        *_criu_options()], ("id",), args_usage=_ID_ARG,
+        description="Restores the saved state of the container instance that was "
+        "previously saved\nusing the checkpoint command."),
+    Command("spec", "create a new specification file", cmd_spec, [
         Option("-b,--bundle", "directory to write config.json to", value="DIR"),
         Option("--rootless", "a spec for a rootless container")]),
-    Command("create", "create a container", cmd_create, _container_options(), ("id",)),
-    Command("start", "run the user process of a created container", cmd_start, [], ("id",)),
+    Command("create", "create a container", cmd_create, _container_options(), ("id",),
+            args_usage=_ID_ARG, description="The create command creates an instance of "
+            "a container for a bundle, its init waiting\nfor `start` to run the user "
+            "process."),
+    Command("start", "executes the user defined process in a created container", cmd_start,
+            [], ("id",), args_usage=_ID_ARG),
     Command("run", "create and run a container", cmd_run, [
         *_container_options(),
         Option("-d,--detach", "detach from the container"),
-        Option("--keep", "do not delete the container when it exits")], ("id",)),
-    Command("state", "output the state of a container", cmd_state, [], ("id",)),
-    Command("list", "list containers started with the given root", cmd_list, [
+        Option("--keep", "do not delete the container when it exits"),
+        Option("--no-subreaper", "accepted for runc compatibility (the runtime reaps the "
+               "container's init itself)")], ("id",),
+        args_usage=_ID_ARG, description="The run command creates an instance of a container "
+        "for a bundle and runs its process;\nin the foreground, the runtime waits for it and "
+        "exits with its status."),
+    Command("state", "output the state of a container", cmd_state, [], ("id",),
+            args_usage=_ID_ARG,
+            description="The state command outputs current state information for the\n"
+            "instance of a container."),
+    Command("list", "lists containers started with the given root", cmd_list, [
         Option("-f,--format", "table or json", value="FORMAT", default="table"),
         Option("-q,--quiet", "display only container IDs")]),
-    Command("kill", "send a signal to a container's init (default SIGTERM)", cmd_kill, [
+    Command("kill", "kill sends the specified signal (default: SIGTERM) to the container's "
+            "init process", cmd_kill, [
         Option("-a,--all", "send the signal to every process in the container")],
-        ("id",), optional=("signal",)),
-    Command("exec", "run another process in a running container", cmd_exec, [
+        ("id",), optional=("signal",), args_usage="<container-id> [signal]"),
+    Command("exec", "execute new process inside the container", cmd_exec, [
         Option("-p,--process", "a process.json describing the process", value="FILE"),
         Option("-t,--tty", "allocate a pseudo-TTY"),
         Option("-d,--detach", "detach from the process"),
@@ -605,14 +734,17 @@ COMMANDS = [
         Option("--cgroup", "join an existing sub-cgroup: [CONTROLLER[,CONTROLLER]:]PATH",
                value="PATH", multiple=True),
         Option("--ignore-paused", "allow exec in a paused container")],
-        ("id",), rest="command"),
-    Command("pause", "suspend every process in the container (cgroup freezer)", cmd_pause,
-            [], ("id",)),
-    Command("resume", "resume the processes of a paused container", cmd_resume, [], ("id",)),
-    Command("ps", "show the container's processes", cmd_ps, [
+        ("id",), rest="command", failure_status=255,
+        args_usage="<container-id> <command> [command options]  || -p process.json "
+        "<container-id>"),
+    Command("pause", "pause suspends all processes inside the container", cmd_pause,
+            [], ("id",), args_usage=_ID_ARG),
+    Command("resume", "resumes all processes that have been previously paused", cmd_resume,
+            [], ("id",), args_usage=_ID_ARG),
+    Command("ps", "ps displays the processes running inside a container", cmd_ps, [
         Option("-f,--format", "table or json", value="FORMAT", default="table")],
-        ("id",), rest="ps_options"),
-    Command("update", "change the resource limits of a running container", cmd_update, [
+        ("id",), rest="ps_options", args_usage="<container-id> [ps options]"),
+    Command("update", "update container resource constraints", cmd_update, [
         Option("-r,--resources", "a linux.resources JSON file ('-' for stdin)", value="FILE"),
         Option("--memory", "memory limit (e.g. 64m)", value="SIZE"),
         Option("--memory-reservation", "memory soft limit", value="SIZE"),
@@ -631,67 +763,130 @@ COMMANDS = [
         Option("--l3-cache-schema", "Intel RDT/CAT L3 cache schema", value="SCHEMA"),
         Option("--mem-bw-schema", "Intel RDT/MBA memory bandwidth schema", value="SCHEMA")],
         ("id",)),
-    Command("events", "show container events: stats and OOM kills", cmd_events, [
+    Command("events", "display container events such as OOM notifications, cpu, memory, "
+            "and IO usage statistics", cmd_events, [
         Option("--stats", "print the stats once and exit"),
         Option("--interval", "how often to print stats (e.g. 5s, 500ms)", value="DURATION",
-               default="5s")], ("id",)),
-    Command("features", "show what this runtime supports (OCI features JSON)", cmd_features),
-    Command("delete", "delete a container and everything it holds", cmd_delete, [
-        Option("-f,--force", "kill the container first if it is still running")], ("id",)),
+               default="5s")], ("id",), args_usage=_ID_ARG),
+    Command("features", "show the enabled features", cmd_features),
+    Command("delete", "delete any resources held by the container often used with "
+            "detached container", cmd_delete, [
+        Option("-f,--force", "kill the container first if it is still running (SIGKILL)")],
+        ("id",), args_usage=_ID_ARG),
 ]
 
 PROG = "corral-runtime"
-VERSION = "corral-runtime version 0.1.0\nspec: 1.2.0"
+# The command line is runc's: help and --version name it so, as tools that parse
+# runc's output (and runc's own test suite) expect; corral-runtime's own name follows.
+INTERFACE = "runc"
+SPEC_VERSION = "1.2.0"
+ABOUT = "Open Container Initiative runtime (corral-runtime, in Python)"
+DESCRIPTION = f"""{PROG} runs containers packaged as OCI bundles, with runc's commands, flags,
+output and exit statuses: it can stand in for runc under containerd, podman or docker.
+
+A bundle is a directory holding a specification file, "config.json", and a root
+filesystem.  To run a container from the bundle in the current directory:
+
+    # {PROG} run [ -b bundle ] <container-id>
+
+The container ID is your name for the instance; it must be unique under --root."""
+
+
+def version_text() -> str:
+    return (f"{INTERFACE} version 1.1.5-compatible ({PROG} 0.1.0)\n"
+            f"commit: {PROG}-0.1.0\nspec: {SPEC_VERSION}\npython: {sys.version.split()[0]}")
+
+
+def app_help() -> str:
+    return usage(INTERFACE, PROG, ABOUT, DESCRIPTION, version_text(), GLOBAL_OPTIONS,
+                 COMMANDS)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """runc's exit statuses: 0; the command's own (run, exec: the process's); 1 for a
+    failure or a usage error; 255 for a failed exec; 3 for an unknown command."""
     argv = sys.argv[1:] if argv is None else argv
-    command_name = "?"
     try:
         options, rest = parse_options(argv, GLOBAL_OPTIONS, stop_at_positional=True)
-        LOG.path, LOG.debug = options["log"], options["debug"]
-        LOG.format = "json" if options["log_format"] == "json" else "text"
-        if options["version"]:
-            print(VERSION)
-            return 0
-        if not rest:
-            print(usage(PROG, "an OCI runtime (runc-compatible) in Python", GLOBAL_OPTIONS,
-                        COMMANDS))
-            return 0
-        command_name = rest[0]
-        command = next((c for c in COMMANDS if c.name == command_name), None)
-        if command is None:
-            raise UsageError(f"No help topic for '{command_name}'")
-        try:
-            args = parse_command(command, rest[1:])
-        except HelpRequested:
-            print(command_usage(PROG, command))
-            return 0
-        args.root = options["root"]
-        if options["systemd_cgroup"]:
-            raise UsageError("--systemd-cgroup is not supported yet: use the cgroupfs driver")
-        return command.handler(args)
     except HelpRequested:
-        print(usage(PROG, "an OCI runtime (runc-compatible) in Python", GLOBAL_OPTIONS,
-                    COMMANDS))
+        print(app_help())
         return 0
+    except IncorrectUsage as e:
+        print(f"Incorrect Usage. {e}\n\n{app_help()}")
+        LOG.write("error", str(e))
+        return 1
+    LOG.path, LOG.debug = options["log"], options["debug"]
+    LOG.format = "json" if options["log_format"] == "json" else "text"
+    if LOG.debug:
+        from corral.runtime.process.sync import SyncChannel
+
+        SyncChannel.debug_sink = lambda message: LOG.write("debug", message)
+    if options["version"]:
+        print(version_text())
+        return 0
+    if not rest:
+        print(app_help())
+        return 0
+    if rest[0] in ("help", "h"):
+        return _help(rest[1:])
+    command = next((c for c in COMMANDS if c.name == rest[0]), None)
+    if command is None:
+        LOG.write("error", f"No help topic for '{rest[0]}'")
+        return 3
+    try:
+        args = parse_command(command, rest[1:])
+    except HelpRequested:
+        print(command_usage(INTERFACE, PROG, command))
+        return 0
+    except IncorrectUsage as e:
+        header = f"Incorrect Usage: {e}" if e.flag else "Incorrect Usage."
+        print(f"{header}\n\n{command_usage(INTERFACE, PROG, command)}")
+        LOG.write("error", str(e) if e.flag else f"{PROG}: {e}")
+        return 1
     except UsageError as e:
         LOG.write("error", str(e))
         return 1
+    args.root = options["root"]
+    args.criu = options["criu"]
+    return _run(command, args, systemd=options["systemd_cgroup"])
+
+
+def _help(topics: list[str]) -> int:
+    """`help` and `help COMMAND`, as urfave/cli answers them."""
+    if not topics:
+        print(app_help())
+        return 0
+    command = next((c for c in COMMANDS if c.name == topics[0]), None)
+    if command is None:
+        LOG.write("error", f"No help topic for '{topics[0]}'")
+        return 3
+    print(command_usage(INTERFACE, PROG, command))
+    return 0
+
+
+def _run(command: Command, args, *, systemd: bool) -> int:
+    """The command's handler; a failure is one line in the log and runc's status for it."""
+    prefix = "exec failed: " if command.failure_status == 255 else ""
+    try:
+        if systemd:
+            raise UsageError("--systemd-cgroup is not supported yet: use the cgroupfs driver")
+        return command.handler(args)
+    except UsageError as e:
+        LOG.write("error", prefix + str(e))
     except KeyboardInterrupt:
-        LOG.write("error", "interrupted")
-        return 1
+        LOG.write("error", prefix + "interrupted")
     except Exception as e:  # noqa: BLE001 - the edge: one line, never a traceback
         from corral.runtime.errors import RuntimeFailure
 
         if isinstance(e, RuntimeFailure):
-            LOG.write("error", str(e))
+            LOG.write("error", prefix + str(e))
         elif isinstance(e, OSError):
-            LOG.write("error", f"{command_name}: {e.strerror or e}"
+            LOG.write("error", f"{prefix}{command.name}: {e.strerror or e}"
                       + (f": {e.filename}" if e.filename else ""))
         else:
-            LOG.write("error", f"{command_name}: internal error: {type(e).__name__}: {e}")
-        return 1
+            LOG.write("error", f"{prefix}{command.name}: internal error: "
+                      f"{type(e).__name__}: {e}")
+    return command.failure_status
 
 
 if __name__ == "__main__":

@@ -189,15 +189,18 @@ class Container:
         below the container's to join instead.  Into a paused container only with
         `ignore_paused`: the process then starts frozen and runs once resumed.
         """
-
         from corral.runtime import validate
         from corral.runtime.process.enter import ExecRequest, spawn_exec
         from corral.runtime.process.identity import last_capability, setgroups_allowed
         from corral.runtime.syscalls import Syscalls
 
         status = self.state.status()
-        if status != "running" and not (status == "paused" and ignore_paused):
-            raise InvalidState(f"cannot exec in a {status} container")
+        # runc execs into a created container too (its init waits in its namespaces).
+        if status == "stopped":
+            raise InvalidState("cannot exec in a stopped container")
+        if status == "paused" and not ignore_paused:
+            raise InvalidState("cannot exec in a paused container "
+                               "(use --ignore-paused to override)")
         validate.check_process(process)
         validate.check_console(process, console_socket)
         cgroup = (self.require_cgroup("join a sub-cgroup").below(sub_cgroups) if sub_cgroups
@@ -227,13 +230,20 @@ class Container:
 
     # --- kill ---------------------------------------------------------------------
     def kill(self, signum: int, all_processes: bool = False) -> None:
+        """As runc: --all signals whatever is left in the cgroup, even once the init is
+        gone (a stopped container with no cgroup left succeeds); signal 0 only checks."""
         status = self.state.status()
+        if all_processes:
+            cgroup = self._cgroup()
+            if status == "stopped" and (cgroup is None or not cgroup.exists()):
+                return
+            self._signal_all(signum)
+            return
         if status == "stopped":
             raise InvalidState("container not running")
-        if all_processes:
-            self._signal_all(signum)
-        else:
-            _send(self.state.pid, signum)
+        _send(self.state.pid, signum)
+        if status == "paused" and signum == SIGKILL:
+            self.require_cgroup("kill").thaw()  # v1: a frozen process dies only when thawed
 
     def _signal_all(self, signum: int) -> None:
         cgroup = self._cgroup()

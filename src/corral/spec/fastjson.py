@@ -46,9 +46,10 @@ def _unserializable(value):
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-# Compact separators, keys in insertion order, NaN allowed: json.dumps's defaults.
+# Go's json.Marshal form, as runc writes it (events, list, hooks' state): no spaces
+# after the separators; keys in insertion order, NaN allowed.
 _encode = _json.make_encoder(None, _unserializable, _json.encode_basestring_ascii, None,
-                             ": ", ", ", False, False, True)
+                             ":", ",", False, False, True)
 
 
 def dumps(value) -> str:

@@ -13,6 +13,11 @@ from corral.spec import fastjson
 
 
 class SyncChannel:
+    # Where the children's debug lines go (--debug): set by the CLI before it forks, so
+    # a child knows by inheritance whether to send any; the parent's receive() hands
+    # them on, so no loop that reads messages sees them.
+    debug_sink = None
+
     def __init__(self, read_fd: int, write_fd: int):
         self.read_fd = read_fd
         self.write_fd = write_fd
@@ -34,13 +39,27 @@ class SyncChannel:
 
     def receive(self) -> dict | None:
         """The next message, or None once every other holder has closed its end."""
-        while b"\n" not in self._buffer:
-            chunk = os.read(self.read_fd, 4096)
-            if not chunk:
-                return None
-            self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return fastjson.loads(line)
+        while True:
+            while b"\n" not in self._buffer:
+                chunk = os.read(self.read_fd, 4096)
+                if not chunk:
+                    return None
+                self._buffer += chunk
+            line, _, self._buffer = self._buffer.partition(b"\n")
+            message = fastjson.loads(line)
+            if message.get("type") != "debug":
+                return message
+            if SyncChannel.debug_sink is not None:
+                SyncChannel.debug_sink(message["msg"])
+
+    def debug(self, text: str) -> None:
+        """In a child: a debug line for the runtime's log, when it asked for them."""
+        if SyncChannel.debug_sink is None:
+            return
+        try:
+            self.send("debug", msg=text)
+        except OSError:
+            pass  # the runtime went away; its own error says why
 
     def expect(self, kind: str) -> dict:
         """The next message of this kind; others that come first are kept for later."""
