@@ -219,3 +219,8 @@ def test_start_container_hooks_get_no_listener(runtime, bundle, agent):
     bundle.write(["true"])
     result = runtime.run_capture(bundle)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_features_lists_notify(runtime):
+    features = json.loads(runtime("features").stdout)
+    assert "SCMP_ACT_NOTIFY" in features["linux"]["seccomp"]["actions"]
