@@ -123,10 +123,12 @@ def _bootstrap_main(request: ExecRequest, channel: SyncChannel, targets, sc: Sys
     """In the forked bootstrap: join, fork the process, report its PID; never returns."""
     try:
         channel.expect("go")  # now in the container's cgroup
+        channel.debug(f"nsexec[{os.getpid()}]: => nsexec container setup")  # runc's words
         adopt_stdio(request.stdio)
         # Not reachable from the container through /proc or ptrace until execve.
         sc.prctl(PR_SET_DUMPABLE, 0)
         for kind, fd in targets:
+            channel.debug(f"setns({CLONE_FLAGS[kind]:#x}) into {kind} namespace")
             sc.setns(fd, CLONE_FLAGS[kind])
         pid = os.fork()
         if pid == 0:
@@ -141,6 +143,8 @@ def _bootstrap_main(request: ExecRequest, channel: SyncChannel, targets, sc: Sys
 def _process_main(request: ExecRequest, channel: SyncChannel, sc: Syscalls) -> None:
     process = request.process
     try:
+        channel.debug(f"nsexec-2[{os.getpid()}]: <= nsexec container setup")
+        channel.debug("child process in init()")
         if request.console_fd is not None:
             from corral.runtime import console  # loaded by the runtime before it forked
 
@@ -156,6 +160,7 @@ def _process_main(request: ExecRequest, channel: SyncChannel, sc: Syscalls) -> N
         load_seccomp_early(request.seccomp, process, sc, channel)
         become(process, sc, request.last_cap, may_setgroups=request.may_setgroups)
         chdir_after_user(process.cwd, sc, entered)
+        channel.debug("setns_init: about to exec")
         reset_signals()
         sc.mark_fds_cloexec(3 + request.preserve_fds)
         load_seccomp_late(request.seccomp, process, sc, channel)

@@ -176,6 +176,8 @@ def make_cwd(cwd: str, sc: Syscalls) -> None:
 def run_init(ctx: InitContext, channel: SyncChannel, syscalls: Syscalls) -> None:
     """The init's whole life; never returns (execs or exits)."""
     try:
+        channel.debug(f"nsexec-2[{os.getpid()}]: <= nsexec container setup")
+        channel.debug("child process in init()")
         last_cap = last_capability()
         hooks = HookRunner(ctx.spec, ctx.rootfs, channel)
         sequence = InitSequence(ctx, syscalls, last_cap, before_pivot=hooks.before_pivot,
@@ -191,6 +193,7 @@ def run_init(ctx: InitContext, channel: SyncChannel, syscalls: Syscalls) -> None
     except BaseException as e:  # noqa: BLE001 - every failure is reported, none escapes
         _report(channel, e)
         os._exit(1)
+    channel.debug("init: closing the pipe to signal completion")
     channel.send("ready")
     channel.close()
     try:

@@ -231,6 +231,7 @@ def _bootstrap_main(request: SpawnRequest, channel: SyncChannel,
                     mount_sources_fd: int | None = None) -> None:
     """Runs in the forked child; never returns."""
     try:
+        channel.debug(f"nsexec[{os.getpid()}]: => nsexec container setup")  # runc's words
         spec = request.spec
         adopt_stdio(request.stdio)
         # Lowering needs CAP_SYS_RESOURCE in the host's user namespace: do it here.
