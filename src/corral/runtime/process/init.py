@@ -17,6 +17,12 @@ When the init enters process.cwd it holds no fd to anything outside the
 container but its sync pipes and an O_PATH fd on exec.fifo (neither can be
 a directory), and the cwd it ends in must be reachable from its root: a
 cwd like /proc/self/fd/N reaching a host directory (CVE-2024-21626) fails.
+
+The seccomp filter, as runc loads it: without no_new_privs before the user
+change (loading needs CAP_SYS_ADMIN then); with it after `start`, just
+before the startContainer hooks and execve, or before "ready" when it
+notifies (its listener reaches the agent through the runtime, over the
+channel that closes at "ready").
 """
 
 from __future__ import annotations
