@@ -140,3 +140,12 @@ def test_create_container_hooks_run_in_the_container_root(runtime, bundle, tmp_p
     result = runtime.run_capture(bundle)
     assert result.returncode == 0, result.stderr
     assert log.read_text().strip() == str(bundle.rootfs)
+
+
+def test_a_hook_killed_by_a_signal_is_reported_in_runc_s_words(runtime, bundle):
+    bundle.config["hooks"] = {
+        "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "kill -SYS $$"]}]}
+    bundle.write(["true"])
+    result = runtime.run_capture(bundle)
+    assert result.returncode != 0
+    assert "error running hook: signal: bad system call" in result.stderr, result.stderr

@@ -39,6 +39,28 @@ def test_kill_process_action(runtime, bundle):
     assert result.returncode == 128 + 31  # SIGSYS
 
 
+@pytest.mark.parametrize("action", ["SCMP_ACT_KILL", "SCMP_ACT_KILL_THREAD"])
+def test_kill_and_kill_thread_kill(runtime, bundle, action):
+    """SECCOMP_RET_KILL_THREAD is 0: it once fell through to TRACE, i.e. -ENOSYS."""
+    bundle.linux["seccomp"] = profile({"names": ["uname"], "action": action})
+    result = run(runtime, bundle, "uname; echo survived")
+    assert "survived" not in result.stdout
+    assert "Function not implemented" not in result.stderr
+
+
+def test_a_kill_rule_with_only_other_architectures_listed(runtime, bundle):
+    """runc's startContainer-hook profile lists x86 and x32 only: the native one is
+    always in the filter, and its rule kills there too (the hook's own mkdir)."""
+    bundle.linux["seccomp"] = {"defaultAction": "SCMP_ACT_ALLOW",
+                               "architectures": ["SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+                               "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_KILL"}]}
+    bundle.config["hooks"] = {"startContainer": [
+        {"path": "/bin/sh", "args": ["sh", "-c", "mkdir /dev/shm/foo"]}]}
+    result = run(runtime, bundle, "true")
+    assert result.returncode != 0
+    assert "error running hook: signal: bad system call" in result.stderr, result.stderr
+
+
 def test_argument_conditions(runtime, bundle):
     # kill(pid, SIGUSR1) is refused; kill(pid, 0) is not.
     bundle.linux["seccomp"] = profile(

@@ -15,12 +15,13 @@ A failing prestart/createRuntime/createContainer hook fails `create` (which
 cleans up); a failing startContainer hook stops the container; poststart and
 poststop failures are logged and the rest go on.
 
-Only `os` and the built-in `time` are used: the init runs hooks after
+Only `os` and the built-in `time` and `_signal` are used: the init runs hooks after
 pivot_root, where the host's Python library cannot be imported.
 """
 
 from __future__ import annotations
 
+import _signal  # built in: hooks run in the init after pivot_root
 import os
 import time
 
@@ -82,8 +83,10 @@ def run_hook(hook: Hook, state: bytes, where: str) -> None:
     if status is None:
         raise HookFailed(f"{where} ({hook.path}): timed out after {hook.timeout}s")
     if status != 0:
-        how = f"exit status {status}" if status > 0 else f"killed by signal {-status}"
-        raise HookFailed(f"{where} ({hook.path}): {how}")
+        # Go's wording, as runc reports it: "exit status 3", "signal: bad system call".
+        how = (f"exit status {status}" if status > 0
+               else f"signal: {(_signal.strsignal(-status) or str(-status)).lower()}")
+        raise HookFailed(f"{where} ({hook.path}): error running hook: {how}")
 
 
 def _wait(pid: int, timeout: int | None) -> int | None:

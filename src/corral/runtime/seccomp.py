@@ -291,12 +291,17 @@ def load(fltr, where: str = "linux.seccomp") -> None:
 def _action(lib, name, errno_ret: int, where: str):
     if name not in _ACTIONS:
         raise ConfigInvalid(f"{where}: unknown or unsupported action {name!r}")
+    if name == "SCMP_ACT_ERRNO":
+        return lib.ERRNO(errno_ret)
+    if name == "SCMP_ACT_TRACE":
+        return lib.TRACE(errno_ret)
+    # Not `.get(name) or ...`: KILL is 0 (SECCOMP_RET_KILL_THREAD), which is falsy and
+    # once turned every KILL rule into TRACE (-ENOSYS without a tracer).
     return {
         "SCMP_ACT_KILL": lib.KILL, "SCMP_ACT_KILL_THREAD": lib.KILL,
         "SCMP_ACT_KILL_PROCESS": lib.KILL_PROCESS, "SCMP_ACT_TRAP": lib.TRAP,
         "SCMP_ACT_ALLOW": lib.ALLOW, "SCMP_ACT_LOG": lib.LOG, "SCMP_ACT_NOTIFY": lib.NOTIFY,
-    }.get(name) or (lib.ERRNO(errno_ret) if name == "SCMP_ACT_ERRNO"
-                    else lib.TRACE(errno_ret))
+    }[name]
 
 
 def _argument(lib, raw, where: str):
