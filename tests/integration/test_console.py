@@ -131,3 +131,40 @@ def test_run_in_the_foreground_relays_its_own_terminal(runtime, bundle):
         os.close(master)
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.parametrize("user", [{"uid": 0, "gid": 0}, {"uid": 1000, "gid": 100}])
+def test_the_pty_belongs_to_the_user_and_the_tty_group(runtime, bundle, receiver, user):
+    """As runc: the process's uid, and group 5 (tty) from the container's devpts."""
+    bundle.config["process"]["terminal"] = True
+    bundle.config["process"]["user"] = user
+    bundle.write(["sh", "-c", "stat -c owner=%u:%g:end $(tty)"])
+    cid = runtime.new_id()
+    runtime("create", "--console-socket", receiver.path, "--bundle", str(bundle.path), cid)
+    master = receiver.receive()
+    try:
+        runtime("start", cid)
+        out = read_until(master, b":end")
+        assert f"owner={user['uid']}:5:end".encode() in out
+        runtime.wait_stopped(cid)
+    finally:
+        os.close(master)
+    runtime("delete", cid)
+
+
+def test_an_exec_pty_belongs_to_the_user_and_the_tty_group(runtime, bundle, receiver):
+    bundle.write(["sleep", "1000"])
+    cid = runtime.new_id()
+    runtime("run", "--detach", "--bundle", str(bundle.path), cid)
+    proc = subprocess.Popen(runtime.cmd("exec", "--tty", "--detach", "--console-socket",
+                                        receiver.path, "--user", "1000:100", cid, "sh", "-c",
+                                        "stat -c owner=%u:%g $(tty); echo done"))
+    master = receiver.receive()
+    try:
+        assert b"owner=1000:5" in read_until(master, b"done")
+        assert proc.wait(timeout=20) == 0
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+    runtime("delete", "--force", cid)
