@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import socket
@@ -59,41 +60,53 @@ def read_until(master: int, text: bytes, timeout: float = 20) -> bytes:
     return seen
 
 
-def test_create_sends_the_pty_master_and_the_container_uses_it(runtime, bundle, receiver):
-    bundle.config["process"]["terminal"] = True
-    bundle.config["process"]["consoleSize"] = {"height": 33, "width": 111}
-    bundle.write(["sh"])
+@contextlib.contextmanager
+def started_with_console(runtime, bundle, receiver):
+    """create with --console-socket, start; the container ID and the pty master."""
     cid = runtime.new_id()
     runtime("create", "--console-socket", receiver.path, "--bundle", str(bundle.path), cid)
     master = receiver.receive()
     try:
         runtime("start", cid)
-        os.write(master, b"tty; stty size; echo answer=$((6*7))\n")
-        out = read_until(master, b"answer=42")
-        assert b"/dev/pts/0" in out and b"33 111" in out
-        os.write(master, b"exit 3\n")
+        yield cid, master
         runtime.wait_stopped(cid)
     finally:
         os.close(master)
     runtime("delete", cid)
 
 
-def test_exec_with_a_tty(runtime, bundle, receiver):
-    bundle.write(["sleep", "1000"])
-    cid = runtime.new_id()
-    runtime("run", "--detach", "--bundle", str(bundle.path), cid)
-    # A console socket is for a detached exec only (runc's rule).
+@contextlib.contextmanager
+def exec_with_console(runtime, receiver, *args):
+    """A detached `exec --tty` (runc's rule for a console socket); its pty master."""
     proc = subprocess.Popen(runtime.cmd("exec", "--tty", "--detach", "--console-socket",
-                                        receiver.path, cid, "sh", "-c", "tty; echo done"))
+                                        receiver.path, *args))
     master = receiver.receive()
     try:
-        out = read_until(master, b"done")
-        assert b"/dev/pts/" in out
+        yield master
         assert proc.wait(timeout=20) == 0
     finally:
         os.close(master)
         if proc.poll() is None:
             proc.kill()
+
+
+def test_create_sends_the_pty_master_and_the_container_uses_it(runtime, bundle, receiver):
+    bundle.config["process"]["terminal"] = True
+    bundle.config["process"]["consoleSize"] = {"height": 33, "width": 111}
+    bundle.write(["sh"])
+    with started_with_console(runtime, bundle, receiver) as (_, master):
+        os.write(master, b"tty; stty size; echo answer=$((6*7))\n")
+        out = read_until(master, b"answer=42")
+        assert b"/dev/pts/0" in out and b"33 111" in out
+        os.write(master, b"exit 3\n")
+
+
+def test_exec_with_a_tty(runtime, bundle, receiver):
+    bundle.write(["sleep", "1000"])
+    cid = runtime.new_id()
+    runtime("run", "--detach", "--bundle", str(bundle.path), cid)
+    with exec_with_console(runtime, receiver, cid, "sh", "-c", "tty; echo done") as master:
+        assert b"/dev/pts/" in read_until(master, b"done")
     runtime("delete", "--force", cid)
 
 
@@ -139,32 +152,15 @@ def test_the_pty_belongs_to_the_user_and_the_tty_group(runtime, bundle, receiver
     bundle.config["process"]["terminal"] = True
     bundle.config["process"]["user"] = user
     bundle.write(["sh", "-c", "stat -c owner=%u:%g:end $(tty)"])
-    cid = runtime.new_id()
-    runtime("create", "--console-socket", receiver.path, "--bundle", str(bundle.path), cid)
-    master = receiver.receive()
-    try:
-        runtime("start", cid)
-        out = read_until(master, b":end")
-        assert f"owner={user['uid']}:5:end".encode() in out
-        runtime.wait_stopped(cid)
-    finally:
-        os.close(master)
-    runtime("delete", cid)
+    with started_with_console(runtime, bundle, receiver) as (_, master):
+        assert f"owner={user['uid']}:5:end".encode() in read_until(master, b":end")
 
 
 def test_an_exec_pty_belongs_to_the_user_and_the_tty_group(runtime, bundle, receiver):
     bundle.write(["sleep", "1000"])
     cid = runtime.new_id()
     runtime("run", "--detach", "--bundle", str(bundle.path), cid)
-    proc = subprocess.Popen(runtime.cmd("exec", "--tty", "--detach", "--console-socket",
-                                        receiver.path, "--user", "1000:100", cid, "sh", "-c",
-                                        "stat -c owner=%u:%g $(tty); echo done"))
-    master = receiver.receive()
-    try:
+    with exec_with_console(runtime, receiver, "--user", "1000:100", cid, "sh", "-c",
+                           "stat -c owner=%u:%g $(tty); echo done") as master:
         assert b"owner=1000:5" in read_until(master, b"done")
-        assert proc.wait(timeout=20) == 0
-    finally:
-        os.close(master)
-        if proc.poll() is None:
-            proc.kill()
     runtime("delete", "--force", cid)
