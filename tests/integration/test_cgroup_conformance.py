@@ -507,3 +507,17 @@ def test_exec_into_a_paused_container(runtime, bundle):
     finally:
         resumer.wait(timeout=30)
     assert runtime.status(cid) == "running"
+
+
+def test_device_rules_are_applied_in_the_listed_order(runtime, bundle):
+    """runtime-tools' linux_cgroups_devices: after the deny-all, devices.list starts with
+    the config's allow rules in their order (runc's defaults follow them)."""
+    bundle.linux["resources"]["devices"] = [
+        {"allow": False, "access": "rwm"},
+        {"allow": True, "type": "c", "major": 10, "minor": 229, "access": "rwm"},
+        {"allow": True, "type": "b", "major": 8, "minor": 20, "access": "rw"},
+        {"allow": True, "type": "b", "major": 10, "minor": 200, "access": "r"}]
+    cid = start(runtime, bundle)
+    listed = value(cid, "devices.list").splitlines()
+    assert listed[:3] == ["c 10:229 rwm", "b 8:20 rw", "b 10:200 r"], listed
+    assert "c 1:3 rwm" in listed  # /dev/null still works

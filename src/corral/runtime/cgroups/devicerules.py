@@ -150,7 +150,9 @@ class Emulator(Record):
             dropped = perms - target.exceptions.get(key, frozenset())
             if dropped:
                 out.append(Rule(*key, _canonical(dropped), target.default_allow))
-        for key, perms in sorted(target.exceptions.items()):
+        # In the order the config gave them: v1 lists allow rules in the order they
+        # were written, and the spec asks for entries applied in the listed order.
+        for key, perms in target.exceptions.items():
             gained = perms - old.get(key, frozenset())
             if gained:
                 out.append(Rule(*key, _canonical(gained), not target.default_allow))
