@@ -66,6 +66,8 @@ def test_hooks_run_in_order_with_the_state_on_stdin(runtime, hooked):
     # poststart runs after the program is released; the program may print first.
     assert sorted(kinds[5:7]) == ["poststart", "program"] and kinds[7:] == ["poststop"]
     states = dict(read_log(log))
+    assert states["prestart"]["status"] == "created"  # as crun, and runtime-tools' hooks_stdin
+    assert states["prestart"]["pid"] == pid
     assert states["createRuntime"]["status"] == "creating"
     assert states["createRuntime"]["pid"] == pid
     assert states["startContainer"]["status"] == "created"

@@ -134,8 +134,11 @@ def _converse(channel: SyncChannel, bootstrap_pid: int, request: SpawnRequest,
         elif kind == "run-hooks":
             state = dict(request.hook_state, status="creating", pid=init_pid)
             try:
-                for hook_kind in ("prestart", "createRuntime"):
-                    run_hooks(hook_kind, spec.hooks.get(hook_kind, []), state)
+                # prestart (deprecated) sees "created", as crun shows it and runtime-tools
+                # checks; createRuntime runs during create and sees "creating".
+                run_hooks("prestart", spec.hooks.get("prestart", []),
+                          dict(state, status="created"))
+                run_hooks("createRuntime", spec.hooks.get("createRuntime", []), state)
             except BaseException as e:
                 e.init_pid = init_pid
                 raise
