@@ -334,12 +334,12 @@ def without_mount_namespace(bundle: Bundle) -> Bundle:
 
 
 @pytest.mark.parametrize("field, edit", [
-    ("mounts", lambda b: None),
-    ("linux.maskedPaths", lambda b: b.config.update(mounts=[])),
-    ("root.readonly", lambda b: (b.config.update(mounts=[]), b.linux.update(
-        maskedPaths=[], readonlyPaths=[]))),
+    ("root.readonly", lambda b: None),
+    ("linux.rootfsPropagation", lambda b: (b.config["root"].update(readonly=False),
+                                           b.linux.update(rootfsPropagation="rshared"))),
 ])
-def test_without_a_mount_namespace_what_would_mount_is_refused(runtime, bundle, field, edit):
+def test_without_a_mount_namespace_what_would_change_host_mounts_is_refused(
+        runtime, bundle, field, edit):
     bundle = without_mount_namespace(bundle)
     edit(bundle)
     host_before = mount_table()
@@ -379,3 +379,28 @@ def test_without_a_mount_namespace_the_container_is_only_chrooted(runtime, bundl
     runtime("delete", container_id)
     assert (bundle.rootfs / "result").read_text() == "chrooted\n"
     assert mount_table() == host_before  # the shared mount is still shared, nothing added
+
+
+def test_without_a_mount_namespace_mounts_are_made_under_the_rootfs_and_undone(runtime, bundle):
+    """As runc (runtime-tools linux_ns_itype): the default mounts, masked and read-only
+    paths are made under the rootfs in the runtime's namespace; delete takes them down."""
+    bundle = without_mount_namespace(bundle)
+    bundle.config["root"]["readonly"] = False
+    (bundle.rootfs / "etc" / "secret").write_text("not for the container\n")
+    bundle.linux["maskedPaths"].append("/etc/secret")
+    bundle.write(["sh", "-c", "test -e /proc/self/status && echo proc; "
+                              "test -c /dev/null && echo dev; "
+                              "wc -c < /etc/secret; touch /proc/sys/x 2>/dev/null || echo ro"])
+    host_before = mount_table()
+    container_id = runtime.new_id()
+    runtime("create", "--bundle", str(bundle.path), container_id)
+    assert any(point.startswith(f"{bundle.rootfs}/") for point, _ in mount_table())
+    runtime("start", container_id)
+    runtime.wait_stopped(container_id)
+    runtime("delete", container_id)
+    assert mount_table() == host_before
+    # Seen from inside: proc, devices, a masked /proc/kcore, a read-only /proc/sys.
+    result = runtime.run_capture(bundle)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["proc", "dev", "0", "ro"], result.stdout
+    assert mount_table() == host_before

@@ -96,12 +96,15 @@ class Container:
                 oci_version=spec.oci_version, annotations=spec.annotations,
                 cgroup=cgroup.to_state() if cgroup else None,
                 hooks=hooks_to_state(spec.hooks), process=spec.source.get("process"),
-                seccomp=spec.linux.seccomp, root=root)
+                seccomp=spec.linux.seccomp, root=root,
+                host_mounts=spec.linux.namespace("mount") is None)
             state.save()
             if pid_file:
                 write_pid_file(pid_file, init_pid)
         except BaseException:
             _undo_create(init_pid, cgroup, state_dir)
+            if spec.linux.namespace("mount") is None:
+                _unmount_below(rootfs)
             raise
         finally:
             if console_fd is not None:
@@ -272,6 +275,8 @@ class Container:
             for pid in cgroup.pids():
                 _send(pid, SIGKILL)
             cgroup.destroy()
+        if self.state.host_mounts:
+            _unmount_below(self.state.rootfs)
         remove_state_dir(self.state.dir)
         self._run_hooks("poststop", warn)
 
@@ -350,6 +355,12 @@ def _check_existing_cgroup(manager, warn) -> None:
         warn(f"container's cgroup is not empty: {len(found)} process(es) found")
     if manager.frozen():
         raise InvalidState("container's cgroup unexpectedly frozen")
+
+
+def _unmount_below(rootfs: str) -> None:
+    from corral.runtime.rootfs import unmount_below
+
+    unmount_below(rootfs)
 
 
 def _undo_create(init_pid: int | None, cgroup, state_dir: str) -> None:

@@ -37,18 +37,16 @@ def enter_rootfs(spec: Spec, ctx: MountContext, *, user_namespace: bool,
     sc = ctx.syscalls
     rootfs = ctx.rootfs
     # Without a mount namespace of its own (none, not even one to join) the
-    # container lives among the runtime's mounts: it is only chrooted, and
-    # nothing is mounted (validate refuses configs that need it).
+    # container lives among the runtime's mounts: its mounts are made under the
+    # rootfs there, as runc does (delete unmounts them), and it is chrooted.
     own_mounts = spec.linux.namespace("mount") is not None
     if own_mounts:
         _prepare_root(spec, rootfs, no_pivot, sc)
-        _mount_all(spec, ctx)
-        dev_from_host = any(m.destination == "/dev" and m.is_bind for m in spec.mounts)
-        if not dev_from_host:
-            create_devices(rootfs, spec.linux.devices, sc, bind_from_host=user_namespace)
-            create_links(rootfs, sc)
-    else:
-        _close_all(ctx.source_fds)
+    _mount_all(spec, ctx)
+    dev_from_host = any(m.destination == "/dev" and m.is_bind for m in spec.mounts)
+    if not dev_from_host:
+        create_devices(rootfs, spec.linux.devices, sc, bind_from_host=user_namespace)
+        create_links(rootfs, sc)
 
     if before_pivot is not None:
         before_pivot()  # the createRuntime and createContainer hooks
@@ -97,6 +95,24 @@ def _mount_all(spec: Spec, ctx: MountContext) -> None:
             mount_into_rootfs(mount, ctx, source_fd=ctx.source_fds.get(index))
     finally:
         _close_all(ctx.source_fds)  # they lead outside the container
+
+
+def unmount_below(rootfs: str) -> None:
+    """Take down every mount under `rootfs` in our mount namespace, deepest first
+    (what a container without a mount namespace of its own left there)."""
+    base = os.path.realpath(rootfs).rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as f:
+        points = [_unescape(line.split()[4]) for line in f]
+    for point in sorted({p for p in points if p.startswith(base)}, key=len, reverse=True):
+        try:
+            Syscalls().umount(point, k.MNT_DETACH)
+        except OSError:
+            pass  # gone already (a parent's detach took it)
+
+
+def _unescape(field: str) -> str:
+    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n") \
+        .replace("\\134", "\\")
 
 
 def _close_all(fds: dict[int, int]) -> None:

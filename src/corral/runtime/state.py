@@ -49,13 +49,13 @@ class ContainerState:
     """What `create` records; everything else about a container is derived."""
 
     FIELDS = ("id", "bundle", "rootfs", "pid", "pid_start", "created", "owner", "oci_version",
-              "annotations", "cgroup", "hooks", "process", "seccomp")
+              "annotations", "cgroup", "hooks", "process", "seccomp", "host_mounts")
 
     def __init__(self, *, id: str, bundle: str, rootfs: str, pid: int, pid_start: int,
                  created: str, owner: str, oci_version: str,
                  annotations: dict[str, str] | None = None, cgroup: dict | None = None,
                  hooks: dict | None = None, process: dict | None = None,
-                 seccomp: dict | None = None, root: str = ""):
+                 seccomp: dict | None = None, host_mounts: bool = False, root: str = ""):
         self.id = id
         self.bundle = bundle
         self.rootfs = rootfs
@@ -69,6 +69,9 @@ class ContainerState:
         self.hooks = hooks or {}
         self.process = process or {}  # config.json's process: what `exec` starts from
         self.seccomp = seccomp  # linux.seccomp: exec'd processes get it too
+        # No mount namespace of its own: its mounts live under rootfs in ours, and
+        # delete takes them down.
+        self.host_mounts = host_mounts
         self.root = root
 
     # --- where it lives --------------------------------------------------------

@@ -58,17 +58,14 @@ def _refuse_unsupported(source: dict) -> None:
 
 
 def _check_without_mount_namespace(spec: Spec) -> None:
-    """Sharing the runtime's mount namespace, the container is only chrooted: what
-    would mount (on the host, left there for good) or change host mounts is refused."""
-    needs_mounting = (
-        ("mounts", bool(spec.mounts)),
-        ("linux.maskedPaths", bool(spec.linux.masked_paths)),
-        ("linux.readonlyPaths", bool(spec.linux.readonly_paths)),
-        ("linux.devices", bool(spec.linux.devices)),
+    """Sharing the runtime's mount namespace, the container is chrooted and its mounts
+    are made under the rootfs in that namespace (as runc does; `delete` unmounts
+    them); what would change mounts outside the rootfs is refused."""
+    changes_the_host = (
         ("linux.rootfsPropagation", bool(spec.linux.rootfs_propagation)),
         ("root.readonly", spec.root.readonly),
     )
-    for field, asked in needs_mounting:
+    for field, asked in changes_the_host:
         if asked:
             raise ConfigInvalid(f"{field}: needs a mount namespace of the container's own "
                                 "(linux.namespaces has no mount namespace)")
