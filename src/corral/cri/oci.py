@@ -8,10 +8,15 @@ naming the CRI field (corrald answers INVALID_ARGUMENT).
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
 import os
 import stat
 
+from cri_api.v1 import api_pb2
+
+from corral.runtime.capabilities import CAPABILITY_NAMES
 from corral.spec.defaults import DEFAULT_PATH, MASKED_PATHS, READONLY_PATHS, default_config
 
 # containerd's default capability set (pkg/cri/opts/spec_opts.go: DefaultCapabilities)
@@ -32,17 +37,12 @@ ALL_CAPABILITIES = DEFAULT_CAPABILITIES + [
 _NAMESPACED_SYSCTLS = ("kernel.shm", "kernel.msg", "kernel.sem", "fs.mqueue.", "net.")
 # CRI MountPropagation → OCI rootfs propagation option
 _PROPAGATION = {0: "rprivate", 1: "rslave", 2: "rshared"}
-# A modest default seccomp profile: allow everything but what no container needs.
-_DENIED_SYSCALLS = [
-    "acct", "add_key", "bpf", "clock_adjtime", "clock_settime", "create_module",
-    "delete_module", "finit_module", "get_kernel_syms", "get_mempolicy", "init_module",
-    "ioperm", "iopl", "kcmp", "kexec_file_load", "kexec_load", "keyctl", "lookup_dcookie",
-    "mbind", "mount", "move_pages", "name_to_handle_at", "nfsservctl", "open_by_handle_at",
-    "perf_event_open", "personality", "pivot_root", "process_vm_readv", "process_vm_writev",
-    "ptrace", "query_module", "quotactl", "reboot", "request_key", "set_mempolicy", "setns",
-    "settimeofday", "stime", "swapoff", "swapon", "sysfs", "_sysctl", "umount", "umount2",
-    "unshare", "uselib", "userfaultfd", "ustat", "vm86", "vm86old",
-]
+# CRI's deprecated seccomp_profile_path spellings (containerd: generateSecurityProfile)
+_PROFILE_PATHS = {"runtime/default": api_pb2.SecurityProfile.RuntimeDefault,
+                  "docker/default": api_pb2.SecurityProfile.RuntimeDefault,
+                  "unconfined": api_pb2.SecurityProfile.Unconfined}
+_LOCALHOST_PREFIX = "localhost/"
+_SECCOMP_DEFAULT = os.path.join(os.path.dirname(__file__), "seccomp_default.json")
 
 
 class TranslationError(ValueError):
@@ -85,7 +85,7 @@ def container_spec(config, pod_config, image_config: dict, pod: PodContext, *, r
     process["user"] = _user(security, image.get("User") or "", rootfs)
     process["noNewPrivileges"] = bool(security.no_new_privs)
     process.pop("rlimits", None)  # inherit corrald's: raising them needs CAP_SYS_RESOURCE
-    caps = ALL_CAPABILITIES if privileged else _capabilities(security.capabilities)
+    caps = host_capabilities() if privileged else _capabilities(security.capabilities)
     process["capabilities"] = {"bounding": caps, "effective": list(caps),
                                "permitted": list(caps)}
     if config.linux.resources.oom_score_adj or min_oom_score_adj is not None:
@@ -100,6 +100,13 @@ def container_spec(config, pod_config, image_config: dict, pod: PodContext, *, r
     spec["root"] = {"path": rootfs, "readonly": bool(security.readonly_rootfs)}
     spec["mounts"] = _mounts(spec["mounts"], config, pod, privileged)
     linux = spec["linux"]
+    # A shared or slave volume needs the container's "/" to keep its peer groups (containerd's
+    # WithMounts): otherwise the runtime's rslave "/" cuts the volume off from the host's.
+    kinds = {m.propagation for m in config.mounts}
+    if api_pb2.PROPAGATION_BIDIRECTIONAL in kinds:
+        linux["rootfsPropagation"] = "rshared"
+    elif api_pb2.PROPAGATION_HOST_TO_CONTAINER in kinds:
+        linux["rootfsPropagation"] = "rslave"
     linux["namespaces"] = _namespaces(pod, cgroup_v2)
     linux["maskedPaths"] = [] if privileged else (
         list(security.masked_paths) if security.masked_paths else list(MASKED_PATHS))
@@ -115,8 +122,8 @@ def container_spec(config, pod_config, image_config: dict, pod: PodContext, *, r
         for d, device in zip(linux["devices"], config.devices, strict=True)]
     if cgroups_path:
         linux["cgroupsPath"] = cgroups_path
-    seccomp = _seccomp(security)
-    if seccomp and not privileged:
+    seccomp = None if privileged else seccomp_profile(security, caps)
+    if seccomp:
         linux["seccomp"] = seccomp
     _check_lsm(security)
     spec["annotations"] = {
@@ -172,6 +179,10 @@ def _env(image_env: list[str], envs) -> list[str]:
 def _user(security, image_user: str, rootfs: str) -> dict:
     passwd = _read_table(os.path.join(rootfs, "etc/passwd"))
     groups = _read_table(os.path.join(rootfs, "etc/group"))
+    if security.HasField("run_as_group") and not (security.HasField("run_as_user") or
+                                                  security.run_as_username):
+        raise TranslationError("linux.security_context.run_as_group: set without run_as_user "
+                               "or run_as_username")
     if security.HasField("run_as_user"):
         spec = str(security.run_as_user.value)
     elif security.run_as_username:
@@ -228,10 +239,12 @@ def _capabilities(capabilities) -> list[str]:
         if name != "ALL" and name not in ALL_CAPABILITIES:
             raise TranslationError(f"linux.security_context.capabilities: unknown capability "
                                    f"{name!r}")
-    caps = list(ALL_CAPABILITIES) if "ALL" in add else list(DEFAULT_CAPABILITIES)
-    caps += [c for c in add if c != "ALL" and c not in caps]
+    # containerd's order: ALL first (add, then drop), then the named additions and drops, so
+    # add ALL + drop CHOWN is every capability but CHOWN.
+    caps = list(host_capabilities()) if "ALL" in add else list(DEFAULT_CAPABILITIES)
     if "ALL" in drop:
-        return [c for c in add if c != "ALL"]
+        caps = []
+    caps += [c for c in add if c != "ALL" and c not in caps]
     return [c for c in caps if c not in drop]
 
 
@@ -262,11 +275,43 @@ def _mounts(defaults: list[dict], config, pod: PodContext, privileged: bool) -> 
                                    f"{mount.host_path!r}")
         if not os.path.exists(mount.host_path):
             raise TranslationError(f"{where}.host_path {mount.host_path} does not exist")
+        _check_source_propagation(mount, where)
         options = ["rbind", _PROPAGATION.get(mount.propagation, "rprivate"),
                    "ro" if mount.readonly else "rw"]
         mounts.append({"destination": mount.container_path, "type": "bind",
                        "source": mount.host_path, "options": options})
     return mounts
+
+
+def _check_source_propagation(mount, where: str) -> None:
+    """As containerd: a Bidirectional volume must be on a shared mount of the host, a
+    HostToContainer one on a shared or slave mount, or the propagation asked cannot happen."""
+    if mount.propagation == api_pb2.PROPAGATION_PRIVATE:
+        return
+    point, fields = _mount_of(mount.host_path)
+    shared = any(f.startswith("shared:") for f in fields)
+    slave = any(f.startswith("master:") for f in fields)
+    if mount.propagation == api_pb2.PROPAGATION_BIDIRECTIONAL and not shared:
+        raise TranslationError(f"{where}: host_path {mount.host_path} is on {point}, which is "
+                               "not a shared mount (needed for Bidirectional propagation)")
+    if mount.propagation == api_pb2.PROPAGATION_HOST_TO_CONTAINER and not (shared or slave):
+        raise TranslationError(f"{where}: host_path {mount.host_path} is on {point}, which is "
+                               "neither a shared nor a slave mount (needed for HostToContainer "
+                               "propagation)")
+
+
+def _mount_of(path: str) -> tuple[str, list[str]]:
+    """The mount point holding path in corrald's mount namespace, and its optional fields."""
+    path = os.path.realpath(path)
+    best, best_fields = "/", []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            parts = line.split()
+            point = parts[4].replace("\\040", " ")
+            inside = path == point or path.startswith(point.rstrip("/") + "/")
+            if inside and len(point) >= len(best):  # later entries cover earlier ones
+                best, best_fields = point, parts[6:parts.index("-")]
+    return best, best_fields
 
 
 def _namespaces(pod: PodContext, cgroup_v2: bool) -> list[dict]:
@@ -344,23 +389,90 @@ def _devices(devices) -> list[dict]:
     return result
 
 
-def _seccomp(security) -> dict | None:
-    profile = security.seccomp if security.HasField("seccomp") else None
-    kind = profile.profile_type if profile is not None else 0  # 0 Unconfined by CRI default
-    if kind == 0:
+@functools.cache
+def host_capabilities() -> list[str]:
+    """The capabilities of corrald's own bounding set: what "ALL" and privileged mean here
+    (containerd's WithAllCurrentCapabilities); asking for more would fail at start."""
+    with open("/proc/self/status") as f:
+        bounding = next(int(line.split()[1], 16) for line in f if line.startswith("CapBnd:"))
+    return [name for bit, name in enumerate(CAPABILITY_NAMES) if bounding >> bit & 1]
+
+
+def seccomp_profile(security, capabilities: list[str],
+                    where: str = "linux.security_context") -> dict | None:
+    """The OCI linux.seccomp for a CRI security context, as containerd chooses it: the
+    `seccomp` field wins over the deprecated `seccomp_profile_path`; neither means none."""
+    if security.HasField("seccomp"):
+        kind, ref = security.seccomp.profile_type, security.seccomp.localhost_ref
+        if kind != api_pb2.SecurityProfile.Localhost and ref:
+            raise TranslationError(f"{where}.seccomp.localhost_ref is only for a Localhost "
+                                   "profile")
+    elif security.seccomp_profile_path:
+        path = security.seccomp_profile_path
+        if path in _PROFILE_PATHS:
+            kind, ref = _PROFILE_PATHS[path], ""
+        elif path.startswith(_LOCALHOST_PREFIX):
+            kind, ref = api_pb2.SecurityProfile.Localhost, path[len(_LOCALHOST_PREFIX):]
+        else:
+            raise TranslationError(f"{where}.seccomp_profile_path: invalid profile {path!r}")
+    else:
         return None
-    if kind == 1:  # RuntimeDefault
-        return {"defaultAction": "SCMP_ACT_ALLOW",
-                "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-                "syscalls": [{"names": list(_DENIED_SYSCALLS), "action": "SCMP_ACT_ERRNO",
-                              "errnoRet": 1}]}
-    path = profile.localhost_ref
+    if kind == api_pb2.SecurityProfile.Unconfined:
+        return None
+    if kind == api_pb2.SecurityProfile.RuntimeDefault:
+        return runtime_default_seccomp(capabilities)
+    if kind != api_pb2.SecurityProfile.Localhost:
+        raise TranslationError(f"{where}.seccomp.profile_type: unknown type {kind}")
+    ref = ref.removeprefix(_LOCALHOST_PREFIX)
+    if not os.path.isabs(ref):
+        raise TranslationError(f"{where}.seccomp.localhost_ref must be an absolute path, "
+                               f"not {ref!r}")
     try:
-        with open(path) as f:
-            return json.load(f)
+        with open(ref) as f:
+            profile = json.load(f)
     except (OSError, ValueError) as e:
-        raise TranslationError(f"linux.security_context.seccomp.localhost_ref {path}: "
-                               f"{e}") from None
+        raise TranslationError(f"{where}.seccomp.localhost_ref {ref}: {e}") from None
+    if not isinstance(profile, dict):
+        raise TranslationError(f"{where}.seccomp.localhost_ref {ref}: not a JSON object")
+    return profile
+
+
+@functools.cache
+def _seccomp_default_data() -> dict:
+    with open(_SECCOMP_DEFAULT) as f:
+        return json.load(f)
+
+
+def runtime_default_seccomp(capabilities: list[str], machine: str | None = None) -> dict:
+    """The RuntimeDefault profile for a container with this bounding set (see
+    seccomp_default.json for what it follows): an allow list, the syscalls of this
+    architecture and of each capability held, and without CAP_SYS_ADMIN no clone into new
+    namespaces and clone3 answered ENOSYS (so libcs fall back to clone)."""
+    data = _seccomp_default_data()
+    machine = machine or os.uname().machine
+
+    def allow(names, args=()):
+        return {"names": list(names), "action": "SCMP_ACT_ALLOW", "args": list(args)}
+
+    syscalls = [allow(data["allow"])]
+    syscalls += [allow(["personality"], [{"index": 0, "value": value, "op": "SCMP_CMP_EQ"}])
+                 for value in data["personalityValues"].values()]
+    if data["allowByArchitecture"].get(machine):
+        syscalls.append(allow(data["allowByArchitecture"][machine]))
+    for cap in capabilities:
+        if data["allowByCapability"].get(cap):
+            syscalls.append(allow(data["allowByCapability"][cap]))
+    if "CAP_SYS_ADMIN" not in capabilities:
+        rule = data["withoutSysAdmin"]
+        index = rule["cloneFlagsArgument"].get(machine, rule["cloneFlagsArgument"]["default"])
+        mask = functools.reduce(int.__or__, rule["namespaceCloneFlags"].values())
+        syscalls.append(allow(["clone"], [{"index": index, "value": mask, "valueTwo": 0,
+                                           "op": "SCMP_CMP_MASKED_EQ"}]))
+        syscalls.append({"names": list(rule["enosys"]), "action": "SCMP_ACT_ERRNO",
+                         "errnoRet": errno.ENOSYS})
+    return {"defaultAction": data["defaultAction"],
+            "architectures": list(data["architectures"].get(machine, [])),
+            "syscalls": syscalls}
 
 
 def _check_lsm(security) -> None:
