@@ -16,6 +16,7 @@ import time
 import grpc
 from cri_api.v1 import api_pb2, api_pb2_grpc
 
+from corral.cri import validation
 from corral.images.service import ImageError
 from corral.sandbox import errors
 from corral.sandbox.containers import container_config
@@ -113,6 +114,7 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
     # --- pods ----------------------------------------------------------------------------------
     @rpc
     def RunPodSandbox(self, request, context):
+        validation.check_pod_config(request.config)
         pod_id = self.ctx.pods.run(request.config, request.runtime_handler)
         return api_pb2.RunPodSandboxResponse(pod_sandbox_id=pod_id)
 
@@ -176,6 +178,7 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
     @rpc
     def CreateContainer(self, request, context):
         self._require_id(request.pod_sandbox_id, "pod_sandbox_id")
+        validation.check_container_config(request.config)
         # The pod's config is the one stored at RunPodSandbox, not the request's copy.
         container_id = self.ctx.containers.create(request.pod_sandbox_id, request.config)
         return api_pb2.CreateContainerResponse(container_id=container_id)
@@ -337,6 +340,7 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
         from corral.cri.oci import TranslationError, linux_resources
 
         self._require_id(request.container_id, "container_id")
+        validation.check_memory_limit(request.linux.memory_limit_in_bytes)
         try:
             resources = linux_resources(request.linux)
         except TranslationError as e:
@@ -433,8 +437,20 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
         if record.id in self.ctx.store.images_in_use():
             raise errors.FailedPrecondition(f"image {request.image.image} is in use by a "
                                             "container")
-        self.ctx.images.remove(record.id)
+        try:
+            self.ctx.images.remove(record.id)
+        except ImageError:
+            if self._image_exists(request.image.image):
+                raise
+            # Removed meanwhile by a concurrent RemoveImage: idempotent, as containerd.
         return api_pb2.RemoveImageResponse()
+
+    def _image_exists(self, image: str) -> bool:
+        try:
+            self.ctx.images.get(image)
+            return True
+        except ImageError:
+            return False
 
     @rpc
     def ImageFsInfo(self, request, context):

@@ -121,9 +121,9 @@ class Pods:
             kinds += ["net", "uts"]
         if namespace_mode(config, "ipc") != 2:
             kinds.append("ipc")
-        hostname = config.hostname or (os.uname().nodename if host_network else
-                                       config.metadata.name)
-        # A host-network pod shares the host's UTS namespace: its hostname is the node's.
+        # Without a hostname, the node's, as containerd (a pod name may be longer than
+        # HOST_NAME_MAX); a host-network pod shares the host's UTS namespace anyway.
+        hostname = config.hostname or os.uname().nodename
         pinned = (netns.pin_namespaces(kinds, paths.ns,
                                        hostname=hostname if "uts" in kinds else "")
                   if kinds else {})
