@@ -191,12 +191,16 @@ def test_errors_are_one_line(tmp_path):
 
 
 @pytest.fixture
-def daemon():
+def daemon(tmp_path, monkeypatch):
+    """A corrald, and `corral run`'s pod logs in a directory of this test's own (not the
+    machine's /var/log/corral, which another corrald on the host may be writing to)."""
+    (tmp_path / "pod-logs").mkdir()
+    monkeypatch.setenv("CORRAL_LOG_ROOT", str(tmp_path / "pod-logs"))
     with running_corrald("corralt3", "10.99.10.0/24") as daemon:
         yield daemon
 
 
-def test_run_ps_pods_logs_stop_rm(daemon):
+def test_run_ps_pods_logs_stop_rm(daemon, tmp_path):
     sock = str(daemon.socket)
     done = corral("--socket", sock, "run", "--rm", "--name", "hello", "-e", "WHO=corral",
                   "busybox", "sh", "-c", "echo hi $WHO from $(hostname); echo err >&2; exit 3",
@@ -204,8 +208,8 @@ def test_run_ps_pods_logs_stop_rm(daemon):
     assert (done.returncode, done.stdout, done.stderr) == (3, "hi corral from hello\n",
                                                            "err\n")
     assert corral("--socket", sock, "pods", "-q").stdout == ""  # --rm removed the pod
+    assert os.listdir(tmp_path / "pod-logs") == []  # and its log directory
 
-    logs_before = set(os.listdir("/var/log/corral/pods"))
     container = corral("--socket", sock, "run", "-d", "--name", "web", "busybox", "sh", "-c",
                        "echo started; exec sleep 60").stdout.strip()
     assert len(container) == 64
@@ -220,7 +224,7 @@ def test_run_ps_pods_logs_stop_rm(daemon):
     assert "exited (137)" in corral("--socket", sock, "ps", "-a").stdout
     corral("--socket", sock, "rm", "web")  # the pod (and its container)
     assert corral("--socket", sock, "ps", "-a", "-q").stdout == ""
-    assert set(os.listdir("/var/log/corral/pods")) == logs_before  # its log dir went too
+    assert os.listdir(tmp_path / "pod-logs") == []  # its log dir went too
 
 
 def test_image_commands_go_through_corrald_when_it_runs(daemon, registry):

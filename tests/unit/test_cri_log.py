@@ -1,10 +1,11 @@
 """The CRI log format the shim writes: full and partial lines, streams, rotation."""
 
+import random
 import re
 
 import pytest
 
-from corral.shim.logs import MAX_LINE, CriLog, parse_line, timestamp
+from corral.shim.logs import MAX_LINE, CriLog, output, parse_line, timestamp
 
 
 def entries(path) -> list[tuple[str, str, str]]:
@@ -16,9 +17,9 @@ def test_lines_are_tagged_full_and_split_across_chunks(tmp_path):
     log.feed("stdout", b"one\ntw")
     log.feed("stdout", b"o\nthree")
     log.feed("stderr", b"err\n")
-    log.close()  # the stream ended mid-line: what is left is a full line
+    log.close()  # the stream ended mid-line: what is left had no newline, a partial line
     assert entries(tmp_path / "c.log") == [("stdout", "F", "one"), ("stdout", "F", "two"),
-                                           ("stderr", "F", "err"), ("stdout", "F", "three")]
+                                           ("stderr", "F", "err"), ("stdout", "P", "three")]
 
 
 @pytest.mark.parametrize("length, expected", [
@@ -54,3 +55,53 @@ def test_parse_line_rejects_what_is_not_a_log_line():
     assert parse_line("2023-11-14T22:13:20.1Z stdout F a b c\n")[3] == "a b c"
     with pytest.raises(ValueError):
         parse_line("garbage")
+
+
+def reassembled(path) -> dict[bytes, bytes]:
+    """Each stream's bytes as a reader (kubelet, `corral logs`) rebuilds them from the file."""
+    streams: dict[bytes, bytes] = {}
+    data = path.read_bytes()
+    assert data == b"" or data.endswith(b"\n")
+    for line in data.split(b"\n")[:-1]:
+        _, stream, tag, content = parse_line(line)
+        assert tag in (b"F", b"P") and len(content) <= MAX_LINE
+        streams[stream] = streams.get(stream, b"") + output(tag, content)
+    return streams
+
+
+# \r, NUL, escapes, what str.splitlines() splits on, and invalid UTF-8
+CONTROL = (b"a\rb\r\n\r\n\0\0\n\x1b[31mred\x1b[0m\t\x0b\x0c\x1c\x1d\x1e\x85\n"
+           b"\xff\xfe\xc3(\xed\xa0\x80 \n")
+
+
+@pytest.mark.parametrize("seed, size", [(1, 1), (2, MAX_LINE), (3, MAX_LINE + 1),
+                                        (4, 100_000), (5, 1 << 20)])
+def test_random_bytes_reassemble_exactly_whatever_the_chunks(tmp_path, seed, size):
+    rng = random.Random(seed)
+    payloads = {b"stdout": rng.randbytes(size), b"stderr": CONTROL + rng.randbytes(size // 3)}
+    log = CriLog(str(tmp_path / "c.log"))
+    for stream, payload in payloads.items():
+        offset = 0
+        while offset < len(payload):  # as pipe reads split it: anywhere
+            step = rng.choice([1, 7, 4096, MAX_LINE - 1, MAX_LINE, MAX_LINE + 1, 65536])
+            log.feed(stream.decode(), payload[offset:offset + step])
+            offset += step
+    log.close()
+    assert reassembled(tmp_path / "c.log") == payloads
+
+
+@pytest.mark.parametrize("payload", [b"no newline at the end", b"\n", b"\r", b"x\n\n",
+                                     b"y" * MAX_LINE, b"z" * (MAX_LINE + 1) + b"\n",
+                                     b"w" * (2 * MAX_LINE), CONTROL, CONTROL.rstrip(b"\n")])
+def test_line_edges_reassemble_exactly(tmp_path, payload):
+    log = CriLog(str(tmp_path / "c.log"))
+    log.feed("stdout", payload)
+    log.close()
+    assert reassembled(tmp_path / "c.log") == {b"stdout": payload}
+
+
+def test_a_last_line_without_newline_is_partial(tmp_path):
+    log = CriLog(str(tmp_path / "c.log"))
+    log.feed("stdout", b"done\nprompt> ")
+    log.close()
+    assert entries(tmp_path / "c.log") == [("stdout", "F", "done"), ("stdout", "P", "prompt> ")]

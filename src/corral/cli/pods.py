@@ -13,6 +13,11 @@ what they show is what kubelet would see.
     corral stop [-t SECONDS] CONTAINER|POD...
     corral rm [-f] CONTAINER|POD...
     corral info
+
+Output passes through byte for byte: `run` and `logs` reassemble the CRI log
+(F entries get their newline back, P entries none), `exec` writes ExecSync's
+bytes.  `corral run` keeps pod logs under $CORRAL_LOG_ROOT (default
+/var/log/corral/pods), in kubelet's <namespace>_<name>_<uid> layout.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import time
 
 DEFAULT_SOCKET = "/run/corral/corral.sock"
 LOG_ROOT = "/var/log/corral/pods"
+MAX_REPLY = 64 << 20  # above corrald's send limit: ExecSync output can be tens of MiB
 
 
 class CliError(Exception):
@@ -43,7 +49,8 @@ class Cri:
                            "`corrald` or give --socket")
         self.pb = api_pb2
         self.grpc = grpc
-        self.channel = grpc.insecure_channel(f"unix://{socket_path}")
+        self.channel = grpc.insecure_channel(f"unix://{socket_path}", options=[
+            ("grpc.max_receive_message_length", MAX_REPLY)])
         self.runtime = api_pb2_grpc.RuntimeServiceStub(self.channel)
         self.images = api_pb2_grpc.ImageServiceStub(self.channel)
 
@@ -120,7 +127,7 @@ def cmd_run(opts) -> int:
         print(f"pulling {opts.image} ...", file=sys.stderr)
         cri.call(cri.images.PullImage, pb.PullImageRequest(image=pb.ImageSpec(image=opts.image)))
     uid = secrets.token_hex(16)
-    log_dir = os.path.join(LOG_ROOT, f"default_{name}_{uid}")  # kubelet's layout
+    log_dir = os.path.join(_log_root(), f"default_{name}_{uid}")  # kubelet's layout
     pod_config = pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(name=name, namespace="default", uid=uid),
         hostname=name, log_directory=log_dir, port_mappings=_ports(pb, opts.publish))
@@ -160,8 +167,12 @@ def _remove_pod(cri: Cri, pod_id: str) -> None:
         pod_sandbox_id=pod_id)).status.metadata
     cri.call(cri.runtime.StopPodSandbox, pb.StopPodSandboxRequest(pod_sandbox_id=pod_id))
     cri.call(cri.runtime.RemovePodSandbox, pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
-    shutil.rmtree(os.path.join(LOG_ROOT, f"{meta.namespace}_{meta.name}_{meta.uid}"),
+    shutil.rmtree(os.path.join(_log_root(), f"{meta.namespace}_{meta.name}_{meta.uid}"),
                   ignore_errors=True)
+
+
+def _log_root() -> str:
+    return os.environ.get("CORRAL_LOG_ROOT") or LOG_ROOT
 
 
 def _ports(pb, specs: list[str]) -> list:
@@ -208,7 +219,7 @@ def _follow(cri: Cri, container_id: str, log_path: str) -> int:
 
 
 def _print_log(path: str, offset: int) -> int:
-    from corral.shim.logs import parse_line
+    from corral.shim.logs import output, parse_line
 
     try:
         with open(path, "rb") as f:
@@ -216,14 +227,15 @@ def _print_log(path: str, offset: int) -> int:
             data = f.read()
     except FileNotFoundError:
         return offset
-    end = data.rfind(b"\n") + 1
-    for line in data[:end].decode(errors="replace").splitlines():
+    end = data.rfind(b"\n") + 1  # a last line still being written is read next time
+    # Entries end at b"\n" only: their content may hold \r and any other byte.
+    for line in data[:end].split(b"\n")[:-1]:
         try:
-            _, stream, tag, message = parse_line(line)
+            _, stream, tag, content = parse_line(line)
         except ValueError:
             continue
-        out = sys.stderr if stream == "stderr" else sys.stdout
-        out.write(message + ("\n" if tag == "F" else ""))
+        out = sys.stderr if stream == b"stderr" else sys.stdout
+        out.buffer.write(output(tag, content))
         out.flush()
     return offset + end
 

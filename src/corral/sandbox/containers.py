@@ -12,6 +12,7 @@ so an exit that happened while corrald was down is seen on the next look.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -317,12 +318,14 @@ class Containers:
         process = exec_process(base, list(cmd))
         with self._shim(record.pod_id, timeout=(timeout + 30) if timeout else None) as shim:
             try:
-                return shim.call("exec_sync", id=record.id, process=process, timeout=timeout)
+                reply = shim.call("exec_sync", id=record.id, process=process, timeout=timeout)
             except ShimError as e:
                 if e.kind == "timeout":
                     raise DeadlineExceeded(f"exec in container {record.id[:12]}: timeout "
                                            f"{timeout}s exceeded") from None
                 raise _shim_error(e, f"exec in container {record.id[:12]}") from None
+        return {"exit_code": reply["exit_code"], "stdout": _exec_output(reply, "stdout"),
+                "stderr": _exec_output(reply, "stderr")}
 
     def reopen_log(self, container_id: str) -> None:
         record = self.sync(self.get(container_id))
@@ -410,3 +413,10 @@ def _stop_signal(ctx, record) -> int:
     except (ValueError, KeyError):
         return signal.SIGTERM
 
+
+def _exec_output(reply: dict, stream: str) -> bytes:
+    """An exec_sync reply's output as the bytes the process wrote (base64 in the shim's JSON;
+    a shim started before that change, still running, sends text)."""
+    if f"{stream}_base64" in reply:
+        return base64.b64decode(reply[f"{stream}_base64"])
+    return reply.get(stream, "").encode()

@@ -3,11 +3,14 @@
     2016-10-06T00:17:09.669794202Z stdout F a whole line
     2016-10-06T00:17:09.669794202Z stderr P the first 16 KiB of a longer line
 
-Each line is tagged F (full) or P (partial: the line goes on in the next
-entry).  A line longer than MAX_LINE is cut into P entries; a line still
-open when its stream ends is written as F.  `reopen()` serves
-ReopenContainerLog: kubelet renames the file when rotating and asks for a
-new one at the same path.
+Each line is tagged F (full: a newline ended it) or P (partial: no newline
+follows).  The content is the container's bytes as they came (\r, NUL and
+invalid UTF-8 included); only the newline is dropped, and readers
+(kubelet, crictl, `corral logs`) put it back after an F entry.  A line
+longer than MAX_LINE is cut into P entries.  What is left when a stream
+ends had no newline, so it is written as P too: the output reassembles
+byte for byte.  `reopen()` serves ReopenContainerLog: kubelet renames the
+file when rotating and asks for a new one at the same path.
 """
 
 from __future__ import annotations
@@ -65,10 +68,10 @@ class CriLog:
         self._write(entries)
 
     def end(self, stream: str) -> None:
-        """The stream closed: what is left of its last line is a full line."""
+        """The stream closed: what is left had no newline, a partial line."""
         buffer = self.pending[stream]
         if buffer:
-            self._write([_entry(timestamp(), stream, "F", buffer)])
+            self._write([_entry(timestamp(), stream, "P", buffer)])
             buffer.clear()
 
     def _write(self, entries: list[bytes]) -> None:
@@ -83,9 +86,17 @@ def _entry(now: str, stream: str, tag: str, line) -> bytes:
     return b"%s %s %s %s\n" % (now.encode(), stream.encode(), tag.encode(), bytes(line))
 
 
-def parse_line(line: str) -> tuple[str, str, str, str]:
-    """(timestamp, stream, tag, message) of one CRI log line; for readers such as `corral logs`."""
-    parts = line.rstrip("\n").split(" ", 3)
+def parse_line(line):
+    """(timestamp, stream, tag, content) of one CRI log line, str or bytes as given.
+
+    Only the line's own newline is removed: the content keeps every other byte."""
+    newline, space = ("\n", " ") if isinstance(line, str) else (b"\n", b" ")
+    parts = line.removesuffix(newline).split(space, 3)
     if len(parts) < 4:
         raise ValueError(f"not a CRI log line: {line[:80]!r}")
     return parts[0], parts[1], parts[2], parts[3]
+
+
+def output(tag: bytes, content: bytes) -> bytes:
+    """The bytes a log entry stands for: its content, and the newline a full line had."""
+    return content + b"\n" if tag == b"F" else content

@@ -19,6 +19,7 @@ anyone is told of it, so it survives the shim, corrald and the machine.
 
 from __future__ import annotations
 
+import base64
 import errno
 import json
 import os
@@ -591,9 +592,10 @@ class Shim(StreamOps):
             self._reply(job.conn, {"ok": False, "kind": "timeout",
                                    "error": "command timed out and was killed"})
             return
+        # base64: the output is bytes (CRI's ExecSyncResponse), which JSON cannot carry
         self._reply(job.conn, {"ok": True, "exit_code": code,
-                               "stdout": job.output["stdout"].decode(errors="replace"),
-                               "stderr": job.output["stderr"].decode(errors="replace")})
+                               "stdout_base64": _base64(job.output["stdout"]),
+                               "stderr_base64": _base64(job.output["stderr"])})
 
     def op_shutdown(self, conn, request) -> dict:
         live = [m.id for m in self.containers.values() if m.exit is None
@@ -696,6 +698,10 @@ def _kind(error: RuntimeFailure) -> str:
     if isinstance(error, (InvalidID, ConfigInvalid, InvalidState)):
         return "invalid"
     return "failed"
+
+
+def _base64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 def _collect(job: ExecJob, name: str, data: bytes) -> None:
