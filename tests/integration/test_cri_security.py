@@ -201,6 +201,41 @@ def test_invalid_security_contexts(daemon, security):
     assert not daemon.runtime.ListContainers(api_pb2.ListContainersRequest()).containers
 
 
+@pytest.mark.parametrize("security", [
+    {"seccomp_profile_path": "bogus"},
+    {"seccomp": api_pb2.SecurityProfile(profile_type=LOCALHOST,
+                                        localhost_ref="/nonexistent/profile.json")},
+    {"run_as_group": api_pb2.Int64Value(value=1000)},
+])
+def test_invalid_pod_security_contexts(daemon, security):
+    # containerd resolves the pod-level profile for the pause container at RunPodSandbox
+    config = daemon.pod_config("sec-badpod")
+    config.linux.security_context.MergeFrom(api_pb2.LinuxSandboxSecurityContext(**security))
+    assert code_of(daemon.runtime.RunPodSandbox, api_pb2.RunPodSandboxRequest(config=config)) \
+        == grpc.StatusCode.INVALID_ARGUMENT
+    assert not daemon.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items
+
+
+def test_pod_level_profile_is_not_inherited_by_containers(daemon, probe):
+    # kubelet copies a pod's profile into each container's context; corrald reads only that
+    pod_config = daemon.pod_config("sec-podlevel")
+    pod_config.linux.security_context.seccomp.profile_type = RUNTIME_DEFAULT
+    pod_id = daemon.runtime.RunPodSandbox(
+        api_pb2.RunPodSandboxRequest(config=pod_config)).pod_sandbox_id
+    seen = {}
+    for name, profile in (("unset", None), ("default", RUNTIME_DEFAULT)):
+        config = daemon.container_config(name, ["sleep", "300"])
+        if profile is not None:
+            config.linux.security_context.seccomp.profile_type = profile
+        config.mounts.append(api_pb2.Mount(host_path=probe, container_path="/secprobe",
+                                           readonly=True))
+        container_id = daemon.runtime.CreateContainer(api_pb2.CreateContainerRequest(
+            pod_sandbox_id=pod_id, config=config, sandbox_config=pod_config)).container_id
+        daemon.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=container_id))
+        seen[name] = inside(daemon, container_id)["Seccomp"]
+    assert seen == {"unset": "0", "default": "2"}
+
+
 def test_run_as_group_with_user(daemon):
     container_id = run_sleeper(daemon, "sec-group", run_as_user=api_pb2.Int64Value(value=1000),
                                run_as_group=api_pb2.Int64Value(value=2000))

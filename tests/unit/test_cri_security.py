@@ -129,3 +129,23 @@ def test_run_as_group_needs_a_user(tmp_path):
     (tmp_path / "etc/passwd").write_text("app:x:9:9::/:/bin/sh\n")
     assert oci._user(security(run_as_group=api_pb2.Int64Value(value=5),
                               run_as_username="app"), "", str(tmp_path)) == {"uid": 9, "gid": 5}
+
+
+def test_pod_level_security_context(tmp_path):
+    def pod(**fields):
+        config = api_pb2.PodSandboxConfig()
+        config.linux.security_context.CopyFrom(api_pb2.LinuxSandboxSecurityContext(**fields))
+        return config
+
+    default = pod(seccomp=api_pb2.SecurityProfile(profile_type=RUNTIME_DEFAULT))
+    assert oci.sandbox_seccomp(default)["defaultAction"] == "SCMP_ACT_ERRNO"
+    assert oci.sandbox_seccomp(pod(seccomp_profile_path="unconfined")) is None
+    assert oci.sandbox_seccomp(pod(privileged=True, seccomp_profile_path="runtime/default")) \
+        is None
+    oci.check_pod_security(default)
+    for bad, message in ((pod(seccomp_profile_path="nonsense"), "invalid profile"),
+                         (pod(run_as_group=api_pb2.Int64Value(value=3)), "without run_as_user")):
+        with pytest.raises(oci.TranslationError, match=message):
+            oci.check_pod_security(bad)
+    oci.check_pod_security(pod(run_as_group=api_pb2.Int64Value(value=3),
+                               run_as_user=api_pb2.Int64Value(value=3)))

@@ -139,6 +139,26 @@ def container_spec(config, pod_config, image_config: dict, pod: PodContext, *, r
     return spec
 
 
+def check_pod_security(pod_config) -> None:
+    """What containerd refuses at RunPodSandbox in the pod's own security context: a group
+    without a user, and a seccomp profile its pause container could not be given."""
+    security = pod_config.linux.security_context
+    if security.HasField("run_as_group") and not security.HasField("run_as_user"):
+        raise TranslationError("pod linux.security_context.run_as_group: set without "
+                               "run_as_user")
+    sandbox_seccomp(pod_config)
+
+
+def sandbox_seccomp(pod_config) -> dict | None:
+    """The profile containerd gives the pod's own process (its pause container), from the
+    pod-level context. Containers do not inherit it: kubelet copies the pod's profile into
+    each container's context, and corrald, as containerd, reads only that."""
+    security = pod_config.linux.security_context
+    if security.privileged:
+        return None
+    return seccomp_profile(security, list(DEFAULT_CAPABILITIES), "pod linux.security_context")
+
+
 def exec_process(base_process: dict, cmd: list[str], *, tty: bool = False) -> dict:
     """The process of an ExecSync: the container's user, env, cwd, caps and flags."""
     process = json.loads(json.dumps(base_process))

@@ -114,6 +114,12 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
     # --- pods ----------------------------------------------------------------------------------
     @rpc
     def RunPodSandbox(self, request, context):
+        from corral.cri.oci import TranslationError, check_pod_security
+
+        try:
+            check_pod_security(request.config)
+        except TranslationError as e:
+            raise errors.InvalidArgument(str(e)) from None
         validation.check_pod_config(request.config)
         pod_id = self.ctx.pods.run(request.config, request.runtime_handler)
         return api_pb2.RunPodSandboxResponse(pod_sandbox_id=pod_id)
@@ -277,7 +283,8 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
         self._require_id(request.container_id, "container_id")
         result = self.ctx.containers.exec_sync(request.container_id, list(request.cmd),
                                                int(request.timeout))
-        return api_pb2.ExecSyncResponse(stdout=result["stdout"], stderr=result["stderr"],
+        return api_pb2.ExecSyncResponse(stdout=result["stdout"].encode(),
+                                        stderr=result["stderr"].encode(),
                                         exit_code=result["exit_code"])
 
     def _stats(self, record) -> api_pb2.ContainerStats:
