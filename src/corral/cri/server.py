@@ -283,8 +283,7 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
         self._require_id(request.container_id, "container_id")
         result = self.ctx.containers.exec_sync(request.container_id, list(request.cmd),
                                                int(request.timeout))
-        return api_pb2.ExecSyncResponse(stdout=result["stdout"].encode(),
-                                        stderr=result["stderr"].encode(),
+        return api_pb2.ExecSyncResponse(stdout=result["stdout"], stderr=result["stderr"],
                                         exit_code=result["exit_code"])
 
     def _stats(self, record) -> api_pb2.ContainerStats:
