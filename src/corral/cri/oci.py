@@ -1,9 +1,16 @@
 """CRI ContainerConfig → OCI runtime config, with the defaults containerd's CRI plugin uses.
 
 Pure translation: the only I/O is reading the container rootfs's
-/etc/passwd and /etc/group to resolve a user name, and stat'ing host
-device nodes.  Anything that cannot be honoured is a TranslationError
-naming the CRI field (corrald answers INVALID_ARGUMENT).
+/etc/passwd and /etc/group to resolve a user name, stat'ing host device
+nodes, reading a Localhost seccomp profile, and reading corrald's own
+/proc/self/status (its bounding set: what "ALL" and privileged mean) and
+/proc/self/mountinfo (whether a volume's host mount can propagate).
+Anything that cannot be honoured is a TranslationError naming the CRI
+field (corrald answers INVALID_ARGUMENT).
+
+The RuntimeDefault seccomp profile is data, seccomp_default.json beside
+this file: a re-expression of containerd v1.7's default profile (its
+"provenance" says what it follows and where it differs).
 """
 
 from __future__ import annotations
