@@ -185,11 +185,17 @@ class OverlaySnapshotter:
             if _extraction_alive(name):
                 continue
             path = os.path.join(apply_dir, name)
-            try:
-                Syscalls().umount(path, MNT_DETACH)
-            except OSError:
-                pass
-            os.rmdir(path)
+            # The mount is <name>/rootfs; commits before that mounted <name> itself.
+            for mountpoint in (os.path.join(path, "rootfs"), path):
+                try:
+                    Syscalls().umount(mountpoint, MNT_DETACH)
+                except OSError:
+                    pass
+            for directory in (os.path.join(path, "rootfs"), path):
+                try:
+                    os.rmdir(directory)  # never rmtree: a mount left there is a layer's files
+                except FileNotFoundError:
+                    pass
         rows = self.db.execute("SELECT key FROM snapshots WHERE kind = 'active' AND "
                                     "key LIKE ?", (EXTRACT_PREFIX + "%",)).fetchall()
         for (key,) in rows:
@@ -210,9 +216,13 @@ class OverlaySnapshotter:
         (mount,) = self.prepare(key, parent)
         try:
             # Under the root, not /tmp: a crash mid-apply leaves a mount that
-            # `remove_stale_extractions` finds.
-            target = os.path.join(self.root, "apply", key)
-            os.makedirs(target)
+            # `remove_stale_extractions` finds.  Each extraction has a directory of
+            # its own above its mount: nothing there is shared with another one.
+            private = os.path.join(self.root, "apply", key)
+            target = os.path.join(private, "rootfs")
+            os.makedirs(os.path.dirname(private), exist_ok=True)
+            os.makedirs(private, mode=0o700)
+            os.mkdir(target)
             try:
                 mount.mount(target)
                 try:
@@ -223,6 +233,7 @@ class OverlaySnapshotter:
                     Syscalls().umount(target, MNT_DETACH)
             finally:
                 os.rmdir(target)
+                os.rmdir(private)
             if expected_diff_id is not None and diff_id != expected_diff_id:
                 raise SnapshotError(f"layer {chain_id}: diff ID {diff_id}, the image config "
                                     f"says {expected_diff_id}")
