@@ -248,6 +248,14 @@ NOTHING_LEFT = {key: [] for key in ("shims", "mounts", "pod_dirs", "ip_allocatio
                                     "sockets", "processes", "cgroups")}
 
 
+def remove_every_pod(daemon) -> None:
+    """After a test on a shared daemon: remove its pods; nothing of them may be left."""
+    for pod in daemon.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items:
+        daemon.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod.id))
+        daemon.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod.id))
+    assert daemon.leftovers() == NOTHING_LEFT
+
+
 def cgroup_hierarchies() -> list[str]:
     if os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers")):
         return [CGROUP_ROOT]

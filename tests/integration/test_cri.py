@@ -12,7 +12,7 @@ import pytest
 from cri_api.v1 import api_pb2
 
 from tests.integration.conftest import PURE_V2
-from tests.integration.corrald import BUSYBOX, NOTHING_LEFT, running_corrald
+from tests.integration.corrald import BUSYBOX, remove_every_pod, running_corrald
 
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z (stdout|stderr) (F|P) (.*)$")
 
@@ -27,10 +27,7 @@ def corrald():
 def daemon(corrald):
     """The shared daemon; after each test no pod of it may be left, nor anything of one."""
     yield corrald
-    for pod in corrald.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items:
-        corrald.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod.id))
-        corrald.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod.id))
-    assert corrald.leftovers() == NOTHING_LEFT
+    remove_every_pod(corrald)
 
 
 def code_of(call, request) -> grpc.StatusCode:

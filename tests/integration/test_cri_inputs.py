@@ -16,7 +16,7 @@ from cri_api.v1 import api_pb2
 
 from corral.images.layout import build_image, write_archive
 from corral.images.service import ImageService
-from tests.integration.corrald import BUSYBOX, NOTHING_LEFT, running_corrald
+from tests.integration.corrald import BUSYBOX, remove_every_pod, running_corrald
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -31,10 +31,7 @@ def corrald():
 def daemon(corrald):
     """The shared daemon; after each test no pod of it may be left, nor anything of one."""
     yield corrald
-    for pod in corrald.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items:
-        corrald.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod.id))
-        corrald.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod.id))
-    assert corrald.leftovers() == NOTHING_LEFT
+    remove_every_pod(corrald)
 
 
 def error_of(call, request) -> tuple[grpc.StatusCode, str]:

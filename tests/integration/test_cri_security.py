@@ -17,7 +17,7 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2
 
-from tests.integration.corrald import NOTHING_LEFT, running_corrald
+from tests.integration.corrald import remove_every_pod, running_corrald
 
 RUNTIME_DEFAULT, UNCONFINED, LOCALHOST = 0, 1, 2
 PROBE_SOURCE = r"""
@@ -46,17 +46,14 @@ UNCONFINED_RESULT = {"add_key": "ok", "keyctl": "ok", "clone3": "EINVAL"}
 
 @pytest.fixture(scope="module")
 def corrald():
-    with running_corrald("corrsec0", "10.99.61.0/24") as daemon:
+    with running_corrald("corrsec0", "10.99.62.0/24") as daemon:
         yield daemon
 
 
 @pytest.fixture
 def daemon(corrald):
     yield corrald
-    for pod in corrald.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items:
-        corrald.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod.id))
-        corrald.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod.id))
-    assert corrald.leftovers() == NOTHING_LEFT
+    remove_every_pod(corrald)
 
 
 @pytest.fixture(scope="module")
