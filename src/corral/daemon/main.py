@@ -3,7 +3,9 @@
     corrald [--config FILE] [--root DIR] [--state DIR] [--listen unix:///PATH]
             [--log-level LEVEL]
 
-Start-up: load the config, open the store, recover (recovery.py), listen.
+Start-up: load the config, lock the root, state dir and socket (lock.py: a
+second daemon on any of them exits 1 and touches nothing), open the store,
+recover (recovery.py), listen.
 Ready means the socket accepts and `Status` answers; with `--ready-fd N`
 corrald also writes "ready\\n" to fd N then (for tests and supervisors),
 and it notifies systemd (NOTIFY_SOCKET) if started by it.  SIGTERM/SIGINT
@@ -64,8 +66,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from corral.cri.server import ImageService, RuntimeService
     from corral.daemon.context import Context
+    from corral.daemon.lock import DaemonLocked, claim_socket, hold_daemon_locks
     from corral.daemon.recovery import recover
 
+    socket_path = config.socket_path
+    try:
+        # Before anything is recovered or listened on: another daemon's are not ours to touch.
+        locks = hold_daemon_locks(config.root, config.state, socket_path)
+        claim_socket(socket_path)
+    except (DaemonLocked, OSError) as e:
+        print(f"corrald: {e}", file=sys.stderr)
+        return 1
     try:
         ctx = Context(config)
         recover(ctx)
@@ -80,12 +91,6 @@ def main(argv: list[str] | None = None) -> int:
         ("grpc.max_send_message_length", 32 << 20)])
     api_pb2_grpc.add_RuntimeServiceServicer_to_server(RuntimeService(ctx), server)
     api_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(ctx), server)
-    socket_path = config.socket_path
-    os.makedirs(os.path.dirname(socket_path), exist_ok=True)
-    try:
-        os.unlink(socket_path)
-    except FileNotFoundError:
-        pass
     server.add_insecure_port(f"unix://{socket_path}")
     server.start()
     os.chmod(socket_path, 0o660)
@@ -102,9 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     ctx.streaming.stop()
     ctx.close()
     try:
-        os.unlink(socket_path)
+        os.unlink(socket_path)  # ours: the socket's lock is held until we exit
     except FileNotFoundError:
         pass
+    for fd in locks:
+        os.close(fd)
     return 0
 
 
