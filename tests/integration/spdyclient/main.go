@@ -4,12 +4,15 @@
 // clients do.  Built offline by the tests from Debian's
 // golang-github-docker-spdystream-dev (GOPATH mode).
 //
-//	spdyclient exec URL [-stdin] [-stderr] [-tty] [-resize WxH] [-status FILE]
+//	spdyclient exec URL [-stdin] [-stderr] [-tty] [-resize WxH] [-status FILE] [-protocols P,..]
 //	    error, stdin, stdout, stderr (not with -tty), resize (with -tty) streams;
-//	    copies stdin/stdout/stderr; the error stream's content goes to FILE
-//	spdyclient portforward URL PORT REQUEST...
+//	    copies stdin/stdout/stderr; the error stream's content goes to FILE;
+//	    -protocols: the versions offered, in order (client-go's SPDY executor offers v5 first)
+//	spdyclient portforward [-no-half-close] URL PORT REQUEST...
 //	    one data+error stream pair per REQUEST (requestID 0, 1, ...), all at once;
-//	    prints one JSON line per request: {"id", "data", "error"}
+//	    prints one JSON line per request: {"id", "data", "error"}; -no-half-close keeps
+//	    the data stream open after the request, as client-go does while its local
+//	    connection lives, and reads until the server closes it
 //	spdyclient protocol URL VERSION...
 //	    only the upgrade: prints the status code and the protocol agreed
 package main
@@ -106,9 +109,10 @@ func execCommand(args []string) {
 	tty := flags.Bool("tty", false, "a terminal")
 	resize := flags.String("resize", "", "WxH sent on the resize stream")
 	status := flags.String("status", "", "file for the error stream's content")
+	offered := flags.String("protocols", "v4.channel.k8s.io,v3.channel.k8s.io,"+
+		"v2.channel.k8s.io,channel.k8s.io", "versions offered, in order")
 	flags.Parse(args[1:])
-	conn, err := connect(args[0], []string{"v4.channel.k8s.io", "v3.channel.k8s.io",
-		"v2.channel.k8s.io", "channel.k8s.io"})
+	conn, err := connect(args[0], strings.Split(*offered, ","))
 	if err != nil {
 		fail("%v", err)
 	}
@@ -182,8 +186,12 @@ type result struct {
 }
 
 func portForward(args []string) {
+	flags := flag.NewFlagSet("portforward", flag.ExitOnError)
+	noHalfClose := flags.Bool("no-half-close", false, "keep the data stream open")
+	flags.Parse(args)
+	args = flags.Args()
 	if len(args) < 3 {
-		fail("portforward URL PORT REQUEST...")
+		fail("portforward [-no-half-close] URL PORT REQUEST...")
 	}
 	conn, err := connect(args[0], []string{"portforward.k8s.io"})
 	if err != nil {
@@ -211,7 +219,9 @@ func portForward(args []string) {
 				errorText <- string(message)
 			}()
 			io.WriteString(dataStream, request)
-			dataStream.Close() // the request is complete: half-close
+			if !*noHalfClose {
+				dataStream.Close() // the request is complete: half-close
+			}
 			data, _ := io.ReadAll(dataStream)
 			results[i] = result{ID: i, Data: string(data), Error: <-errorText}
 		}(i, request)
