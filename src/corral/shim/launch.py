@@ -55,15 +55,15 @@ class ShimLauncher:
     def _start_zygote(self) -> None:
         os.makedirs(os.path.dirname(self.socket_path), mode=0o700, exist_ok=True)
         with open(self.log_path, "ab") as log:
+            # stdin: a pipe only we write to (never, in fact): the zygote ends at its EOF,
+            # that is when this process ends, however it ends.
             self.process = subprocess.Popen(
                 [self.python, "-m", "corral.shim.zygote", self.socket_path],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, close_fds=True)
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, close_fds=True)
         line = self.process.stdout.readline()
         self.process.stdout.close()
         if line.strip() != b"ready":
-            self.process.kill()
-            self.process.wait()
-            self.process = None
+            self.close()
             raise ShimError("failed", f"shim zygote did not start (see {self.log_path})")
 
     def start(self, pod_id: str, directory: str, socket_path: str) -> int:
@@ -85,7 +85,9 @@ class ShimLauncher:
         raise AssertionError("unreachable")
 
     def close(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+            self.process.stdin.close()
         self.process = None

@@ -11,21 +11,25 @@ corrald's child) and shares the zygote's pages copy-on-write.
     request  {"op": "spawn", "id": POD, "dir": DIR, "socket": PATH}
     reply    {"ok": true, "pid": PID} | {"ok": false, "error": ...}
 
-The zygote dies with corrald (PR_SET_PDEATHSIG); its shims do not.
+The zygote ends with corrald, however corrald ends; its shims do not (they
+keep the containers alive across daemon restarts).  Its stdin is a pipe
+whose only writer is corrald: EOF there means corrald is gone.  (Not
+PR_SET_PDEATHSIG: that fires when the *thread* that started the zygote
+ends, and corrald is threaded; nor a check of getppid() == 1: under a
+subreaper the orphaned zygote's parent is not 1.)
 """
 
 from __future__ import annotations
 
 import gc
 import os
+import selectors
 import signal
 import socket
 import sys
 import traceback
 
 from corral.shim.protocol import decode_frames, encode
-
-PR_SET_PDEATHSIG = 1
 
 
 def spawn_shim(pod_id: str, directory: str, socket_path: str, inherited: list[int]) -> int:
@@ -73,6 +77,7 @@ def _become_shim(pod_id: str, directory: str, socket_path: str, ready_w: int) ->
     os.close(log)
     syscalls.Syscalls().prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _retitle(f"corral.shim {pod_id}")
     shim = Shim(pod_id, directory, socket_path)
     shim.listen()
     with open(os.path.join(directory, "shim.pid"), "w") as f:
@@ -81,6 +86,24 @@ def _become_shim(pod_id: str, directory: str, socket_path: str, ready_w: int) ->
     os.close(ready_w)
     shim.serve()
     os._exit(0)
+
+
+def _retitle(title: str) -> None:
+    """Name this process in /proc/PID/cmdline (ps, pgrep -f) as what it is: a shim forked
+    here would otherwise show the zygote's command line all its life, and the shims that
+    rightly outlive corrald would pass for zygotes left behind.  The argv area is
+    rewritten in place (what setproctitle does), cut to its size: the title, a NUL, then
+    non-NUL filler, so the kernel reports the title up to that NUL."""
+    with open("/proc/self/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (stat fields 48, 49)
+    size = end - start
+    if size < 2:
+        return
+    text = title.encode()[:size - 2] + b"\0"
+    with open("/proc/self/mem", "r+b", buffering=0) as mem:
+        mem.seek(start)
+        mem.write(text + b" " * (size - len(text)))
 
 
 def _warm_up() -> None:
@@ -99,14 +122,9 @@ def _warm_up() -> None:
                 importlib.import_module(module.name)
 
 
-def serve(socket_path: str) -> None:
-    from corral.runtime import syscalls
-
+def serve(socket_path: str, parent_fd: int = 0) -> None:
+    """Serve spawn requests until `parent_fd` (corrald's end of a pipe) reads EOF."""
     _warm_up()
-
-    syscalls.Syscalls().prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() == 1:
-        return  # corrald died before we could ask to die with it
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         os.unlink(socket_path)
@@ -118,7 +136,15 @@ def serve(socket_path: str) -> None:
     gc.collect()
     gc.freeze()
     print("ready", flush=True)
+    events = selectors.DefaultSelector()
+    events.register(listener, selectors.EVENT_READ)
+    events.register(parent_fd, selectors.EVENT_READ)
     while True:
+        ready = {key.fd for key, _ in events.select()}
+        if parent_fd in ready and not os.read(parent_fd, 4096):
+            os._exit(0)  # corrald is gone (it writes nothing: any read is EOF or noise)
+        if listener.fileno() not in ready:
+            continue
         conn, _ = listener.accept()
         with conn:
             buffer = bytearray()
@@ -130,7 +156,7 @@ def serve(socket_path: str) -> None:
                 for request in decode_frames(buffer):
                     try:
                         pid = spawn_shim(request["id"], request["dir"], request["socket"],
-                                         [listener.fileno(), conn.fileno()])
+                                         [listener.fileno(), conn.fileno(), events.fileno()])
                         reply = {"ok": True, "pid": pid}
                     except Exception as e:  # noqa: BLE001 - the caller gets the message
                         reply = {"ok": False, "kind": "failed", "error": str(e)}
