@@ -343,7 +343,10 @@ def _mount_of(path: str) -> tuple[str, list[str]]:
 
 def _namespaces(pod: PodContext, cgroup_v2: bool) -> list[dict]:
     namespaces = [{"type": "mount"}]
-    if not pod.host_pid:
+    shared_pid = pod.namespaces.get("pid", "") if pod.share_pid else ""
+    if shared_pid:
+        namespaces.append({"type": "pid", "path": shared_pid})  # the pod init's
+    elif not pod.host_pid:
         namespaces.append({"type": "pid"})
     for kind in ("network", "ipc", "uts"):
         path = pod.namespaces.get(kind, "")

@@ -114,14 +114,16 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
     # --- pods ----------------------------------------------------------------------------------
     @rpc
     def RunPodSandbox(self, request, context):
-        from corral.cri.oci import TranslationError, check_pod_security
+        from corral.cri.oci import TranslationError, check_pod_security, sandbox_seccomp
 
         try:
             check_pod_security(request.config)
         except TranslationError as e:
             raise errors.InvalidArgument(str(e)) from None
         validation.check_pod_config(request.config)
-        pod_id = self.ctx.pods.run(request.config, request.runtime_handler)
+        # The profile of the pod's init, if it has one (a shared PID namespace).
+        pod_id = self.ctx.pods.run(request.config, request.runtime_handler,
+                                   init_seccomp=sandbox_seccomp(request.config))
         return api_pb2.RunPodSandboxResponse(pod_sandbox_id=pod_id)
 
     @rpc

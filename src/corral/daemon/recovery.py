@@ -4,7 +4,9 @@
     container `creating` / `removing`  undo it all (shim delete, rootfs mount, snapshot, bundle)
     pod whose shim died                its containers are marked exited with the exit code the
                                        shim recorded (else 255, reason Unknown, as containerd);
-                                       a new shim serves the pod
+                                       a new shim serves the pod, with a new init if its
+                                       containers share a PID namespace (the old one died
+                                       with the old shim)
     pod whose namespaces are gone      (a reboot wiped the state dir) its containers marked
                                        exited as above, CNI DEL from the cache kept under the
                                        root (the IPs, iptables rules), the pod NOTREADY
@@ -131,6 +133,20 @@ def _replace_shim(ctx, pod) -> None:
     if os.path.isdir(paths.dir):
         pid = ctx.shims.start(pod.id, paths.shim, paths.shim_socket)
         ctx.store.update_pod(pod.id, shim_pid=pid)
+        if "pid" in pod.pinned and pod.state == "ready":
+            _replace_init(ctx, pod)
+
+
+def _replace_init(ctx, pod) -> None:
+    """The pod's init died with its shim (and the kernel ended its PID namespace): the
+    new shim gets a new init, in a new namespace, for the containers still to come."""
+    from corral.cri.oci import sandbox_seccomp
+
+    try:
+        ctx.pods.start_init(pod.id, pod.pinned, sandbox_seccomp(pod_config(pod)))
+    except (SandboxError, OSError, ValueError) as e:
+        log.warning("pod %s: a new init: %s: it is not ready", pod.id[:12], e)
+        ctx.store.update_pod(pod.id, state="notready")
 
 
 def _end_containers(ctx, pod) -> None:

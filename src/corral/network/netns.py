@@ -7,6 +7,7 @@ and containers join them by path.
     pin_namespaces(["net", "ipc", "uts"], dir, hostname="web-0")  → {"net": "<dir>/net", ...}
     open_namespace(path, "net")    an fd, checked to be a pinned namespace of that kind
     entered(path, "net")           run a block inside it (this thread only)
+    prepare_pin(dir, "pid")        the file a process's namespace is bind-mounted onto
     remove_namespace(path)         unmount + unlink one pin; idempotent
     unpin_namespaces(dir)          every pin under dir, then dir; idempotent
 
@@ -17,6 +18,12 @@ bind-mount /proc/<pid>/ns/* onto the files, exactly the sequence `ip netns
 add` uses; a ctypes child started with `python -c` would do the same at
 ten times the start-up cost.  `hostname NAME` runs inside the new UTS
 namespace to set the pod's hostname before anything joins it.
+
+A PID namespace cannot be pinned that way: it dies with its last process,
+so it lives as long as the pod's init (shim/podinit.py), which makes it.
+`prepare_pin` gives the file under the same mount point, and the shim
+bind-mounts the init's /proc/<pid>/ns/pid onto it while the init is its
+unreaped child (no PID reuse can slip in between).
 
 Propagation: like `ip netns add`, the directory becomes a mount point with
 shared propagation, but in a peer group of its own (made private first, so
@@ -38,6 +45,9 @@ from collections.abc import Iterator
 from corral.runtime import syscalls as k
 
 KINDS = {"net": k.CLONE_NEWNET, "ipc": k.CLONE_NEWIPC, "uts": k.CLONE_NEWUTS}
+# Pinned from a process of the pod (its init), not by unshare(1): see prepare_pin.
+PROCESS_KINDS = {"pid": k.CLONE_NEWPID}
+_ALL_KINDS = {**KINDS, **PROCESS_KINDS}
 UNSHARE = "unshare"
 HOSTNAME = "/bin/hostname"
 PIN_TIMEOUT = 30.0
@@ -103,7 +113,7 @@ def open_namespace(path: str, kind: str = "net") -> int:
         os.close(fd)
         raise NamespaceError(errno.EINVAL, f"{path} is not a pinned namespace "
                              "(no nsfs mount)") from None
-    if nstype != KINDS[kind]:
+    if nstype != _ALL_KINDS[kind]:
         os.close(fd)
         raise NamespaceError(errno.EINVAL, f"{path} is not a {kind} namespace")
     return fd
@@ -136,6 +146,25 @@ def entered(path: str, kind: str = "net") -> Iterator[None]:
         os.close(own)
 
 
+def prepare_pin(directory: str, kind: str) -> str:
+    """The empty file under `directory` (made a shared mount point, as by pin_namespaces)
+    that a process's namespace of `kind` is to be bind-mounted onto; its path."""
+    if kind not in PROCESS_KINDS:
+        raise NamespaceError(errno.EINVAL, f"{kind} namespaces are pinned by pin_namespaces")
+    path = os.path.join(directory, kind)
+    if _is_mount_point(path):
+        raise NamespaceError(errno.EEXIST, f"namespace already pinned at {path}")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    try:
+        if not _is_mount_point(directory):
+            _make_shared_mount_point(directory)
+        open(path, "a").close()
+    except BaseException:
+        unpin_namespaces(directory)
+        raise
+    return path
+
+
 def is_pinned(path: str) -> bool:
     return _is_mount_point(path)
 
@@ -156,11 +185,11 @@ def remove_namespace(path: str) -> None:
 def unpin_namespaces(directory: str) -> None:
     """Remove the pins under `directory`, its mount and the directory if then empty.
 
-    Idempotent; only the pins' names (net, ipc, uts) are touched.
+    Idempotent; only the pins' names (net, ipc, uts, pid) are touched.
     """
     if not os.path.isdir(directory):
         return
-    for kind in KINDS:
+    for kind in _ALL_KINDS:
         remove_namespace(os.path.join(directory, kind))
     while _is_mount_point(directory):  # stacked by an earlier crash mid-pin: undo them all
         try:

@@ -68,6 +68,7 @@ CLONE_NEWNET = 0x40000000
 
 # prctl(2) options
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 PR_GET_DUMPABLE = 3
 PR_SET_DUMPABLE = 4
 PR_SET_KEEPCAPS = 8
@@ -251,6 +252,11 @@ class Syscalls:
     def prctl(self, option: int, arg2: int = 0, arg3: int = 0) -> int:
         return _check(libc().prctl(option, ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
                                    ctypes.c_ulong(0), ctypes.c_ulong(0)), f"prctl({option})")
+
+    def set_process_name(self, name: str) -> None:
+        """The thread's comm (/proc/PID/comm, ps -o comm): at most 15 bytes are kept."""
+        buffer = ctypes.create_string_buffer(name.encode()[:15])
+        self.prctl(PR_SET_NAME, ctypes.addressof(buffer))
 
     def capset(self, effective: int, permitted: int, inheritable: int) -> None:
         header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)

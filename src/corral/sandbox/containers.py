@@ -31,7 +31,7 @@ from corral.sandbox.errors import (
     SandboxError,
 )
 from corral.sandbox.files import host_file
-from corral.sandbox.pods import namespace_mode, pod_config
+from corral.sandbox.pods import namespace_mode, pod_config, shares_pid
 from corral.shim.protocol import ShimClient, ShimError
 
 log = logging.getLogger("corrald.containers")
@@ -122,8 +122,10 @@ class Containers:
         pinned = pod.pinned
         context = PodContext(
             pod_id=pod.id, namespaces={kind: pinned.get(short, "") for kind, short in
-                                       (("network", "net"), ("ipc", "ipc"), ("uts", "uts"))},
-            share_pid=False,  # no pause container to hold a pod PID namespace
+                                       (("network", "net"), ("ipc", "ipc"), ("uts", "uts"),
+                                        ("pid", "pid"))},
+            # A pod made before pods had an init has no pid pin: own PID namespaces.
+            share_pid=shares_pid(stored_pod_config) and bool(pinned.get("pid")),
             host_pid=namespace_mode(stored_pod_config, "pid") == 2,
             cgroup_parent=pod.cgroup_parent, hostname=host_file(paths.hostname).strip(),
             etc_hosts=paths.hosts, resolv_conf=paths.resolv_conf,

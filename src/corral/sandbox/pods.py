@@ -2,13 +2,16 @@
 
 A pod has no pause container: its network, IPC and UTS namespaces are
 pinned (bind-mounted nsfs files under `<state>/pods/<id>/ns/`), and its
-shim is started on RunPodSandbox.  Steps run in order and each is undone,
-in reverse, if a later one fails; the record is written as `creating`
-first and removed last, so a crash in between is found and undone by the
-recovery (recovery.py).
+shim is started on RunPodSandbox.  A pod whose containers share one PID
+namespace (CRI pid = POD) also gets an init, forked by its shim, PID 1 of
+that namespace (pinned as ns/pid), with the pod-level seccomp profile, as
+containerd's pause container; StopPodSandbox ends it after the containers.
+Steps run in order and each is undone, in reverse, if a later one fails;
+the record is written as `creating` first and removed last, so a crash in
+between is found and undone by the recovery (recovery.py).
 
     <state>/pods/<id>/
-        ns/{net,ipc,uts}      pinned namespaces
+        ns/{net,ipc,uts,pid}  pinned namespaces
         hostname hosts resolv.conf
         shm/                  the pod's /dev/shm (tmpfs)
         shim/                 the shim's socket, exit records, runtime state
@@ -17,6 +20,8 @@ recovery (recovery.py).
 
 from __future__ import annotations
 
+import base64
+import functools
 import json
 import logging
 import os
@@ -26,12 +31,13 @@ import sqlite3
 import threading
 import time
 
-from corral.sandbox.errors import AlreadyExists, InvalidArgument, NotFound
+from corral.sandbox.errors import AlreadyExists, InvalidArgument, NotFound, SandboxError
 from corral.sandbox.files import HOST_HOSTS, host_file, hosts_text, resolv_conf_text, write_file
 
 log = logging.getLogger("corrald.pods")
 
 SHM_OPTIONS = "mode=1777,size=65536k"  # Docker's and containerd's 64 MiB /dev/shm
+POD, NODE = 0, 2  # CRI NamespaceMode
 
 
 class PodPaths:
@@ -52,6 +58,11 @@ def namespace_mode(config, kind: str) -> int:
     """The CRI NamespaceMode (POD=0, CONTAINER=1, NODE=2, TARGET=3) of a pod's namespace."""
     options = config.linux.security_context.namespace_options
     return getattr(options, kind)
+
+
+def shares_pid(config) -> bool:
+    """The pod's containers share one PID namespace, the pod init's."""
+    return namespace_mode(config, "pid") == POD
 
 
 class Pods:
@@ -75,7 +86,9 @@ class Pods:
         return record
 
     # --- run -----------------------------------------------------------------------------------
-    def run(self, config, handler_name: str = "") -> str:
+    def run(self, config, handler_name: str = "", init_seccomp: dict | None = None) -> str:
+        """`init_seccomp`: the OCI seccomp profile of the pod's init (cri/oci.py
+        sandbox_seccomp), if its containers share a PID namespace."""
         from corral.daemon.config import ConfigError
 
         metadata = config.metadata
@@ -100,7 +113,7 @@ class Pods:
                                 f"{metadata.uid}_{metadata.attempt} already exists") from None
         with self.lock(pod_id):
             try:
-                ip, pinned, shim_pid = self._make(pod_id, config, host_network)
+                ip, pinned, shim_pid = self._make(pod_id, config, host_network, init_seccomp)
             except BaseException:
                 self.teardown(pod_id, config, network=not host_network)
                 self.store.remove_pod(pod_id)
@@ -111,7 +124,8 @@ class Pods:
                  ip or "host")
         return pod_id
 
-    def _make(self, pod_id: str, config, host_network: bool) -> tuple[str, dict, int]:
+    def _make(self, pod_id: str, config, host_network: bool,
+              init_seccomp: dict | None) -> tuple[str, dict, int]:
         from corral.network import netns
 
         paths = self.paths(pod_id)
@@ -142,7 +156,29 @@ class Pods:
         write_file(paths.resolv_conf, resolv_conf_text(config.dns_config
                                                        if config.HasField("dns_config") else None))
         shim_pid = self.ctx.shims.start(pod_id, paths.shim, paths.shim_socket)
+        if shares_pid(config):
+            pinned["pid"] = self.start_init(pod_id, pinned, init_seccomp)
         return ip, pinned, shim_pid
+
+    def start_init(self, pod_id: str, pinned: dict, seccomp_profile: dict | None) -> str:
+        """Start the pod's init in its shim, in a new PID namespace pinned as ns/pid
+        (replacing a pin left by an init that is gone); the pin's path."""
+        from corral.network import netns
+        from corral.shim.protocol import ShimClient, ShimError
+
+        paths = self.paths(pod_id)
+        netns.remove_namespace(os.path.join(paths.ns, "pid"))
+        pin = netns.prepare_pin(paths.ns, "pid")
+        request = {"pin": pin, "namespaces": {kind: pinned[kind] for kind in
+                                              ("net", "ipc", "uts") if pinned.get(kind)}}
+        if seccomp_profile:
+            request["seccomp"] = compiled_seccomp(json.dumps(seccomp_profile, sort_keys=True))
+        try:
+            with ShimClient(paths.shim_socket, timeout=30) as shim:
+                shim.call("start_init", **request)
+        except ShimError as e:
+            raise SandboxError(f"pod {pod_id[:12]}: {e}") from None
+        return pin
 
     def _mount_shm(self, path: str) -> None:
         from corral.runtime import syscalls as k
@@ -161,6 +197,8 @@ class Pods:
             for container in self.store.containers(record.id):
                 self.ctx.containers.stop(container.id, timeout=0)
             config = pod_config(record)
+            if "pid" in record.pinned:
+                self._stop_init(record.id)
             if namespace_mode(config, "network") != 2:
                 # Also when not ready: a DEL that failed earlier (at recovery after a reboot)
                 # is retried; with nothing cached it is a no-op.
@@ -187,6 +225,17 @@ class Pods:
         with self._locks_lock:
             self._locks.pop(record.id, None)
         log.info("pod %s removed", record.id[:12])
+
+    def _stop_init(self, pod_id: str) -> None:
+        """End the pod's init, and with it anything left in its PID namespace."""
+        from corral.shim.protocol import ShimClient, ShimError
+
+        try:
+            with ShimClient(self.paths(pod_id).shim_socket, timeout=30) as shim:
+                shim.call("stop_init")
+        except (OSError, ShimError) as e:
+            # A shim that is gone took its init along (PR_SET_PDEATHSIG).
+            log.warning("pod %s: stop its init: %s", pod_id[:12], e)
 
     def teardown(self, pod_id: str, config, network: bool) -> None:
         """Undo whatever of the pod exists: each step tolerates what is already gone."""
@@ -216,6 +265,23 @@ class Pods:
         netns.unpin_namespaces(paths.ns)
         self.ctx.remove_pod_cgroup(self.store.pod(pod_id))
         shutil.rmtree(paths.dir, ignore_errors=True)
+
+
+@functools.lru_cache(maxsize=16)
+def compiled_seccomp(profile_json: str) -> dict:
+    """A profile compiled for the pod init's seccomp(2), as the shim takes it.  Pods share
+    a few profiles (RuntimeDefault mostly): each is compiled once."""
+    from corral.runtime.errors import RuntimeFailure
+    from corral.runtime.seccomp import compile_program
+
+    try:
+        program = compile_program(json.loads(profile_json), "pod linux.security_context.seccomp")
+    except (RuntimeFailure, ValueError) as e:
+        raise InvalidArgument(str(e)) from None
+    if program.notifies:
+        raise InvalidArgument("pod linux.security_context.seccomp: SCMP_ACT_NOTIFY needs a "
+                              "seccomp agent, which the pod's init has not")
+    return {"bpf": base64.b64encode(program.bpf).decode("ascii"), "flags": program.flags}
 
 
 def pod_config(record):

@@ -13,6 +13,9 @@ The loop watches:
     container pipes      stdout/stderr into CRI-format logs (logs.py)
     deadlines            `wait` and `exec_sync` timeouts
 
+A pod whose containers share a PID namespace has an init (podinit.py), a
+child of this shim like the containers, started and stopped on request.
+
 An exit is written to `exits/<id>.json` (temp file, fsync, rename) before
 anyone is told of it, so it survives the shim, corrald and the machine.
 """
@@ -27,6 +30,7 @@ import secrets
 import selectors
 import signal
 import socket
+import sys
 import time
 
 from corral.runtime.container import Container
@@ -38,13 +42,14 @@ from corral.runtime.errors import (
     InvalidState,
     RuntimeFailure,
 )
-from corral.shim import liveness
+from corral.shim import liveness, podinit
 from corral.shim.logs import CriLog
 from corral.shim.oci import OciContainer
 from corral.shim.protocol import MAX_FRAME, ShimError, decode_frames, encode
 from corral.shim.streams import ContainerIO, StreamExec, StreamOps
 
 OUTPUT_LIMIT = 16 << 20  # per stream of an exec_sync, as the CRI's ExecSync allows
+POD_INIT_GRACE = 5.0     # for the pod's init to end on SIGTERM, before SIGKILL
 _READ = 1 << 16
 
 
@@ -82,9 +87,12 @@ class Connection:
 class Managed:
     """A container this shim parents."""
 
-    def __init__(self, container: Container, log: CriLog):
+    def __init__(self, container: Container, log: CriLog, kill_all_on_exit: bool = False):
         self.container = container
         self.log = log
+        # Without a PID namespace of its own, the end of its init does not end the rest
+        # of the container: it is killed through the cgroup (as containerd's shim does).
+        self.kill_all_on_exit = kill_all_on_exit
         self.streams: dict[int, str] = {}  # read end of a pipe → "stdout" | "stderr"
         self.exit: dict | None = None
         self.started_at = 0
@@ -115,6 +123,7 @@ class Shim(StreamOps):
         self.selector = selectors.DefaultSelector()
         self.containers: dict[str, Managed] = {}
         self.execs: dict[int, ExecJob] = {}
+        self.pod_init_pid = 0  # the pod's init (podinit.py), while it runs
         self.running = True
         os.makedirs(self.exits_dir, exist_ok=True)
         os.makedirs(self.runtime_root, mode=0o711, exist_ok=True)
@@ -261,6 +270,9 @@ class Shim(StreamOps):
             self._exited(pid, exit_code(status))
 
     def _exited(self, pid: int, code: int) -> None:
+        if pid == self.pod_init_pid:
+            self.pod_init_pid = 0  # the kernel has killed what ran in the pod's namespace
+            return
         job = self.execs.pop(pid, None)
         if job is not None:
             self._finish_exec(job, code)
@@ -277,6 +289,11 @@ class Shim(StreamOps):
             reason = "OOMKilled"
         managed.exit = {"exit_code": code, "finished_at": time.time_ns(), "reason": reason}
         write_json_atomically(self._exit_path(managed.id), managed.exit)
+        if managed.kill_all_on_exit:
+            try:
+                managed.container.kill(signal.SIGKILL, True)
+            except (RuntimeFailure, OSError):
+                pass  # nothing left, or its cgroup is gone
         for conn, _ in managed.waiters:
             self._reply(conn, {"exited": True, **managed.exit})
         managed.waiters.clear()
@@ -379,7 +396,9 @@ class Shim(StreamOps):
         else:
             null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         runtime = request.get("runtime") or {"type": "native"}
-        console = self._console_listener(bundle, runtime)
+        with open(os.path.join(bundle, "config.json")) as f:
+            config = json.load(f)
+        console = self._console_listener(config, runtime)
         if console:
             log.open_sources["stdout"] += 1  # the pty master will feed stdout too
         try:
@@ -402,7 +421,8 @@ class Shim(StreamOps):
         finally:
             for fd in (null, stdout_w, stderr_w):
                 os.close(fd)
-        managed = self.containers[container_id] = Managed(container, log)
+        managed = self.containers[container_id] = Managed(container, log,
+                                                          _shares_pid_namespace(config))
         self._watch(stdout_r, managed.streams, "stdout", log.feed)
         self._watch(stderr_r, managed.streams, "stderr", log.feed)
         if console:
@@ -410,13 +430,12 @@ class Shim(StreamOps):
                                    lambda _: self._take_console(console, managed))
         return {"pid": container.state.pid}
 
-    def _console_listener(self, bundle: str, runtime: dict) -> socket.socket | None:
+    def _console_listener(self, config: dict, runtime: dict) -> socket.socket | None:
         """For a tty container (CRI tty: process.terminal), a socket its pty master comes to.
 
         Abstract (no path): a pod's directory is too deep for a Unix socket path."""
-        with open(os.path.join(bundle, "config.json")) as f:
-            if not json.load(f).get("process", {}).get("terminal"):
-                return None
+        if not config.get("process", {}).get("terminal"):
+            return None
         if runtime.get("type") == "oci":
             raise ShimError("invalid", "tty containers need the native runtime handler")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -605,18 +624,65 @@ class Shim(StreamOps):
                             f"{', '.join(live)}")
         for container_id in list(self.containers):
             self.op_delete(conn, {"id": container_id, "force": True})
+        self._stop_init()
         self.running = False
         return {}
 
-    def _close(self) -> None:
-        signal.set_wakeup_fd(-1)
-        self.selector.close()
-        self.listener.close()
-        for path in (self.socket_path,):
+    def op_start_init(self, conn, request) -> dict:
+        """The pod's init in a new PID namespace, pinned at `pin` (see podinit.py)."""
+        if self.pod_init_pid:
+            raise ShimError("exists", f"pod {self.pod_id} already has an init "
+                            f"({self.pod_init_pid})")
+        seccomp = request.get("seccomp")
+        program = (base64.b64decode(seccomp["bpf"]), int(seccomp.get("flags", 0))) \
+            if seccomp else None
+        self.pod_init_pid = podinit.start(request["pin"], request.get("namespaces") or {},
+                                          program, self.dir)
+        return {"pid": self.pod_init_pid}
+
+    def op_stop_init(self, conn, request) -> dict:
+        self._stop_init()
+        return {}
+
+    def _stop_init(self) -> None:
+        """SIGTERM the pod's init and wait for its end, reaping meanwhile: its exit waits
+        until every process of its namespace is gone, container inits (our children)
+        included.  SIGKILL after POD_INIT_GRACE; after twice that, it is left to the loop
+        (a process of the namespace whose parent is not ours holds its exit up)."""
+        if not self.pod_init_pid:
+            return
+        pid = self.pod_init_pid
+        podinit.stop(pid)
+        started = time.monotonic()
+        killed = False
+        while self.pod_init_pid:
+            waited = time.monotonic() - started
+            if waited > 2 * POD_INIT_GRACE:
+                print(f"pod {self.pod_id}: its init {pid} has not ended", file=sys.stderr,
+                      flush=True)
+                return
+            if waited > POD_INIT_GRACE and not killed:
+                killed = True
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+                reaped, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.pod_init_pid = 0
+                return
+            if reaped:
+                self._exited(reaped, exit_code(status))
+            else:
+                time.sleep(0.002)
+
+
+def _shares_pid_namespace(config: dict) -> bool:
+    """The container joins a PID namespace (the pod's) or uses the host's."""
+    namespaces = config.get("linux", {}).get("namespaces") or []
+    pid = next((ns for ns in namespaces if ns.get("type") == "pid"), None)
+    return pid is None or bool(pid.get("path"))
 
 
 def _address(sock: socket.socket) -> str:
