@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from corral.images.service import ImageError, ImageService
+from corral.images.errors import ImageError
+from corral.images.service import ImageService
 from corral.spec.image import sha256_digest
 from tests.integration.registry_server import (
     actual_tree,

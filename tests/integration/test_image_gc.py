@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from corral.images.service import ImageError, ImageService
+from corral.images.errors import InUse
+from corral.images.service import ImageService
 from corral.spec.image import chain_ids
 from tests.integration.registry_server import expected_tree, layered_image, snapshot_tree
 
@@ -87,7 +88,7 @@ def test_a_container_keeps_its_layers_and_blocks_removal(service, tmp_path):
     chain = image_chain(service, record)
     service.snapshots.prepare("container-1", top)
     for name_or_id in (record.name, record.id, record.id[7:13]):
-        with pytest.raises(ImageError, match="in use by a container"):
+        with pytest.raises(InUse, match="in use by a container"):
             service.remove(name_or_id)
     assert service.gc().snapshots == 0 and service.get(record.name).id == record.id
 

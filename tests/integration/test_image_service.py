@@ -8,8 +8,9 @@ import tarfile
 
 import pytest
 
+from corral.images.errors import ContentInvalid, DigestMismatch, InvalidArgument
 from corral.images.layout import build_image, write_archive
-from corral.images.service import ImageError, ImageService
+from corral.images.service import ImageService
 from corral.runtime.syscalls import MNT_DETACH, Syscalls
 from corral.spec.image import canonical_json
 
@@ -56,7 +57,7 @@ def test_import_record_unpack_and_run(service, busybox_rootfs, tmp_path, runtime
 def test_a_blob_that_is_not_what_its_name_says_is_refused(service, tmp_path):
     files = {"oci-layout": b"{}", "index.json": b"{}",
              "blobs/sha256/" + "a" * 64: b"not the content of that digest"}
-    with pytest.raises(ImageError, match="content has digest"):
+    with pytest.raises(DigestMismatch, match="content has digest"):
         service.import_archive(archive_of(files, tmp_path / "bad.tar"))
     assert service.content.digests() == [] and service.list() == []
 
@@ -70,19 +71,19 @@ def test_a_manifest_that_is_not_json(service, tmp_path):
         "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest,
         "size": len(junk), "annotations": {"io.containerd.image.name": "x:1"}}]}
     files = {"index.json": canonical_json(index), "blobs/sha256/" + digest[7:]: junk}
-    with pytest.raises(ImageError, match="not JSON"):
+    with pytest.raises(ContentInvalid, match="not JSON"):
         service.import_archive(archive_of(files, tmp_path / "junk.tar"))
     assert service.list() == []
 
 
 def test_not_an_archive(service, tmp_path):
     (tmp_path / "x.tar").write_bytes(b"garbage" * 100)
-    with pytest.raises(ImageError, match="not a readable image archive"):
+    with pytest.raises(InvalidArgument, match="not a readable image archive"):
         service.import_archive(str(tmp_path / "x.tar"))
     missing_index = tmp_path / "noindex.tar"
     with tarfile.open(missing_index, "w") as tar:
         info = tarfile.TarInfo("oci-layout")
         info.size = 2
         tar.addfile(info, io.BytesIO(b"{}"))
-    with pytest.raises(ImageError, match="neither an OCI archive"):
+    with pytest.raises(InvalidArgument, match="neither an OCI archive"):
         service.import_archive(str(missing_index))

@@ -18,8 +18,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
+from corral.images.errors import RegistryUnavailable, Unauthenticated
 from corral.images.pull import Puller
-from corral.images.registries import RegistryConfig, RegistryError
+from corral.images.registries import RegistryConfig
 from corral.images.service import ImageService
 from tests.integration.registry_server import Registry, layered_image
 
@@ -163,7 +164,7 @@ def test_bearer_token_with_credentials(token_registry, tmp_path):
     tokens.requests.clear()
     pull(str(tmp_path / "root"), f"{registry.host}/team/app", credentials=("alice", "s3cret"))
     assert [r["user"] for r in tokens.requests] == ["alice"]
-    with pytest.raises(RegistryError, match="refused the credentials"):
+    with pytest.raises(Unauthenticated, match="refused the credentials"):
         pull(str(tmp_path / "other"), f"{registry.host}/team/app",
              credentials=("alice", "wrong"))
 
@@ -203,7 +204,7 @@ def registries_conf(tmp_path, host: str, insecure: bool) -> str:
 def test_tls_registry_needs_its_ca(tls_registry, tmp_path):
     registry, ca_file, _ = tls_registry
     conf = registries_conf(tmp_path, registry.host, insecure=False)
-    with pytest.raises(RegistryError, match=r"CERTIFICATE_VERIFY_FAILED.*certs.d/.*ca.crt"):
+    with pytest.raises(RegistryUnavailable, match=r"CERTIFICATE_VERIFY_FAILED.*certs.d/.*ca.crt"):
         pull(str(tmp_path / "a"), f"{registry.host}/secure/app",
              RegistryConfig.load(registries_conf=conf))
     certs = tmp_path / "certs.d" / registry.host

@@ -15,8 +15,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from corral.images.errors import RegistryUnavailable
 from corral.images.pull import Puller
-from corral.images.registries import RegistryConfig, RegistryError
+from corral.images.registries import RegistryConfig
 from corral.images.service import ImageService
 from tests.integration.layer_trees import LayoutWriter, mounted_image
 from tests.integration.registry_server import Registry
@@ -100,7 +101,8 @@ def test_client_certificate_from_the_certs_dir(mtls, tmp_path):
 def test_without_a_client_certificate_the_handshake_fails_clearly(mtls, tmp_path):
     registry, files = mtls
     config = config_for(tmp_path, registry.host, files, ("ca.crt",))
-    with pytest.raises(RegistryError, match=rf"{registry.host}: .*client.cert and client.key"):
+    with pytest.raises(RegistryUnavailable,
+                       match=rf"{registry.host}: .*client.cert and client.key"):
         pull(str(tmp_path / "root"), f"{registry.host}/secure/app", config)
     leftovers = ImageService(str(tmp_path / "root"))
     try:

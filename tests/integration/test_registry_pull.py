@@ -14,9 +14,19 @@ from pathlib import Path
 import pytest
 
 from corral.images import gc
+from corral.images.errors import (
+    ContentInvalid,
+    ImageError,
+    NoMatchingPlatform,
+    NoSpace,
+    NotFound,
+    RegistryUnavailable,
+    Unauthenticated,
+    Unsupported,
+)
 from corral.images.pull import Puller
-from corral.images.registries import RegistryConfig, RegistryError
-from corral.images.service import ImageError, ImageService
+from corral.images.registries import RegistryConfig
+from corral.images.service import ImageService
 from corral.spec.image import MEDIA_INDEX, MEDIA_MANIFEST, sha256_digest
 from tests.integration.registry_server import (
     Registry,
@@ -100,7 +110,7 @@ def test_platform_choice_from_an_index(service, registry):
         tree = snapshot_tree(service, record.name)
         assert tree["platform"] == expected_tree(marker)["platform"]
         assert record.target_digest != record.manifest_digest  # the name points to the index
-    with pytest.raises(RegistryError, match=r"no image for linux/s390x .*linux/amd64"):
+    with pytest.raises(NoMatchingPlatform, match=r"no image for linux/s390x .*linux/amd64"):
         pull(service, f"{registry.host}/test/multi", platform="linux/s390x")
 
 
@@ -309,7 +319,7 @@ def test_bad_blob_is_rejected_and_nothing_stored(service, registry, proxy, tmp_p
                                                  message):
     proxy.target = first_layer(registry.host, str(tmp_path / "scratch"))
     proxy.mode = mode
-    with pytest.raises(RegistryError, match=message):
+    with pytest.raises(ImageError, match=message):
         pull(service, f"{proxy.host}/test/layered")
     assert_nothing_stored(service)
 
@@ -329,14 +339,14 @@ def test_server_errors_are_retried(service, proxy):
     assert proxy.failures == 2
 
 
-@pytest.mark.parametrize("mode, message", [
-    ("not-json", "not JSON"),
-    ("huge", "more than the"),
-    ("schema1", "schema 1"),
+@pytest.mark.parametrize("mode, error, message", [
+    ("not-json", ContentInvalid, "not JSON"),
+    ("huge", NoSpace, "more than the"),
+    ("schema1", Unsupported, "schema 1"),
 ])
-def test_hostile_manifests(service, proxy, mode, message):
+def test_hostile_manifests(service, proxy, mode, error, message):
     proxy.target, proxy.mode = "manifest", mode
-    with pytest.raises(RegistryError, match=message):
+    with pytest.raises(error, match=message):
         pull(service, f"{proxy.host}/test/layered")
     assert_nothing_stored(service)
 
@@ -353,10 +363,10 @@ def private_registry(tmp_path_factory, images):
 
 def test_basic_auth(service, private_registry, tmp_path):
     ref = f"{private_registry.host}/team/app"
-    with pytest.raises(RegistryError, match=r"credentials|401"):
+    with pytest.raises(Unauthenticated, match=r"credentials|401"):
         pull(service, ref)
     assert_nothing_stored(service)
-    with pytest.raises(RegistryError, match="401"):
+    with pytest.raises(Unauthenticated, match="401"):
         pull(service, ref, credentials=("alice", "wrong"))
     pull(service, ref, credentials=("alice", "s3cret"))
     auth_file = tmp_path / "auth.json"
@@ -371,9 +381,9 @@ def test_basic_auth(service, private_registry, tmp_path):
 
 
 def test_unknown_image_and_registry_down(service, registry):
-    with pytest.raises(RegistryError, match="not found"):
+    with pytest.raises(NotFound, match="not found"):
         pull(service, f"{registry.host}/test/absent")
-    with pytest.raises(RegistryError, match=r"127.0.0.1:1: .*refused"):
+    with pytest.raises(RegistryUnavailable, match=r"127.0.0.1:1: .*refused"):
         pull(service, "127.0.0.1:1/test/layered")
     assert_nothing_stored(service)
 

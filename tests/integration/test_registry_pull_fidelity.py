@@ -24,8 +24,9 @@ import threading
 
 import pytest
 
+from corral.images.errors import NoMatchingPlatform, NotFound, RegistryUnavailable
 from corral.images.pull import Puller
-from corral.images.registries import RegistryConfig, RegistryError
+from corral.images.registries import RegistryConfig
 from corral.images.service import ImageService
 from corral.spec.image import MEDIA_DOCKER_MANIFEST, MEDIA_DOCKER_MANIFEST_LIST
 from tests.integration.layer_trees import (
@@ -233,9 +234,9 @@ def test_docker_manifest_list_platform_choice(service, registry):
         assert record.target_media_type == MEDIA_DOCKER_MANIFEST_LIST
         assert record.platform == (platform or "linux/amd64")
         assert_unpacks_to(service, record.name, rich_layers(marker))
-    with pytest.raises(RegistryError, match=r"no image for linux/arm/v6 .*linux/arm/v7"):
+    with pytest.raises(NoMatchingPlatform, match=r"no image for linux/arm/v6 .*linux/arm/v7"):
         pull(service, ref, platform="linux/arm/v6")
-    with pytest.raises(RegistryError, match=r"no image for windows/amd64"):
+    with pytest.raises(NoMatchingPlatform, match=r"no image for windows/amd64"):
         pull(service, ref, platform="windows/amd64")
 
 
@@ -255,7 +256,7 @@ def test_pull_by_digest(service, registry):
     assert_unpacks_to(service, record.name, rich_layers(b"arm64"))
 
     absent = "sha256:" + "0" * 64
-    with pytest.raises(RegistryError, match=r"not found|unknown"):
+    with pytest.raises(NotFound, match=r"not found|unknown"):
         pull(service, f"{repository}@{absent}")
 
 
@@ -370,7 +371,7 @@ def test_a_mirror_without_the_image_is_passed_over(service, hub_mirror, tmp_path
 
 def test_all_mirrors_failing_names_each(service, tmp_path):
     """No internet here: the registry itself (docker.io) fails too, after both mirrors."""
-    with pytest.raises(RegistryError) as caught:
+    with pytest.raises(RegistryUnavailable) as caught:
         pull(service, "app", mirrors_conf(tmp_path, "127.0.0.1:1", "127.0.0.1:2"))
     message = str(caught.value)
     assert "127.0.0.1:1" in message and "127.0.0.1:2" in message

@@ -26,9 +26,17 @@ import pytest
 import zstandard
 
 from corral.images.distribution import RetryPolicy
+from corral.images.errors import (
+    ContentInvalid,
+    DigestMismatch,
+    ImageError,
+    LayerInvalid,
+    RegistryUnavailable,
+    Unauthenticated,
+)
 from corral.images.pull import Puller
-from corral.images.registries import RegistryConfig, RegistryError
-from corral.images.service import ImageError, ImageService
+from corral.images.registries import RegistryConfig
+from corral.images.service import ImageService
 from tests.integration.layer_trees import LayoutWriter, layer_tar, mounted_image
 from tests.integration.registry_server import Registry, TamperingProxy
 
@@ -153,7 +161,7 @@ def assert_nothing_left(service) -> None:
 # --- the registry lies --------------------------------------------------------------------------
 def test_layer_larger_than_its_declared_size(service, proxy):
     proxy.target, proxy.mode = "manifest", "short-size"
-    with pytest.raises(RegistryError, match=r"more than the declared \d+ bytes"):
+    with pytest.raises(DigestMismatch, match=r"more than the declared \d+ bytes"):
         pull(service, f"{proxy.host}/test/safe")
     assert_nothing_left(service)
 
@@ -161,14 +169,14 @@ def test_layer_larger_than_its_declared_size(service, proxy):
 def test_corrupted_config_blob(service, registry, proxy, tmp_path):
     config_digest, _ = safe_image(registry, tmp_path)
     proxy.target, proxy.mode = config_digest, "corrupt"
-    with pytest.raises(RegistryError, match=rf"config {config_digest} has digest sha256:"):
+    with pytest.raises(DigestMismatch, match=rf"config {config_digest} has digest sha256:"):
         pull(service, f"{proxy.host}/test/safe")
     assert_nothing_left(service)
 
 
 def test_digest_header_that_disagrees_with_the_manifest(service, proxy):
     proxy.target, proxy.mode = "manifest", "lying-digest-header"
-    with pytest.raises(RegistryError, match=r"the registry says sha256:1{64} but the content"):
+    with pytest.raises(DigestMismatch, match=r"the registry says sha256:1{64} but the content"):
         pull(service, f"{proxy.host}/test/safe")
     assert_nothing_left(service)
 
@@ -178,14 +186,14 @@ def test_manifest_swapped_under_a_digest_reference(service, registry, proxy):
     service.remove(f"{registry.host}/test/safe", force=True)
     service.gc()
     proxy.target, proxy.mode = "manifest", "swapped"
-    with pytest.raises(RegistryError, match=rf"manifest {digest} has digest sha256:"):
+    with pytest.raises(DigestMismatch, match=rf"manifest {digest} has digest sha256:"):
         pull(service, f"{proxy.host}/test/safe@{digest}")
     assert_nothing_left(service)
 
 
 def test_oversized_manifest(service, proxy):
     proxy.target, proxy.mode = "manifest", "bloated"
-    with pytest.raises(RegistryError, match=r"more than (the )?4194304"):
+    with pytest.raises(ContentInvalid, match=r"more than (the )?4194304"):
         pull(service, f"{proxy.host}/test/safe")
     assert_nothing_left(service)
 
@@ -193,7 +201,7 @@ def test_oversized_manifest(service, proxy):
 # --- the registry refuses or breaks -------------------------------------------------------------
 def test_basic_challenge_without_credentials(service, proxy):
     proxy.mode = "401"
-    with pytest.raises(RegistryError, match=r"asks for credentials \(HTTP 401\) and none"):
+    with pytest.raises(Unauthenticated, match=r"asks for credentials \(HTTP 401\) and none"):
         pull(service, f"{proxy.host}/test/safe")
     assert_nothing_left(service)
 
@@ -201,7 +209,7 @@ def test_basic_challenge_without_credentials(service, proxy):
 def test_credentials_demanded_halfway_leave_nothing(service, proxy):
     """The manifest and config came anonymously; the layers want a login: all of it goes."""
     proxy.mode = "401-blobs"
-    with pytest.raises(RegistryError, match=r"blob sha256:[0-9a-f]{64}: unauthorized \(HTTP "
+    with pytest.raises(Unauthenticated, match=r"blob sha256:[0-9a-f]{64}: unauthorized \(HTTP "
                                             r"401\); no credentials were given"):
         pull(service, f"{proxy.host}/test/safe")
     assert_nothing_left(service)
@@ -209,7 +217,7 @@ def test_credentials_demanded_halfway_leave_nothing(service, proxy):
 
 def test_server_errors_that_never_stop(service, proxy):
     proxy.mode = "500-always"
-    with pytest.raises(RegistryError, match=r"HTTP 500 \(UNKNOWN: storage on fire\)"):
+    with pytest.raises(RegistryUnavailable, match=r"HTTP 500 \(UNKNOWN: storage on fire\)"):
         pull(service, f"{proxy.host}/test/safe")
     assert_nothing_left(service)
 
@@ -217,7 +225,8 @@ def test_server_errors_that_never_stop(service, proxy):
 def test_every_connection_dropped_mid_blob(service, registry, proxy, tmp_path):
     proxy.target = safe_image(registry, tmp_path)[1][0]["digest"]
     proxy.always_drop = proxy.ignore_range = True  # the base proxy drops only whole-blob GETs
-    with pytest.raises(RegistryError, match=rf"blob {proxy.target}: .*gave up after 3 attempts"):
+    with pytest.raises(RegistryUnavailable,
+                       match=rf"blob {proxy.target}: .*gave up after 3 attempts"):
         pull(service, f"{proxy.host}/test/safe")
     assert proxy.blob_gets[proxy.target] == 3
     assert_nothing_left(service)
@@ -266,11 +275,11 @@ def test_decompression_bomb_is_bounded(service, registry, tmp_path):
     ref = push(registry, tmp_path, "test/bomb", [(bomb, "zstd-ready")], diff_ids=[diff_id])
     for unpack_while_pulling in (False, True):
         if unpack_while_pulling:
-            with pytest.raises(RegistryError, match=r"unpacks to more than \d+ bytes"):
+            with pytest.raises(LayerInvalid, match=r"unpacks to more than \d+ bytes"):
                 pull(service, ref, unpack=True)
         else:
             record = pull(service, ref)
-            with pytest.raises(ImageError, match=r"unpacks to more than \d+ bytes"):
+            with pytest.raises(LayerInvalid, match=r"unpacks to more than \d+ bytes"):
                 service.unpack_new(record.name)
         assert_nothing_left(service)
 
@@ -354,7 +363,7 @@ def test_layers_that_do_not_unpack(service, registry, tmp_path, case, layer, dif
 def test_config_listing_too_few_diff_ids(service, registry, tmp_path):
     ref = push(registry, tmp_path, "test/short-config", [(SAFE, "gzip"), (SAFE, "zstd")],
                diff_ids=["sha256:" + "cd" * 32])
-    with pytest.raises(RegistryError, match=r"2 layers but rootfs.diff_ids lists 1"):
+    with pytest.raises(ContentInvalid, match=r"2 layers but rootfs.diff_ids lists 1"):
         pull(service, ref)
     assert_nothing_left(service)
 

@@ -9,8 +9,9 @@ import subprocess
 
 import pytest
 
+from corral.images.errors import DigestMismatch, SnapshotConflict
 from corral.images.layout import layer_tar
-from corral.images.snapshots import OverlaySnapshotter, SnapshotError
+from corral.images.snapshots import OverlaySnapshotter
 from corral.runtime.syscalls import MNT_DETACH, Syscalls
 from corral.spec.image import chain_ids
 from corral.store.db import Database
@@ -75,7 +76,7 @@ def test_layers_stack_and_a_container_runs_on_the_snapshot(snapshotter, layers, 
     upper = mount.options[1].removeprefix("upperdir=")
     assert os.path.exists(os.path.join(upper, "written"))  # only the container's layer changed
 
-    with pytest.raises(SnapshotError, match="parent of"):
+    with pytest.raises(SnapshotConflict, match="parent of"):
         snapshotter.remove(chain[-1])
     snapshotter.remove("container-1")
     for chain_id in reversed(chain):
@@ -86,7 +87,7 @@ def test_layers_stack_and_a_container_runs_on_the_snapshot(snapshotter, layers, 
 def test_a_wrong_diff_id_leaves_no_snapshot(snapshotter):
     layer = make_tar(("hello", "file", "x"))
     wrong = "sha256:" + "0" * 64
-    with pytest.raises(SnapshotError, match="diff ID"):
+    with pytest.raises(DigestMismatch, match="diff ID"):
         snapshotter.apply_layer(wrong, None, io.BytesIO(layer), limit=LIMIT,
                                 expected_diff_id=wrong)
     assert not snapshotter.exists(wrong)

@@ -12,7 +12,8 @@ import tarfile
 
 import pytest
 
-from corral.images.unpack import LayerError, apply_layer, open_layer
+from corral.images.errors import LayerInvalid
+from corral.images.unpack import apply_layer, open_layer
 
 pytestmark = pytest.mark.root
 LIMIT = 64 * 2**20
@@ -106,7 +107,7 @@ def test_hostile_layers_are_rejected_and_write_nothing_outside(tmp_path, entries
     dest = tmp_path / "layer"
     dest.mkdir()
     before = sorted(os.listdir(tmp_path))
-    with pytest.raises(LayerError, match=why):
+    with pytest.raises(LayerInvalid, match=why):
         apply(make_tar(*entries), dest)
     assert sorted(os.listdir(tmp_path)) == before
     assert not os.path.exists("/escape") and not os.path.exists(tmp_path / "escape")
@@ -118,12 +119,12 @@ def test_a_tar_bomb_is_bounded(tmp_path):
     blob = tmp_path / "bomb.tar.gz"
     blob.write_bytes(bomb)
     with open_layer(str(blob), "application/vnd.oci.image.layer.v1.tar+gzip") as stream:
-        with pytest.raises(LayerError, match="more than 1000000 bytes"):
+        with pytest.raises(LayerInvalid, match="more than 1000000 bytes"):
             apply_layer(stream, str(tmp_path / "out"), limit=1_000_000)
 
 
 def test_garbage_is_not_a_layer(tmp_path):
-    with pytest.raises(LayerError, match="not a valid tar"):
+    with pytest.raises(LayerInvalid, match="not a valid tar"):
         apply(b"this is not a tar archive at all" * 40, tmp_path)
 
 
@@ -156,5 +157,5 @@ def test_corrupt_compressed_data_is_a_layer_error(tmp_path, media_type, compress
     blob = tmp_path / "blob"
     blob.write_bytes(good[:middle] + bytes(64) + good[middle + 64:])
     with open_layer(str(blob), media_type) as stream:
-        with pytest.raises(LayerError, match="corrupt compressed|not a valid tar|cannot unpack"):
+        with pytest.raises(LayerInvalid, match="corrupt compressed|not a valid tar|cannot unpack"):
             apply_layer(stream, str(tmp_path / "out"), limit=LIMIT)

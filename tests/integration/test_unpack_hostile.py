@@ -19,8 +19,9 @@ import zlib
 
 import pytest
 
-from corral.images.service import ImageError, ImageService
-from corral.images.unpack import MAX_HEADER_SIZE, LayerError, apply_layer
+from corral.images.errors import LayerInvalid
+from corral.images.service import ImageService
+from corral.images.unpack import MAX_HEADER_SIZE, apply_layer
 from tests.integration.layer_trees import mounted_image
 from tests.integration.registry_server import Registry
 from tests.integration.test_registry_pull_hostile import SAFE, assert_nothing_left, pull, push
@@ -114,7 +115,7 @@ def test_whiteouts_of_dot_and_dot_dot_are_refused(tmp_path, name, mode):
     dest.mkdir()
     (tmp_path / "sibling").write_bytes(b"precious\n")
     layer = member("sub/", kind=tarfile.DIRTYPE) + member("sub/keep", b"k") + member(name) + END
-    with pytest.raises(LayerError, match=r"a whiteout of .* names no entry"):
+    with pytest.raises(LayerInvalid, match=r"a whiteout of .* names no entry"):
         apply_layer(io.BytesIO(layer), str(dest), limit=1 << 30, whiteouts=mode)
     assert sorted(os.listdir(tmp_path)) == ["layer", "sibling"]
     assert (tmp_path / "sibling").read_bytes() == b"precious\n"
@@ -125,7 +126,7 @@ def test_a_dot_dot_whiteout_image_leaves_nothing(service, registry, tmp_path):
     ref = push(registry, tmp_path, "test/wh-dotdot", [(SAFE, "gzip"),
                                                       (member(".wh...") + END, "gzip")])
     record = pull(service, ref)
-    with pytest.raises(ImageError, match=r"entry '\.wh\.\.\.': a whiteout of '\.\.'"):
+    with pytest.raises(LayerInvalid, match=r"entry '\.wh\.\.\.': a whiteout of '\.\.'"):
         service.unpack_new(record.name)
     assert_nothing_left(service)
 
@@ -151,7 +152,7 @@ def test_a_concurrent_unpack_stays_complete(service, registry, tmp_path):
     thread = threading.Thread(target=unpack_a)
     thread.start()
     while thread.is_alive() or not refusals:
-        with pytest.raises(LayerError, match=r"a whiteout of '\.\.'"):
+        with pytest.raises(LayerInvalid, match=r"a whiteout of '\.\.'"):
             service.unpack(record_b.name)
         refusals.append(1)
     thread.join()
@@ -171,13 +172,14 @@ def test_a_concurrent_unpack_stays_complete(service, registry, tmp_path):
 # --- 2. header bombs ----------------------------------------------------------------------------
 CHILD = """
 import json, resource, sys
-from corral.images.unpack import LayerError, apply_layer, open_layer
+from corral.images.errors import LayerInvalid
+from corral.images.unpack import apply_layer, open_layer
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 error = None
 with open_layer(sys.argv[1], "application/vnd.oci.image.layer.v1.tar+gzip") as stream:
     try:
         apply_layer(stream, sys.argv[2], limit=1 << 40)
-    except LayerError as e:
+    except LayerInvalid as e:
         error = str(e)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"error": error, "grew_kib": after - before}))
@@ -222,7 +224,7 @@ def test_headers_up_to_a_mebibyte_are_read(tmp_path):
     apply(exact + member("file", b"data") + END, tmp_path / "a")
     assert (tmp_path / "a" / "file").read_bytes() == b"data"
     over = pax(records(filler + 1))
-    with pytest.raises(LayerError, match=rf"a PAX header of {MiB + 1} bytes"):
+    with pytest.raises(LayerInvalid, match=rf"a PAX header of {MiB + 1} bytes"):
         apply(over + member("file", b"data") + END, tmp_path / "b")
 
 
@@ -240,7 +242,7 @@ def test_a_header_bomb_pull_fails_and_leaves_nothing(service, registry, tmp_path
     ref = push(registry, tmp_path, "test/pax-bomb", [(tar, "gzip")])
     del tar
     record = pull(service, ref)
-    with pytest.raises(ImageError, match=rf"a PAX header of {size} bytes \(at most {MiB}\)"):
+    with pytest.raises(LayerInvalid, match=rf"a PAX header of {size} bytes \(at most {MiB}\)"):
         service.unpack_new(record.name)
     assert_nothing_left(service)
 
@@ -303,7 +305,7 @@ def test_old_gnu_sparse_files_unpack_and_their_maps_are_bounded(tmp_path):
     apply(layer, tmp_path / "a")
     assert (tmp_path / "a" / "holey").read_bytes() == b"B" * BLOCK + bytes(4096 - BLOCK)
     bomb = old_gnu_sparse("holey", 4096, 3 * MiB // BLOCK) + b"B" * BLOCK + END
-    with pytest.raises(LayerError, match=rf"entry 'holey': a sparse map over {MiB} bytes"):
+    with pytest.raises(LayerInvalid, match=rf"entry 'holey': a sparse map over {MiB} bytes"):
         apply(bomb, tmp_path / "b")
 
 
@@ -349,7 +351,7 @@ def test_layers_without_end_blocks_or_padding_unpack(service, registry, tmp_path
 ], ids=["data cut short", "extended header cut short", "skipped data cut short",
         "header cut short"])
 def test_truncated_layers_are_refused(tmp_path, tar, message):
-    with pytest.raises(LayerError, match=message):
+    with pytest.raises(LayerInvalid, match=message):
         apply(tar, tmp_path)
 
 
@@ -358,5 +360,5 @@ def test_a_corrupt_header_after_the_first_is_an_error(tmp_path):
     ID still matching.  Go's reader says ErrHeader."""
     second = bytearray(member("second", b"2"))
     second[148:156] = b"0000000\0"
-    with pytest.raises(LayerError, match=r"not a valid tar layer: bad checksum"):
+    with pytest.raises(LayerInvalid, match=r"not a valid tar layer: bad checksum"):
         apply(member("first", b"1") + bytes(second) + member("third", b"3") + END, tmp_path)

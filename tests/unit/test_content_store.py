@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from corral.images.content import ContentError, ContentStore
+from corral.images.content import ContentStore
+from corral.images.errors import DigestMismatch
 from corral.spec.image import DigestError
 
 
@@ -40,7 +41,7 @@ def test_blobs_are_stored_under_their_digest(store):
 ])
 def test_mismatches_leave_nothing(store, chunks, size, why):
     expected = digest_of(b"something else entirely")
-    with pytest.raises(ContentError, match=why):
+    with pytest.raises(DigestMismatch, match=why):
         store.ingest(iter(chunks), expected, size)
     assert store.digests() == [] and os.listdir(store.ingest_dir) == []
 

@@ -11,7 +11,15 @@ import sqlite3
 
 import pytest
 
-from corral.images.service import ImageError, ImageService
+from corral.images.errors import (
+    ContentInvalid,
+    ImageError,
+    InUse,
+    InvalidArgument,
+    InvalidReference,
+    NotFound,
+)
+from corral.images.service import ImageService
 from corral.spec.image import (
     MEDIA_CONFIG,
     MEDIA_LAYER_TAR,
@@ -72,15 +80,15 @@ def test_record_fields_and_lookups(service):
     for key in (record.repo_digest, f"busybox@{record.manifest_digest}",
                 f"busybox:latest@{record.manifest_digest}"):
         assert service.get(key).name == record.name, key
-    with pytest.raises(ImageError, match="not found"):
+    with pytest.raises(NotFound, match="not found"):
         service.get(f"alpine@{record.manifest_digest}")  # another repository
-    with pytest.raises(ImageError, match="not found"):
+    with pytest.raises(NotFound, match="not found"):
         service.get(record.id[7:10])  # 3 hex digits: a name, not a prefix
-    with pytest.raises(ImageError, match="not found"):
+    with pytest.raises(NotFound, match="not found"):
         service.get("alpine")
-    with pytest.raises(ImageError, match="empty"):
+    with pytest.raises(InvalidArgument, match="empty"):
         service.get("")
-    with pytest.raises(ImageError, match="invalid reference"):
+    with pytest.raises(InvalidReference, match="invalid reference"):
         service.get("Not/A Name")
 
 
@@ -109,9 +117,9 @@ def test_a_name_wins_over_an_id_prefix_and_an_ambiguous_prefix_is_an_error(servi
     one, _ = store_image(service, "one:1", [b"one"], cmd=seen[shared])
     two, _ = store_image(service, "two:1", [b"one"], cmd=f"c{i}")
     assert one.id != two.id and one.id[7:11] == two.id[7:11] == shared
-    with pytest.raises(ImageError, match="ambiguous"):
+    with pytest.raises(InvalidArgument, match="ambiguous"):
         service.get("sha256:" + shared)
-    with pytest.raises(ImageError, match="ambiguous"):
+    with pytest.raises(InvalidArgument, match="ambiguous"):
         service.remove(shared)
     assert service.get(one.id[:20]).id == one.id  # a longer prefix tells them apart
 
@@ -126,14 +134,14 @@ def test_tag_keeps_id_and_created_and_a_name_moves_on_retag(service):
     newer, _ = store_image(service, "app:2", [b"v2"])
     service.tag(newer.id, "registry.example/app:stable")
     assert service.get("registry.example/app:stable").id == newer.id
-    with pytest.raises(ImageError, match="not found"):
+    with pytest.raises(NotFound, match="not found"):
         service.tag("missing:1", "x:1")
     with pytest.raises(ImageError):
         service.tag("app:1", "UPPER:case")
 
 
 def test_record_refuses_bad_digests(service):
-    with pytest.raises(ImageError, match="not a sha256 digest"):
+    with pytest.raises(ContentInvalid, match="not a sha256 digest"):
         service.record("x:1", target={"digest": "sha256:zz"}, manifest_digest="sha256:zz",
                        config_digest="sha256:zz", platform="linux/amd64", size=0)
     assert service.list() == []
@@ -153,7 +161,7 @@ def test_remove_a_name_then_by_id_and_blobs_go_with_the_last_name(service):
     left = set(service.content.digests())
     assert sha256_digest(b"layer-two") not in left and record.id not in left
     assert sha256_digest(b"layer-one") in left  # other:1 has it too
-    with pytest.raises(ImageError, match="not found"):
+    with pytest.raises(NotFound, match="not found"):
         service.remove("app:1")
 
 
@@ -162,7 +170,7 @@ def test_an_image_a_container_stands_on_is_kept_unless_forced(service):
     commit_layers(service, chain)
     service.snapshots.prepare("container-1", chain[-1])
     assert service.in_use(record)
-    with pytest.raises(ImageError, match="in use by a container"):
+    with pytest.raises(InUse, match="in use by a container"):
         service.remove("app:1")
     service.tag("app:1", "app:2")
     service.remove("app:2")  # another name remains: only untagged, no check needed
@@ -209,7 +217,7 @@ def test_a_container_corrald_is_still_creating_keeps_its_image(service):
     store.add_container(id="c1", pod_id="pod", name="c", attempt=0, state="creating",
                         image="app:1", image_id=record.id, created=0, config=b"")
     assert service.in_use(record) and not service.in_use(other)
-    with pytest.raises(ImageError, match="in use by a container"):
+    with pytest.raises(InUse, match="in use by a container"):
         service.remove("app:1")
     report = service.prune(all=True)
     assert report.removed_images == {other.id: [other.name]}

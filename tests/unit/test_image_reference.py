@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from corral.images.reference import ReferenceError, parse
+from corral.images.errors import InvalidReference
+from corral.images.reference import parse
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -59,5 +60,5 @@ def test_parts_and_familiar_form():
     ("my_host.example:port/app", "bad registry"),
 ])
 def test_invalid_references_say_why(text, why):
-    with pytest.raises(ReferenceError, match=why):
+    with pytest.raises(InvalidReference, match=why):
         parse(text)

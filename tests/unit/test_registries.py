@@ -6,8 +6,9 @@ import json
 import pytest
 
 from corral.images.distribution import _parse_challenge
+from corral.images.errors import Blocked, ConfigInvalid
 from corral.images.reference import parse
-from corral.images.registries import RegistryConfig, RegistryError
+from corral.images.registries import RegistryConfig
 from corral.spec.platform import Platform, PlatformError
 
 
@@ -72,7 +73,7 @@ blocked = true
         ("team.example.net", "mirror/app", ("https", "http"), False)]
     # "example.com/teamwork" is not under the prefix "example.com/team"
     assert config.endpoints(parse("example.com/teamwork/app"))[0].host == "internal.example.net"
-    with pytest.raises(RegistryError, match="blocked"):
+    with pytest.raises(Blocked, match="blocked"):
         config.endpoints(parse("registry.blocked.io/app"))
 
 
@@ -86,7 +87,7 @@ blocked = true
     ('unqualified-search-registries = "docker.io"\n', "list of strings"),
 ])
 def test_bad_registries_conf_is_a_clear_error(tmp_path, text, message):
-    with pytest.raises(RegistryError, match=message):
+    with pytest.raises(ConfigInvalid, match=message):
         conf(tmp_path, text)
 
 
@@ -117,7 +118,7 @@ def test_auth_file_longest_key_and_docker_hub_aliases(tmp_path):
 def test_bad_auth_file_is_a_clear_error(tmp_path, document, message):
     path = tmp_path / "auth.json"
     path.write_text(document)
-    with pytest.raises(RegistryError, match=message):
+    with pytest.raises(ConfigInvalid, match=message):
         RegistryConfig.load(auth_file=str(path))
 
 
@@ -131,7 +132,7 @@ def test_certs_dir_gives_cas_and_client_cert(tmp_path):
     assert endpoint.ca_files == [str(directory / "ca.crt")]
     assert endpoint.client_cert == (str(directory / "client.cert"), str(directory / "client.key"))
     (directory / "client.key").unlink()
-    with pytest.raises(RegistryError, match="has no client.key"):
+    with pytest.raises(ConfigInvalid, match="has no client.key"):
         config.endpoints(parse("reg.example.com:5000/app"))
 
 

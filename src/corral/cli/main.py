@@ -24,13 +24,14 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from corral.cli.pods import CliError
+    from corral.images.errors import ImageError
 
     opts = parser().parse_args(argv)
     try:
         return opts.func(opts)
     except KeyboardInterrupt:
         return 130
-    except (CliError, ValueError, OSError) as e:  # ImageError and RegistryError are ValueErrors
+    except (CliError, ImageError, ValueError, OSError) as e:  # the message, no traceback
         print(f"corral: {e}", file=sys.stderr)
         return 1
 

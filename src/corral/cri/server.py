@@ -1,9 +1,8 @@
 """The CRI gRPC servicers: each method validates, calls the core, and maps errors to codes.
 
-    NotFound → NOT_FOUND, AlreadyExists → ALREADY_EXISTS, InvalidArgument →
-    INVALID_ARGUMENT, FailedPrecondition → FAILED_PRECONDITION,
-    DeadlineExceeded → DEADLINE_EXCEEDED, anything else → INTERNAL with a
-    one-line message (the traceback goes to corrald's log, never the client).
+`_CODES` is the one place a sandbox or image error becomes a gRPC code, by
+its class (the nearest listed base counts); anything else is INTERNAL with
+a one-line message (the traceback goes to corrald's log, never the client).
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import grpc
 from cri_api.v1 import api_pb2, api_pb2_grpc
 
 from corral.cri import validation
-from corral.images.service import ImageError
+from corral.images import errors as image_errors
 from corral.sandbox import errors
 from corral.sandbox.containers import container_config
 from corral.sandbox.pods import pod_config
@@ -34,6 +33,19 @@ _CODES = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    # Images, as containerd's errdefs and CRI-O tell them apart.
+    image_errors.NotFound: grpc.StatusCode.NOT_FOUND,  # NoMatchingPlatform too, as containerd
+    image_errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,  # InvalidReference too
+    image_errors.InUse: grpc.StatusCode.FAILED_PRECONDITION,
+    image_errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    image_errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,  # Blocked too
+    image_errors.RegistryUnavailable: grpc.StatusCode.UNAVAILABLE,
+    image_errors.RegistryFailed: grpc.StatusCode.UNKNOWN,  # the registry said too little
+    image_errors.ConfigInvalid: grpc.StatusCode.FAILED_PRECONDITION,
+    image_errors.Unsupported: grpc.StatusCode.FAILED_PRECONDITION,
+    image_errors.ContentInvalid: grpc.StatusCode.FAILED_PRECONDITION,  # digests, layers too
+    image_errors.SnapshotConflict: grpc.StatusCode.INTERNAL,  # records that contradict: a bug
+    image_errors.NoSpace: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 _POD_STATES = {"ready": api_pb2.SANDBOX_READY, "notready": api_pb2.SANDBOX_NOTREADY}
 _CONTAINER_STATES = {"created": api_pb2.CONTAINER_CREATED, "running": api_pb2.CONTAINER_RUNNING,
@@ -47,13 +59,11 @@ def rpc(method):
         started = time.monotonic()
         try:
             return method(self, request, context)
-        except errors.SandboxError as e:
-            code = _CODES.get(type(e), grpc.StatusCode.INTERNAL)
+        except (errors.SandboxError, image_errors.ImageError) as e:
+            code = status_code(e)
             log.log(logging.WARNING if code == grpc.StatusCode.INTERNAL else logging.DEBUG,
                     "%s: %s", method.__name__, e)
             context.abort(code, str(e))
-        except ImageError as e:
-            context.abort(_image_code(e), str(e))
         except grpc.RpcError:
             raise
         except Exception as e:  # noqa: BLE001 - never a traceback to the client
@@ -66,13 +76,12 @@ def rpc(method):
     return wrapper
 
 
-def _image_code(error: ImageError) -> grpc.StatusCode:
-    text = str(error)
-    if "not found" in text:
-        return grpc.StatusCode.NOT_FOUND
-    if "invalid reference" in text:
-        return grpc.StatusCode.INVALID_ARGUMENT
-    return grpc.StatusCode.UNKNOWN if "registry" in text else grpc.StatusCode.INTERNAL
+def status_code(error: Exception) -> grpc.StatusCode:
+    """The code of the error's nearest class in `_CODES`; INTERNAL if none is listed."""
+    for cls in type(error).__mro__:
+        if cls in _CODES:
+            return _CODES[cls]
+    return grpc.StatusCode.INTERNAL
 
 
 def _matches_labels(labels, selector) -> bool:
@@ -212,7 +221,7 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
     def _image_ref(self, record) -> str:
         try:
             return self.ctx.images.get(record.image_id).repo_digest
-        except (ImageError, AttributeError):
+        except (image_errors.ImageError, AttributeError):
             return record.image_id
 
     def _container_status(self, record) -> api_pb2.ContainerStatus:
@@ -313,7 +322,7 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
                                                            raw.get("pgmajfault", 0))
         try:
             used, inodes = self.ctx.images.snapshots.usage(record.id)
-        except ValueError:
+        except image_errors.NotFound:
             used = inodes = 0
         stats.writable_layer.timestamp = now
         stats.writable_layer.fs_id.mountpoint = os.path.join(self.ctx.config.root,
@@ -402,7 +411,7 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
                 try:
                     if self.ctx.images.get(wanted).id != record.id:
                         continue
-                except ImageError:
+                except image_errors.ImageError:  # no such image, or no valid name: no match
                     continue
             seen.add(record.id)
             images.append(self._image(record))
@@ -414,7 +423,7 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
             raise errors.InvalidArgument("image.image is required")
         try:
             record = self.ctx.images.get(request.image.image)
-        except ImageError:
+        except image_errors.NotFound:
             return api_pb2.ImageStatusResponse()  # the CRI: an absent image is no error
         return api_pb2.ImageStatusResponse(image=self._image(record))
 
@@ -439,14 +448,14 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
             raise errors.InvalidArgument("image.image is required")
         try:
             record = self.ctx.images.get(request.image.image)
-        except ImageError:
+        except image_errors.NotFound:
             return api_pb2.RemoveImageResponse()  # idempotent, as the CRI asks
         if record.id in self.ctx.store.images_in_use():
             raise errors.FailedPrecondition(f"image {request.image.image} is in use by a "
                                             "container")
         try:
             self.ctx.images.remove(record.id)
-        except ImageError:
+        except image_errors.NotFound:
             if self._image_exists(request.image.image):
                 raise
             # Removed meanwhile by a concurrent RemoveImage: idempotent, as containerd.
@@ -456,7 +465,7 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
         try:
             self.ctx.images.get(image)
             return True
-        except ImageError:
+        except image_errors.NotFound:
             return False
 
     @rpc

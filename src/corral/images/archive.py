@@ -26,8 +26,12 @@ import stat
 import tarfile
 import tempfile
 
-from corral.images.content import ContentError
-from corral.images.reference import ReferenceError
+from corral.images.errors import (
+    ContentInvalid,
+    DigestMismatch,
+    InvalidArgument,
+    InvalidReference,
+)
 from corral.images.reference import parse as parse_reference
 from corral.spec.image import (
     MEDIA_DOCKER_CONFIG,
@@ -45,14 +49,8 @@ FORMATS = ("oci-archive", "oci-dir", "docker-archive")
 _CHUNK = 1 << 20
 
 
-class ArchiveError(ValueError):
-    pass
-
-
 # --- import ---------------------------------------------------------------------------------------
 def import_image(service, path: str, name: str | None = None) -> list:
-    from corral.images.service import ImageError
-
     try:
         with service.gc_lock(shared=True):
             if os.path.isdir(path):
@@ -60,51 +58,50 @@ def import_image(service, path: str, name: str | None = None) -> list:
             try:
                 tar = tarfile.open(path)
             except tarfile.TarError:
-                raise ImageError(f"{path}: not a readable image archive (a tar, or an OCI "
-                                 "layout directory)") from None
+                raise InvalidArgument(f"{path}: not a readable image archive (a tar, or an OCI "
+                                      "layout directory)") from None
             except OSError as e:
-                raise ImageError(f"{path}: {e.strerror}") from None
+                raise InvalidArgument(f"{path}: {e.strerror}") from None
             with tar:
                 names = {m.name.removeprefix("./") for m in tar.getmembers()}
                 if "index.json" in names:
                     return _import_oci_tar(service, tar, name)
                 if "manifest.json" in names:
                     return _import_docker_tar(service, tar, path, name)
-                raise ImageError(f"{path}: neither an OCI archive (index.json) nor a docker "
-                                 "archive (manifest.json)")
+                raise InvalidArgument(f"{path}: neither an OCI archive (index.json) nor a "
+                                      "docker archive (manifest.json)")
     except BaseException:
         service.gc(wait=False)  # what this import stored and nothing names
         raise
 
 
 def _ingest(service, stream, digest: str, size: int | None, what: str) -> None:
-    from corral.images.service import ImageError
-
     try:
         check_digest(digest)
+    except ValueError as e:
+        raise ContentInvalid(f"{what}: {e}") from None
+    try:
         service.content.ingest(iter(lambda: stream.read(_CHUNK), b""), digest, size)
-    except (ContentError, ValueError) as e:
-        raise ImageError(f"{what}: {e}") from None
+    except DigestMismatch as e:
+        raise DigestMismatch(f"{what}: {e}") from None
 
 
 def _import_layout_dir(service, path: str, name: str | None) -> list:
-    from corral.images.service import ImageError
-
     index_path = os.path.join(path, "index.json")
     if not os.path.exists(index_path):
-        raise ImageError(f"{path}: not an OCI image layout (no index.json)")
+        raise InvalidArgument(f"{path}: not an OCI image layout (no index.json)")
     blobs = os.path.join(path, "blobs", "sha256")
     try:
         for entry in sorted(os.listdir(blobs)) if os.path.isdir(blobs) else []:
             with open(os.path.join(blobs, entry), "rb") as f:
                 if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                    raise ImageError(f"{path}: blobs/sha256/{entry} is not a regular file")
+                    raise ContentInvalid(f"{path}: blobs/sha256/{entry} is not a regular file")
                 _ingest(service, f, f"sha256:{entry}", os.fstat(f.fileno()).st_size,
                         f"blobs/sha256/{entry}")
         with open(index_path, "rb") as f:
             index = f.read()
     except OSError as e:
-        raise ImageError(f"{path}: {e.filename or ''}: {e.strerror}") from None
+        raise InvalidArgument(f"{path}: {e.filename or ''}: {e.strerror}") from None
     return service.record_index(index, name)
 
 
@@ -123,39 +120,38 @@ def _import_oci_tar(service, tar: tarfile.TarFile, name: str | None) -> list:
 
 
 def _member(tar: tarfile.TarFile, entry: str, what: str):
-    from corral.images.service import ImageError
-
     if not isinstance(entry, str) or entry.startswith("/") or ".." in entry.split("/"):
-        raise ImageError(f"manifest.json: {what} {entry!r} is not a path inside the archive")
+        raise ContentInvalid(f"manifest.json: {what} {entry!r} is not a path inside the "
+                             "archive")
     try:
         member = tar.getmember(entry)
     except KeyError:
         try:
             member = tar.getmember("./" + entry)
         except KeyError:
-            raise ImageError(f"manifest.json: {what} {entry} is missing from the archive") \
-                from None
+            raise ContentInvalid(f"manifest.json: {what} {entry} is missing from the "
+                                 "archive") from None
     if not member.isfile():
-        raise ImageError(f"manifest.json: {what} {entry} is not a regular file")
+        raise ContentInvalid(f"manifest.json: {what} {entry} is not a regular file")
     return tar.extractfile(member), member.size
 
 
 def _import_docker_tar(service, tar: tarfile.TarFile, path: str, name: str | None) -> list:
-    from corral.images.service import ImageError, _json_object
+    from corral.images.service import _json_object
 
     stream, _ = _member(tar, "manifest.json", "manifest")
     try:
         entries = json.loads(stream.read())
     except ValueError:
-        raise ImageError(f"{path}: manifest.json is not JSON") from None
+        raise ContentInvalid(f"{path}: manifest.json is not JSON") from None
     if not isinstance(entries, list) or not entries:
-        raise ImageError(f"{path}: manifest.json lists no images")
+        raise ContentInvalid(f"{path}: manifest.json lists no images")
     if name and len(entries) > 1:
-        raise ImageError(f"{path}: holds {len(entries)} images; one name cannot name them all")
+        raise InvalidArgument(f"{path}: holds {len(entries)} images; one name cannot name them all")
     records = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
-            raise ImageError(f"{path}: manifest.json[{i}] is not an object")
+            raise ContentInvalid(f"{path}: manifest.json[{i}] is not an object")
         config_stream, config_size = _member(tar, entry.get("Config"), "config")
         config_bytes = config_stream.read()
         config = _json_object(config_bytes, f"config {entry.get('Config')}")
@@ -164,8 +160,8 @@ def _import_docker_tar(service, tar: tarfile.TarFile, path: str, name: str | Non
         diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
         layer_paths = entry.get("Layers")
         if not isinstance(layer_paths, list) or len(layer_paths) != len(diff_ids):
-            raise ImageError(f"{path}: manifest.json[{i}]: {len(layer_paths or [])} layers, "
-                             f"the config lists {len(diff_ids)} diff IDs")
+            raise ContentInvalid(f"{path}: manifest.json[{i}]: {len(layer_paths or [])} layers, "
+                                 f"the config lists {len(diff_ids)} diff IDs")
         layers = []
         for layer_path, diff_id in zip(layer_paths, diff_ids, strict=True):
             layers.append(_store_docker_layer(service, tar, layer_path, diff_id))
@@ -177,15 +173,15 @@ def _import_docker_tar(service, tar: tarfile.TarFile, path: str, name: str | Non
         if name:
             tags = [name]
         if not tags:
-            raise ImageError(f"{path}: manifest.json[{i}] has no RepoTags; give a name")
+            raise InvalidArgument(f"{path}: manifest.json[{i}] has no RepoTags; give a name")
         platform = "/".join(filter(None, (config.get("os"), config.get("architecture"),
                                           config.get("variant"))))
         size = len(config_bytes) + sum(layer["size"] for layer in layers)
         for tag in tags:
             try:
                 reference = str(parse_reference(tag))
-            except ReferenceError as e:
-                raise ImageError(f"{path}: RepoTags: {e}") from None
+            except InvalidReference as e:
+                raise InvalidReference(f"{path}: RepoTags: {e}") from None
             records.append(service.record(
                 reference, target={"digest": manifest_digest, "mediaType": MEDIA_DOCKER_MANIFEST},
                 manifest_digest=manifest_digest, config_digest=config_digest,
@@ -197,8 +193,6 @@ def _store_docker_layer(service, tar, layer_path: str, diff_id: str) -> dict:
     """A docker-archive layer (a tar, perhaps compressed), stored as it is; its descriptor.
 
     The uncompressed digest must be the config's diff ID: checked here, not at unpack."""
-    from corral.images.service import ImageError
-
     stream, size = _member(tar, layer_path, "layer")
     with tempfile.TemporaryFile(dir=service.content.ingest_dir) as copy:
         blob_hash = hashlib.sha256()
@@ -223,8 +217,8 @@ def _store_docker_layer(service, tar, layer_path: str, diff_id: str) -> dict:
         while chunk := uncompressed.read(_CHUNK):
             diff_hash.update(chunk)
         if "sha256:" + diff_hash.hexdigest() != diff_id:
-            raise ImageError(f"layer {layer_path}: content has diff ID "
-                             f"sha256:{diff_hash.hexdigest()}, the config says {diff_id}")
+            raise DigestMismatch(f"layer {layer_path}: content has diff ID "
+                                 f"sha256:{diff_hash.hexdigest()}, the config says {diff_id}")
         digest = "sha256:" + blob_hash.hexdigest()
         copy.seek(0)
         _ingest(service, copy, digest, size, f"layer {layer_path}")
@@ -237,19 +231,17 @@ def export_images(service, names: list[str], dest: str, format: str) -> None:
 
     An existing `dest` is replaced only if it is what this format writes: a file for
     the tars, an OCI layout (or an empty directory) for "oci-dir"; never another dir."""
-    from corral.images.service import ImageError
-
     if format not in FORMATS:
-        raise ImageError(f"unknown export format {format!r} (one of {', '.join(FORMATS)})")
+        raise InvalidArgument(f"unknown export format {format!r} (one of {', '.join(FORMATS)})")
     records = [service.get(name) for name in names]
     if not records:
-        raise ImageError("export: no image given")
+        raise InvalidArgument("export: no image given")
     if os.path.isdir(dest) and (format != "oci-dir" or (
             os.listdir(dest) and not os.path.exists(os.path.join(dest, "oci-layout")))):
-        raise ImageError(f"export: {dest} is a directory that is not an OCI layout; "
-                         "not replacing it")
+        raise InvalidArgument(f"export: {dest} is a directory that is not an OCI layout; "
+                              "not replacing it")
     if format == "oci-dir" and os.path.lexists(dest) and not os.path.isdir(dest):
-        raise ImageError(f"export: {dest} exists and is not a directory")
+        raise InvalidArgument(f"export: {dest} exists and is not a directory")
     tmp = f"{dest}.tmp-{os.getpid()}"
     _remove(tmp)
     try:
@@ -267,10 +259,11 @@ def export_images(service, names: list[str], dest: str, format: str) -> None:
     except BaseException as e:
         _remove(tmp)
         if isinstance(e, OSError):
-            raise ImageError(f"export to {dest}: {e.filename or ''}: {e.strerror}") from None
-        if isinstance(e, (KeyError, ValueError)) and not isinstance(e, ImageError):
-            raise ImageError(f"export to {dest}: an image's manifest or config is not as "
-                             f"expected: {e!r}") from None
+            raise InvalidArgument(f"export to {dest}: {e.filename or ''}: {e.strerror}") \
+                from None
+        if isinstance(e, (KeyError, ValueError)):
+            raise ContentInvalid(f"export to {dest}: an image's manifest or config is not "
+                                 f"as expected: {e!r}") from None
         raise
 
 

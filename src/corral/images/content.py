@@ -15,13 +15,10 @@ import os
 import tempfile
 from contextlib import contextmanager
 
+from corral.images.errors import DigestMismatch
 from corral.spec.image import check_digest
 
 _CHUNK = 1 << 20
-
-
-class ContentError(ValueError):
-    """A blob that does not match what was expected of it."""
 
 
 class ContentStore:
@@ -124,7 +121,7 @@ class BlobWriter:
     def write(self, chunk: bytes) -> None:
         self.offset += len(chunk)
         if self.size is not None and self.offset > self.size:
-            raise ContentError(f"blob {self.digest}: more than the declared {self.size} bytes")
+            raise DigestMismatch(f"blob {self.digest}: more than the declared {self.size} bytes")
         self.hasher.update(chunk)
         self.file.write(chunk)
 
@@ -138,11 +135,11 @@ class BlobWriter:
         self.file.flush()
         os.fsync(self.file.fileno())
         if self.size is not None and self.offset != self.size:
-            raise ContentError(f"blob {self.digest}: {self.offset} bytes, {self.size} declared "
-                               "(truncated)")
+            raise DigestMismatch(f"blob {self.digest}: {self.offset} bytes, {self.size} "
+                                 "declared (truncated)")
         actual = "sha256:" + self.hasher.hexdigest()
         if actual != self.digest:
-            raise ContentError(f"blob {self.digest}: content has digest {actual}")
+            raise DigestMismatch(f"blob {self.digest}: content has digest {actual}")
         os.chmod(self.tmp, 0o444)
         os.rename(self.tmp, self.store.path(self.digest))
         self.committed = True

@@ -23,8 +23,19 @@ import urllib3
 from urllib3.exceptions import HTTPError as TransportError
 from urllib3.exceptions import SSLError
 
-from corral.images.content import BlobWriter, ContentError
-from corral.images.registries import Endpoint, RegistryError
+from corral.images.content import BlobWriter
+from corral.images.errors import (
+    ContentInvalid,
+    DigestMismatch,
+    ImageError,
+    NotFound,
+    PermissionDenied,
+    RegistryFailed,
+    RegistryUnavailable,
+    Unauthenticated,
+    Unsupported,
+)
+from corral.images.registries import Endpoint
 from corral.spec.image import (
     MEDIA_DOCKER_MANIFEST,
     MEDIA_DOCKER_MANIFEST_LIST,
@@ -136,7 +147,7 @@ class Repository:
             url = f"{scheme}://{self.endpoint.host}/v2/"
             try:
                 response = self._send("GET", url, authorize=False, retry=self._ping_retry)
-            except RegistryError as e:
+            except RegistryUnavailable as e:
                 errors.append(str(e))
                 continue
             response.drain_conn()
@@ -144,10 +155,11 @@ class Repository:
             if response.status == 401:
                 self._challenge = _parse_challenge(response.headers.get("WWW-Authenticate", ""))
             elif response.status != 200 and response.status != 404:
-                raise RegistryError(f"registry {self.endpoint.host}: /v2/ answered "
-                                    f"HTTP {response.status}")
+                error = _status_error(response.status)
+                raise error(f"registry {self.endpoint.host}: /v2/ answered "
+                            f"HTTP {response.status}")
             return
-        raise RegistryError("; ".join(errors))
+        raise RegistryUnavailable("; ".join(errors))
 
     def _authorize(self, force: bool = False) -> str | None:
         with self._auth_lock:
@@ -156,11 +168,11 @@ class Repository:
             scheme, params = self._challenge
             if scheme == "basic":
                 if not self.credentials:
-                    raise RegistryError(f"{self.what}: the registry asks for credentials "
-                                        "(HTTP 401) and none were given")
+                    raise Unauthenticated(f"{self.what}: the registry asks for credentials "
+                                          "(HTTP 401) and none were given")
                 return "Basic " + _basic(self.credentials)
             if scheme != "bearer":
-                raise RegistryError(f"{self.what}: unsupported auth scheme {scheme!r}")
+                raise Unsupported(f"{self.what}: unsupported auth scheme {scheme!r}")
             if force or self._authorization is None or time.monotonic() >= self._token_expires:
                 self._fetch_token(params)
             return self._authorization
@@ -168,7 +180,7 @@ class Repository:
     def _fetch_token(self, params: dict) -> None:
         realm = params.get("realm")
         if not realm or not realm.startswith(("https://", "http://")):
-            raise RegistryError(f"{self.what}: Bearer challenge without a usable realm")
+            raise RegistryFailed(f"{self.what}: Bearer challenge without a usable realm")
         query = {"scope": f"repository:{self.endpoint.repository}:pull"}
         if params.get("service"):
             query["service"] = params["service"]
@@ -180,12 +192,14 @@ class Repository:
         response = self._send("GET", url, headers=headers, authorize=False)
         body = _read_bounded(response, 1 << 20, f"token from {realm}")
         if response.status in (401, 403):
-            raise RegistryError(f"{self.what}: token server {realm} refused the "
-                                f"{'credentials' if self.credentials else 'anonymous request'} "
-                                f"(HTTP {response.status})")
+            error = Unauthenticated if response.status == 401 else PermissionDenied
+            raise error(f"{self.what}: token server {realm} refused the "
+                        f"{'credentials' if self.credentials else 'anonymous request'} "
+                        f"(HTTP {response.status})")
         if response.status != 200:
-            raise RegistryError(f"{self.what}: token server {realm} answered "
-                                f"HTTP {response.status}")
+            error = RegistryUnavailable if response.status in RETRYABLE_STATUS \
+                else RegistryFailed
+            raise error(f"{self.what}: token server {realm} answered HTTP {response.status}")
         try:
             document = json.loads(body)
             token = document.get("token") or document.get("access_token")
@@ -193,7 +207,7 @@ class Repository:
         except (ValueError, AttributeError, TypeError):
             token = None
         if not isinstance(token, str) or not token:
-            raise RegistryError(f"{self.what}: token server {realm} sent no token")
+            raise RegistryFailed(f"{self.what}: token server {realm} sent no token")
         self._authorization = "Bearer " + token
         # Refresh a little early: a token that expires in flight costs a failed request.
         self._token_expires = time.monotonic() + max(expires_in - 10, expires_in / 2)
@@ -218,8 +232,8 @@ class Repository:
             except TransportError as e:
                 delay = None if _is_tls_failure(e) else next(delays, None)
                 if delay is None:
-                    raise RegistryError(f"{self.endpoint.host}: {_reason(e)}"
-                                        f"{self._tls_hint(e)}") from None
+                    raise RegistryUnavailable(f"{self.endpoint.host}: {_reason(e)}"
+                                              f"{self._tls_hint(e)}") from None
                 time.sleep(delay)
                 continue
             if response.status == 401 and authorize and not reauthorized and \
@@ -256,12 +270,13 @@ class Repository:
         detail = _error_detail(response)
         response.drain_conn()
         if response.status == 401:
-            raise RegistryError(f"{self.what}: {what}: unauthorized (HTTP 401)"
+            raise Unauthenticated(f"{self.what}: {what}: unauthorized (HTTP 401)"
                                 + ("" if self.credentials else "; no credentials were given")
                                 + detail)
         if response.status == 404:
-            raise RegistryError(f"{self.what}: {what}: not found (HTTP 404){detail}")
-        raise RegistryError(f"{self.what}: {what}: HTTP {response.status}{detail}")
+            raise NotFound(f"{self.what}: {what}: not found (HTTP 404){detail}")
+        raise _status_error(response.status)(f"{self.what}: {what}: HTTP {response.status}"
+                            f"{detail}")
 
     # --- manifests ------------------------------------------------------------------------------
     def manifest(self, reference: str, expected_digest: str | None = None
@@ -273,16 +288,16 @@ class Repository:
         declared = response.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > MANIFEST_MAX:
             response.drain_conn()
-            raise RegistryError(f"{self.what}: manifest {reference} is {declared} bytes, more "
-                                f"than the {MANIFEST_MAX} allowed")
+            raise ContentInvalid(f"{self.what}: manifest {reference} is {declared} bytes, more "
+                                 f"than the {MANIFEST_MAX} allowed")
         body = _read_bounded(response, MANIFEST_MAX, f"{self.what}: manifest {reference}")
         digest = sha256_digest(body)
         if expected_digest and digest != expected_digest:
-            raise RegistryError(f"{self.what}: manifest {expected_digest} has digest {digest}")
+            raise DigestMismatch(f"{self.what}: manifest {expected_digest} has digest {digest}")
         header_digest = response.headers.get("Docker-Content-Digest")
         if header_digest and header_digest.startswith("sha256:") and header_digest != digest:
-            raise RegistryError(f"{self.what}: manifest {reference}: the registry says "
-                                f"{header_digest} but the content has digest {digest}")
+            raise DigestMismatch(f"{self.what}: manifest {reference}: the registry says "
+                                 f"{header_digest} but the content has digest {digest}")
         media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
         return body, media_type, digest
 
@@ -310,7 +325,7 @@ class Repository:
                 if writer.size is None or writer.offset >= writer.size:
                     return
                 error = f"connection closed after {writer.offset} of {writer.size} bytes"
-            except ContentError:
+            except DigestMismatch:
                 response.drain_conn()
                 raise
             except TransportError as e:
@@ -322,15 +337,15 @@ class Repository:
                 delays = self.retry.delays()
             delay = next(delays, None)
             if delay is None:
-                raise RegistryError(f"{self.what}: blob {digest}: {error}; gave up after "
-                                    f"{self.retry.attempts} attempts without progress")
+                raise RegistryUnavailable(f"{self.what}: blob {digest}: {error}; gave up after "
+                                          f"{self.retry.attempts} attempts without progress")
             time.sleep(delay)
 
     def read_blob(self, digest: str, size: int, limit: int) -> bytes:
         """A small blob (an image config) in memory, size-bounded; the caller checks the digest."""
         if size > limit:
-            raise RegistryError(f"{self.what}: blob {digest} declares {size} bytes, more than "
-                                f"the {limit} allowed for it")
+            raise ContentInvalid(f"{self.what}: blob {digest} declares {size} bytes, more than "
+                                 f"the {limit} allowed for it")
         response = self._send("GET", f"{self.base_url}/blobs/{digest}")
         self._check(response, f"blob {digest}")
         return _read_bounded(response, limit, f"{self.what}: blob {digest}")
@@ -342,13 +357,24 @@ def _read_bounded(response, limit: int, what: str) -> bytes:
         for chunk in response.stream(64 << 10, decode_content=True):
             total += len(chunk)
             if total > limit:
-                raise RegistryError(f"{what}: more than {limit} bytes")
+                raise ContentInvalid(f"{what}: more than {limit} bytes")
             chunks.append(chunk)
     except TransportError as e:
-        raise RegistryError(f"{what}: {_reason(e)}") from None
+        raise RegistryUnavailable(f"{what}: {_reason(e)}") from None
     finally:
         response.release_conn()
     return b"".join(chunks)
+
+
+def _status_error(status: int) -> type[ImageError]:
+    """The error for a registry's HTTP status (a retryable one: still failing after retries)."""
+    if status == 401:
+        return Unauthenticated
+    if status == 403:
+        return PermissionDenied
+    if status == 404:
+        return NotFound
+    return RegistryUnavailable if status in RETRYABLE_STATUS else RegistryFailed
 
 
 def _parse_challenge(header: str) -> tuple[str, dict] | None:

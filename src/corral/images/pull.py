@@ -19,7 +19,6 @@ import os
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
-from corral.images.content import ContentError
 from corral.images.distribution import (
     MEDIA_DOCKER_SCHEMA1,
     MEDIA_DOCKER_SCHEMA1_SIGNED,
@@ -27,9 +26,17 @@ from corral.images.distribution import (
     RetryPolicy,
     Transport,
 )
-from corral.images.reference import ReferenceError
+from corral.images.errors import (
+    ContentInvalid,
+    DigestMismatch,
+    ImageError,
+    InvalidArgument,
+    NoMatchingPlatform,
+    NoSpace,
+    Unsupported,
+)
 from corral.images.reference import parse as parse_reference
-from corral.images.registries import RegistryConfig, RegistryError
+from corral.images.registries import RegistryConfig
 from corral.spec.image import (
     MEDIA_DOCKER_MANIFEST,
     MEDIA_DOCKER_MANIFEST_LIST,
@@ -84,8 +91,8 @@ class Puller:
         try:
             reference = parse_reference(ref)
             wanted = Platform.parse(platform) if platform else Platform.host()
-        except (ReferenceError, PlatformError) as e:
-            raise RegistryError(str(e)) from None
+        except PlatformError as e:
+            raise InvalidArgument(str(e)) from None
         stored: list[str] = []
         try:
             with self.service.gc_lock(shared=True):
@@ -109,8 +116,8 @@ class Puller:
             if entry is None:
                 offered = sorted({str(p) for m in document.get("manifests") or []
                                   if isinstance(m, dict) and (p := Platform.of(m.get("platform")))})
-                raise RegistryError(f"{repo.what}: no image for {wanted} in index {digest} "
-                                    f"(it has {', '.join(offered) or 'no platforms'})")
+                raise NoMatchingPlatform(f"{repo.what}: no image for {wanted} in index {digest} "
+                                         f"(it has {', '.join(offered) or 'no platforms'})")
             manifest_digest = _digest(entry, f"{repo.what}: index {digest}")
             body, media_type, _ = repo.manifest(manifest_digest, expected_digest=manifest_digest)
             document = _json_object(body, f"{repo.what}: manifest {manifest_digest}")
@@ -120,21 +127,21 @@ class Puller:
         else:
             manifest_digest = digest
         if media_type not in _MANIFEST_TYPES and "layers" not in document:
-            raise RegistryError(f"{repo.what}: manifest {manifest_digest}: unsupported media "
-                                f"type {media_type!r}")
+            raise Unsupported(f"{repo.what}: manifest {manifest_digest}: unsupported media "
+                              f"type {media_type!r}")
 
         config_descriptor, layers = _manifest_parts(document, f"{repo.what}: manifest "
                                                               f"{manifest_digest}")
         config_digest = config_descriptor["digest"]
         config_body = repo.read_blob(config_digest, config_descriptor["size"], CONFIG_MAX)
         if sha256_digest(config_body) != config_digest:
-            raise RegistryError(f"{repo.what}: config {config_digest} has digest "
-                                f"{sha256_digest(config_body)}")
+            raise DigestMismatch(f"{repo.what}: config {config_digest} has digest "
+                                 f"{sha256_digest(config_body)}")
         config = _json_object(config_body, f"{repo.what}: config {config_digest}")
         diff_ids = (config.get("rootfs") or {}).get("diff_ids")
         if not isinstance(diff_ids, list) or len(diff_ids) != len(layers):
-            raise RegistryError(f"{repo.what}: config {config_digest}: {len(layers)} layers but "
-                                f"rootfs.diff_ids lists {len(diff_ids or [])}")
+            raise ContentInvalid(f"{repo.what}: config {config_digest}: {len(layers)} layers but "
+                                 f"rootfs.diff_ids lists {len(diff_ids or [])}")
         self._check_space(layers, repo)
 
         for blob, blob_digest in (*documents, (config_body, config_digest)):
@@ -166,10 +173,10 @@ class Puller:
                 body, media_type, digest = repo.manifest(reference.digest or reference.tag,
                                                          expected_digest=reference.digest)
                 return repo, body, media_type, digest
-            except RegistryError as e:
+            except ImageError as e:
                 if not endpoint.mirror:
                     if failures:
-                        raise RegistryError(f"{e} (mirrors failed too: {'; '.join(failures)})") \
+                        raise type(e)(f"{e} (mirrors failed too: {'; '.join(failures)})") \
                             from None
                     raise
                 failures.append(str(e))
@@ -181,8 +188,8 @@ class Puller:
             return
         try:
             self.content.write(blob, digest)
-        except ContentError as e:
-            raise RegistryError(f"{repo.what}: {e}") from None
+        except DigestMismatch as e:
+            raise DigestMismatch(f"{repo.what}: {e}") from None
         stored.append(digest)
 
     def _check_space(self, layers: list[dict], repo) -> None:
@@ -191,9 +198,9 @@ class Puller:
         free = stat.f_bavail * stat.f_frsize
         if missing > free:
             biggest = max(layers, key=lambda layer: layer["size"])
-            raise RegistryError(f"{repo.what}: the layers declare {missing} bytes (the largest, "
-                                f"{biggest['digest']}, {biggest['size']}), more than the {free} "
-                                f"free under {self.content.root}")
+            raise NoSpace(f"{repo.what}: the layers declare {missing} bytes (the largest, "
+                          f"{biggest['digest']}, {biggest['size']}), more than the {free} "
+                          f"free under {self.content.root}")
 
     def _fetch_and_unpack(self, repo, layers: list[dict], diff_ids: list[str], progress,
                           stored: list[str]) -> None:
@@ -229,8 +236,10 @@ class Puller:
             unpacker.join()
         if failure:
             error = failure[0]
-            if isinstance(error, ValueError):
-                raise RegistryError(f"{repo.what}: {error}") from None
+            if isinstance(error, ImageError):
+                raise type(error)(f"{repo.what}: {error}") from None
+            if isinstance(error, ValueError):  # the spec's: a diff ID that is no digest
+                raise ContentInvalid(f"{repo.what}: {error}") from None
             raise error
 
     def _fetch_layers(self, repo, layers: list[dict], progress, stored: list[str],
@@ -263,8 +272,8 @@ class Puller:
                         repo.fetch_blob(writer, lambda n: report(state, "downloading", n))
                         report(state, "verifying")
                         writer.commit()
-                except ContentError as e:
-                    raise RegistryError(f"{repo.what}: {e}") from None
+                except DigestMismatch as e:
+                    raise DigestMismatch(f"{repo.what}: {e}") from None
                 stored.append(state.digest)
             if on_stored is not None:
                 on_stored(state.digest)
@@ -297,37 +306,37 @@ def _json_object(body: bytes, what: str) -> dict:
     try:
         value = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        raise RegistryError(f"{what}: not JSON") from None
+        raise ContentInvalid(f"{what}: not JSON") from None
     if not isinstance(value, dict):
-        raise RegistryError(f"{what}: not a JSON object")
+        raise ContentInvalid(f"{what}: not a JSON object")
     return value
 
 
 def _refuse_schema1(media_type: str, document: dict, repo, digest: str) -> None:
     if media_type in (MEDIA_DOCKER_SCHEMA1, MEDIA_DOCKER_SCHEMA1_SIGNED) or \
             document.get("schemaVersion") == 1:
-        raise RegistryError(f"{repo.what}: manifest {digest} is Docker schema 1, which is "
-                            "deprecated and not supported; push the image again with a current "
-                            "client (schema 2 or OCI)")
+        raise Unsupported(f"{repo.what}: manifest {digest} is Docker schema 1, which is "
+                          "deprecated and not supported; push the image again with a current "
+                          "client (schema 2 or OCI)")
 
 
 def _digest(descriptor, what: str) -> str:
     try:
         return check_digest(descriptor.get("digest"))
     except (DigestError, AttributeError):
-        raise RegistryError(f"{what}: a descriptor without a valid sha256 digest") from None
+        raise ContentInvalid(f"{what}: a descriptor without a valid sha256 digest") from None
 
 
 def _descriptor(value, what: str) -> dict:
     if not isinstance(value, dict):
-        raise RegistryError(f"{what}: not a descriptor")
+        raise ContentInvalid(f"{what}: not a descriptor")
     digest = _digest(value, what)
     size = value.get("size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise RegistryError(f"{what}: size must be a non-negative integer, not {size!r}")
+        raise ContentInvalid(f"{what}: size must be a non-negative integer, not {size!r}")
     media_type = value.get("mediaType")
     if not isinstance(media_type, str) or not media_type:
-        raise RegistryError(f"{what}: no mediaType")
+        raise ContentInvalid(f"{what}: no mediaType")
     return {"mediaType": media_type, "digest": digest, "size": size}
 
 
@@ -335,10 +344,10 @@ def _manifest_parts(document: dict, what: str) -> tuple[dict, list[dict]]:
     config = _descriptor(document.get("config"), f"{what}: config")
     layers = document.get("layers")
     if not isinstance(layers, list):
-        raise RegistryError(f"{what}: no layers list")
+        raise ContentInvalid(f"{what}: no layers list")
     parsed = [_descriptor(layer, f"{what}: layers[{i}]") for i, layer in enumerate(layers)]
     for i, layer in enumerate(parsed):
         if not layer["mediaType"].endswith(_LAYER_SUFFIXES):
-            raise RegistryError(f"{what}: layers[{i}]: unsupported media type "
-                                f"{layer['mediaType']!r}")
+            raise Unsupported(f"{what}: layers[{i}]: unsupported media type "
+                              f"{layer['mediaType']!r}")
     return config, parsed

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import re
 
+from corral.images.errors import InvalidReference
+
 DEFAULT_DOMAIN = "docker.io"
 LEGACY_DOMAINS = ("index.docker.io", "registry-1.docker.io")
 OFFICIAL_PREFIX = "library/"
@@ -29,10 +31,6 @@ _DOMAIN = re.compile(
 _TAG = re.compile(r"[\w][\w.-]{0,127}")
 _DIGEST = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}")
 _HEX = {"sha256": 64, "sha384": 96, "sha512": 128}
-
-
-class ReferenceError(ValueError):
-    """Not a valid image reference; the message says why."""
 
 
 class Reference:
@@ -80,18 +78,18 @@ class Reference:
 def parse(text: str) -> Reference:
     """A normalized reference; a name without tag or digest gets :latest."""
     if not isinstance(text, str) or not text:
-        raise ReferenceError("invalid reference: empty")
+        raise InvalidReference("invalid reference: empty")
     if text != text.strip() or any(c.isspace() for c in text):
-        raise ReferenceError(f"invalid reference {text!r}: contains whitespace")
+        raise InvalidReference(f"invalid reference {text!r}: contains whitespace")
     remainder, _, digest = text.partition("@")
     if digest:
         _check_digest(digest, text)
     name, tag = _split_tag(remainder)
     if tag is not None and not _TAG.fullmatch(tag):
-        raise ReferenceError(f"invalid reference {text!r}: bad tag {tag!r}")
+        raise InvalidReference(f"invalid reference {text!r}: bad tag {tag!r}")
     domain, path = _split_domain(name, text)
     if len(f"{domain}/{path}") > NAME_MAX:
-        raise ReferenceError(f"invalid reference {text!r}: name longer than {NAME_MAX}")
+        raise InvalidReference(f"invalid reference {text!r}: name longer than {NAME_MAX}")
     if tag is None and not digest:
         tag = DEFAULT_TAG
     return Reference(domain, path, tag, digest or None)
@@ -109,18 +107,18 @@ def _split_domain(name: str, text: str) -> tuple[str, str]:
     first, slash, rest = name.partition("/")
     if slash and ("." in first or ":" in first or first == "localhost"):
         if not _DOMAIN.fullmatch(first):
-            raise ReferenceError(f"invalid reference {text!r}: bad registry {first!r}")
+            raise InvalidReference(f"invalid reference {text!r}: bad registry {first!r}")
         domain, path = first, rest
     else:
         domain, path = DEFAULT_DOMAIN, name
     if domain in LEGACY_DOMAINS:
         domain = DEFAULT_DOMAIN
     if not path:
-        raise ReferenceError(f"invalid reference {text!r}: no repository name")
+        raise InvalidReference(f"invalid reference {text!r}: no repository name")
     for component in path.split("/"):
         if not _COMPONENT.fullmatch(component):
             why = "must be lower case" if component.lower() != component else "bad name"
-            raise ReferenceError(f"invalid reference {text!r}: {why} {component!r}")
+            raise InvalidReference(f"invalid reference {text!r}: {why} {component!r}")
     if domain == DEFAULT_DOMAIN and "/" not in path:
         path = OFFICIAL_PREFIX + path
     return domain, path
@@ -128,10 +126,10 @@ def _split_domain(name: str, text: str) -> tuple[str, str]:
 
 def _check_digest(digest: str, text: str) -> None:
     if not _DIGEST.fullmatch(digest):
-        raise ReferenceError(f"invalid reference {text!r}: bad digest {digest!r}")
+        raise InvalidReference(f"invalid reference {text!r}: bad digest {digest!r}")
     algorithm, _, encoded = digest.partition(":")
     length = _HEX.get(algorithm)
     if length is not None and (len(encoded) != length or
                                not re.fullmatch(r"[0-9a-f]+", encoded)):
-        raise ReferenceError(f"invalid reference {text!r}: a {algorithm} digest is "
-                             f"{length} lower-case hex digits")
+        raise InvalidReference(f"invalid reference {text!r}: a {algorithm} digest is "
+                               f"{length} lower-case hex digits")

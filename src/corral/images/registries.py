@@ -24,16 +24,12 @@ import json
 import os
 import tomllib
 
+from corral.images.errors import Blocked, ConfigInvalid
 from corral.images.reference import DEFAULT_DOMAIN, Reference
-from corral.images.service import ImageError
 
 DOCKER_HUB_ENDPOINT = "registry-1.docker.io"
 _DOCKER_HUB_AUTH_KEYS = ("docker.io", "index.docker.io", "https://index.docker.io/v1/",
                          "registry-1.docker.io")
-
-
-class RegistryError(ImageError):
-    """A registry, or the configuration naming it, failed; the message says which and how."""
 
 
 class Endpoint:
@@ -121,7 +117,7 @@ class RegistryConfig:
         name = ref.name
         entry = self.entry_for(name)
         if entry is not None and entry.blocked:
-            raise RegistryError(f"registry for {name} is blocked in registries.conf")
+            raise Blocked(f"registry for {name} is blocked in registries.conf")
         endpoints = []
         for location, insecure in (entry.mirrors if entry else []):
             # A loopback mirror is plain HTTP too, unless it has a [[registry]] entry itself.
@@ -157,7 +153,7 @@ class RegistryConfig:
         if certs:
             key = certs[0][:-5] + ".key"
             if key not in names:
-                raise RegistryError(f"{directory}: client certificate {certs[0]} has no {key}")
+                raise ConfigInvalid(f"{directory}: client certificate {certs[0]} has no {key}")
             client = (os.path.join(directory, certs[0]), os.path.join(directory, key))
         return cas, client
 
@@ -191,20 +187,20 @@ def _load_registries_conf(path: str) -> tuple[list[RegistryEntry], list[str] | N
         with open(path, "rb") as f:
             document = tomllib.load(f)
     except FileNotFoundError:
-        raise RegistryError(f"registries.conf {path}: no such file") from None
+        raise ConfigInvalid(f"registries.conf {path}: no such file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise RegistryError(f"registries.conf {path}: not valid TOML: {e}") from None
+        raise ConfigInvalid(f"registries.conf {path}: not valid TOML: {e}") from None
     if "registries" in document:
-        raise RegistryError(f"registries.conf {path}: version 1 format ([registries.*]) is "
+        raise ConfigInvalid(f"registries.conf {path}: version 1 format ([registries.*]) is "
                             "not supported; use [[registry]] tables (version 2)")
     search = document.get("unqualified-search-registries")
     if search is not None and not (isinstance(search, list)
                                    and all(isinstance(s, str) for s in search)):
-        raise RegistryError(f"registries.conf {path}: unqualified-search-registries must be "
+        raise ConfigInvalid(f"registries.conf {path}: unqualified-search-registries must be "
                             "a list of strings")
     tables = document.get("registry", [])
     if not isinstance(tables, list):
-        raise RegistryError(f"registries.conf {path}: registry must be an array of tables")
+        raise ConfigInvalid(f"registries.conf {path}: registry must be an array of tables")
     entries = [_entry(table, f"registries.conf {path}: registry[{i}]")
                for i, table in enumerate(tables)]
     return entries, search
@@ -212,18 +208,18 @@ def _load_registries_conf(path: str) -> tuple[list[RegistryEntry], list[str] | N
 
 def _entry(table, where: str) -> RegistryEntry:
     if not isinstance(table, dict):
-        raise RegistryError(f"{where}: not a table")
+        raise ConfigInvalid(f"{where}: not a table")
     location = _string(table, "location", where)
     prefix = _string(table, "prefix", where) or location
     if not prefix:
-        raise RegistryError(f"{where}: needs a location or a prefix")
+        raise ConfigInvalid(f"{where}: needs a location or a prefix")
     if prefix.startswith("*.") and location:
-        raise RegistryError(f"{where}: a wildcard prefix {prefix!r} cannot have a location")
+        raise ConfigInvalid(f"{where}: a wildcard prefix {prefix!r} cannot have a location")
     mirrors = []
     for j, mirror in enumerate(table.get("mirror", [])):
         mirror_where = f"{where}.mirror[{j}]"
         if not isinstance(mirror, dict) or not _string(mirror, "location", mirror_where):
-            raise RegistryError(f"{mirror_where}: needs a location")
+            raise ConfigInvalid(f"{mirror_where}: needs a location")
         mirrors.append((mirror["location"].rstrip("/"), _bool(mirror, "insecure", mirror_where)))
     return RegistryEntry(prefix.rstrip("/"), (location or prefix).rstrip("/"),
                          _bool(table, "insecure", where), _bool(table, "blocked", where), mirrors)
@@ -232,14 +228,14 @@ def _entry(table, where: str) -> RegistryEntry:
 def _string(table: dict, key: str, where: str) -> str:
     value = table.get(key, "")
     if not isinstance(value, str):
-        raise RegistryError(f"{where}.{key}: must be a string")
+        raise ConfigInvalid(f"{where}.{key}: must be a string")
     return value
 
 
 def _bool(table: dict, key: str, where: str) -> bool:
     value = table.get(key, False)
     if not isinstance(value, bool):
-        raise RegistryError(f"{where}.{key}: must be true or false")
+        raise ConfigInvalid(f"{where}.{key}: must be true or false")
     return value
 
 
@@ -248,23 +244,23 @@ def _load_auth_file(path: str) -> dict[str, tuple[str, str]]:
         with open(path, "rb") as f:
             document = json.load(f)
     except FileNotFoundError:
-        raise RegistryError(f"auth file {path}: no such file") from None
+        raise ConfigInvalid(f"auth file {path}: no such file") from None
     except (ValueError, UnicodeDecodeError) as e:
-        raise RegistryError(f"auth file {path}: not JSON: {e}") from None
+        raise ConfigInvalid(f"auth file {path}: not JSON: {e}") from None
     auths = document.get("auths", {}) if isinstance(document, dict) else None
     if not isinstance(auths, dict):
-        raise RegistryError(f"auth file {path}: 'auths' must be an object")
+        raise ConfigInvalid(f"auth file {path}: 'auths' must be an object")
     result = {}
     for key, value in auths.items():
         if not isinstance(value, dict):
-            raise RegistryError(f"auth file {path}: auths[{key!r}] must be an object")
+            raise ConfigInvalid(f"auth file {path}: auths[{key!r}] must be an object")
         if value.get("auth"):
             try:
                 user, sep, password = base64.b64decode(value["auth"]).decode().partition(":")
             except (ValueError, UnicodeDecodeError):
                 sep = ""
             if not sep:
-                raise RegistryError(f"auth file {path}: auths[{key!r}].auth is not "
+                raise ConfigInvalid(f"auth file {path}: auths[{key!r}].auth is not "
                                     "base64 of user:password")
         elif value.get("username"):
             user, password = value["username"], value.get("password", "")

@@ -20,7 +20,15 @@ from contextlib import contextmanager
 
 from corral.images import gc
 from corral.images.content import ContentStore
-from corral.images.reference import ReferenceError
+from corral.images.errors import (
+    ContentInvalid,
+    InUse,
+    InvalidArgument,
+    InvalidReference,
+    NoMatchingPlatform,
+    NotFound,
+    Unsupported,
+)
 from corral.images.reference import parse as parse_reference
 from corral.images.snapshots import OverlaySnapshotter
 from corral.images.unpack import open_layer
@@ -39,10 +47,6 @@ from corral.store.db import Database
 
 _SCHEMA1 = ("application/vnd.docker.distribution.manifest.v1+json",
             "application/vnd.docker.distribution.manifest.v1+prettyjws")
-
-
-class ImageError(ValueError):
-    pass
 
 
 _COLUMNS = ("name, manifest_digest, config_digest, size, created, target_digest, "
@@ -92,17 +96,17 @@ class ImageService:
         Looked up in docker's order: a full ID, then a name, then a unique prefix of at
         least 4 hex digits (so an image named "cafe" wins over IDs starting with cafe)."""
         if not isinstance(name, str) or not name:
-            raise ImageError("image name is empty")
+            raise InvalidArgument("image name is empty")
         if _looks_like_id(name) and len(name.removeprefix("sha256:")) == 64:
             found = self._by_id_prefix(name)
             if found is not None:
                 return found
         try:
             ref = str(parse_reference(name))
-        except ReferenceError as e:
+        except InvalidReference:
             ref = None
             if not _looks_like_id(name):
-                raise ImageError(str(e)) from None
+                raise
         if ref is not None:
             row = self.db.execute(f"SELECT {_COLUMNS} FROM images WHERE name = ?",
                                   (ref,)).fetchone()
@@ -113,7 +117,7 @@ class ImageService:
                 return by_digest
         found = self._by_id_prefix(name) if _looks_like_id(name) else None
         if found is None:
-            raise ImageError(f"image {name!r} not found")
+            raise NotFound(f"image {name!r} not found")
         return found
 
     def _by_repo_digest(self, ref: str) -> ImageRecord | None:
@@ -139,7 +143,7 @@ class ImageService:
         ids = sorted({row[2] for row in rows})
         if len(ids) > 1:
             shown = ", ".join(i[7:19] for i in ids)
-            raise ImageError(f"image ID prefix {text!r} is ambiguous: it matches {shown}")
+            raise InvalidArgument(f"image ID prefix {text!r} is ambiguous: it matches {shown}")
         return ImageRecord(*rows[0]) if rows else None
 
     def names_of(self, image_id: str) -> list[str]:
@@ -154,10 +158,13 @@ class ImageService:
         A name already in use is moved to this image, as `docker tag` and a re-pull do."""
         try:
             name = str(parse_reference(name))
+        except InvalidReference as e:
+            raise InvalidReference(f"image record {name!r}: {e}") from None
+        try:
             for digest in (target.get("digest"), manifest_digest, config_digest):
                 check_digest(digest)
-        except (ReferenceError, ValueError) as e:
-            raise ImageError(f"image record {name!r}: {e}") from None
+        except ValueError as e:
+            raise ContentInvalid(f"image record {name!r}: {e}") from None
         with self.db.transaction() as tx:
             tx.execute(f"INSERT OR REPLACE INTO images ({_COLUMNS}) VALUES "
                        "(?, ?, ?, ?, ?, ?, ?, ?)",
@@ -190,7 +197,7 @@ class ImageService:
         names = all_names if by_id else [record.name]
         last = len(names) == len(all_names)
         if last and not force and self.in_use(record):
-            raise ImageError(f"image {name_or_id} ({record.id[7:19]}) is in use by a container")
+            raise InUse(f"image {name_or_id} ({record.id[7:19]}) is in use by a container")
         with self.db.transaction() as tx:
             for name in names:
                 tx.execute("DELETE FROM images WHERE name = ?", (name,))
@@ -256,11 +263,11 @@ class ImageService:
         from corral.images.layout import build_image
 
         if not os.path.isdir(rootfs_dir):
-            raise ImageError(f"build: {rootfs_dir} is not a directory")
+            raise InvalidArgument(f"build: {rootfs_dir} is not a directory")
         try:
             files = build_image(rootfs_dir, name, cmd=cmd, env=env)
-        except ReferenceError as e:
-            raise ImageError(f"build: {e}") from None
+        except InvalidReference as e:
+            raise InvalidReference(f"build: {e}") from None
         try:
             with self.gc_lock(shared=True):
                 for path, data in files.items():
@@ -281,43 +288,44 @@ class ImageService:
     def record_index(self, index: bytes | None, name: str | None = None) -> list[ImageRecord]:
         """Record the images an OCI index.json names (its blobs already stored)."""
         if index is None:
-            raise ImageError("not an OCI layout: no index.json")
+            raise ContentInvalid("not an OCI layout: no index.json")
         entries = _json_object(index, "index.json").get("manifests")
         if not isinstance(entries, list) or not entries:
-            raise ImageError("index.json: no manifests")
+            raise ContentInvalid("index.json: no manifests")
         if name and len(entries) > 1:
-            raise ImageError(f"index.json names {len(entries)} images; one name cannot name "
-                             "them all")
+            raise InvalidArgument(f"index.json names {len(entries)} images; one name cannot name "
+                                  "them all")
         records = []
         for i, entry in enumerate(entries):
             if not isinstance(entry, dict):
-                raise ImageError(f"index.json manifests[{i}]: not an object")
+                raise ContentInvalid(f"index.json manifests[{i}]: not an object")
             annotations = entry.get("annotations") or {}
             ref_name = annotations.get(ANNOTATION_REF_NAME) or ""
             if not any(c in ref_name for c in "/:"):
                 ref_name = ""  # a tag alone ("latest", the OCI convention) names no image
             image_name = name or annotations.get(ANNOTATION_CONTAINERD_NAME) or ref_name
             if not image_name:
-                raise ImageError(f"index.json manifests[{i}]: no image name (ref.name is "
-                                 f"{annotations.get(ANNOTATION_REF_NAME)!r}); give one")
+                raise InvalidArgument(f"index.json manifests[{i}]: no image name (ref.name is "
+                                      f"{annotations.get(ANNOTATION_REF_NAME)!r}); give one")
             try:
                 reference = str(parse_reference(image_name))
-            except ReferenceError as e:
-                raise ImageError(f"index.json manifests[{i}]: {e}") from None
+            except InvalidReference as e:
+                raise InvalidReference(f"index.json manifests[{i}]: {e}") from None
             records.append(self._record(reference, entry))
         return records
 
     def _record(self, name: str, entry: dict) -> ImageRecord:
         manifest_digest, manifest = self._resolve_manifest(entry)
         config = manifest.get("config") or {}
-        config_digest = check_digest(config.get("digest"))
+        config_digest = _checked_digest(config.get("digest"), f"manifest {manifest_digest}")
         config_doc = self._blob_json(config_digest, "config")
         layers = manifest.get("layers")
         if not isinstance(layers, list):
-            raise ImageError(f"manifest {manifest_digest}: no layers")
+            raise ContentInvalid(f"manifest {manifest_digest}: no layers")
         for layer in layers:
-            if not self.content.exists(check_digest(layer.get("digest"))):
-                raise ImageError(f"layer {layer.get('digest')} is missing from the archive")
+            if not self.content.exists(_checked_digest(layer.get("digest"),
+                                                       f"manifest {manifest_digest}")):
+                raise ContentInvalid(f"layer {layer.get('digest')} is missing from the archive")
         size = sum(int(d.get("size", 0)) for d in (config, *layers))
         platform = "/".join(filter(None, (config_doc.get("os"), config_doc.get("architecture"),
                                           config_doc.get("variant"))))
@@ -329,25 +337,25 @@ class ImageService:
     def _resolve_manifest(self, entry: dict) -> tuple[str, dict]:
         """Follow an index to the manifest for this platform."""
         media_type = entry.get("mediaType")
-        digest = check_digest(entry.get("digest"))
+        digest = _checked_digest(entry.get("digest"), "index")
         if media_type in _SCHEMA1:
-            raise ImageError("Docker schema 1 manifests are not supported")
+            raise Unsupported("Docker schema 1 manifests are not supported")
         document = self._blob_json(digest, "manifest")
         if media_type in (MEDIA_INDEX, MEDIA_DOCKER_MANIFEST_LIST) or "manifests" in document:
             manifests = document.get("manifests")
             candidate = host_manifest(manifests if isinstance(manifests, list) else [])
             if candidate is None:
-                raise ImageError(f"index {digest}: no image for {Platform.host()}")
+                raise NoMatchingPlatform(f"index {digest}: no image for {Platform.host()}")
             return self._resolve_manifest(candidate)
         if media_type not in (MEDIA_MANIFEST, MEDIA_DOCKER_MANIFEST, None):
-            raise ImageError(f"unsupported manifest media type {media_type!r}")
+            raise Unsupported(f"unsupported manifest media type {media_type!r}")
         return digest, document
 
     def _blob_json(self, digest: str, what: str) -> dict:
         try:
             data = self.content.read(digest)
         except FileNotFoundError:
-            raise ImageError(f"{what} {digest} is missing") from None
+            raise ContentInvalid(f"{what} {digest} is missing") from None
         return _json_object(data, f"{what} {digest}")
 
     def unpack_new(self, name: str) -> str:
@@ -359,8 +367,8 @@ class ImageService:
             return self.unpack(name)
         except BaseException as e:
             self.remove(name, force=True)
-            if isinstance(e, (ValueError, OSError)) and not isinstance(e, ImageError):
-                raise ImageError(f"image {name}: {e}") from None
+            if isinstance(e, ValueError):  # the spec's: a diff ID that is no digest
+                raise ContentInvalid(f"image {name}: {e}") from None
             raise
 
     # --- unpack ----------------------------------------------------------------------------------
@@ -372,7 +380,7 @@ class ImageService:
         diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
         layers = manifest["layers"]
         if len(diff_ids) != len(layers):
-            raise ImageError(f"image {name}: {len(layers)} layers but {len(diff_ids)} diff IDs")
+            raise ContentInvalid(f"image {name}: {len(layers)} layers but {len(diff_ids)} diff IDs")
         return self.unpack_layers(layers, diff_ids, limit_factor=limit_factor)
 
     def unpack_layers(self, layers: list[dict], diff_ids: list[str], ready=None,
@@ -405,10 +413,17 @@ def _json_object(data: bytes, what: str) -> dict:
     try:
         value = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
-        raise ImageError(f"{what}: not JSON: {e}") from None
+        raise ContentInvalid(f"{what}: not JSON: {e}") from None
     if not isinstance(value, dict):
-        raise ImageError(f"{what}: not a JSON object")
+        raise ContentInvalid(f"{what}: not a JSON object")
     return value
+
+
+def _checked_digest(value, what: str) -> str:
+    try:
+        return check_digest(value)
+    except ValueError as e:
+        raise ContentInvalid(f"{what}: {e}") from None
 
 
 def _looks_like_id(text: str) -> bool:
@@ -419,5 +434,5 @@ def _looks_like_id(text: str) -> bool:
 def _maybe_reference(text: str) -> str:
     try:
         return str(parse_reference(text))
-    except ReferenceError:
+    except InvalidReference:
         return ""

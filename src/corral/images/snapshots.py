@@ -22,14 +22,11 @@ import shutil
 import time
 from contextlib import contextmanager
 
+from corral.images.errors import DigestMismatch, NotFound, SnapshotConflict
 from corral.images.unpack import apply_layer as unpack_into
 from corral.store.db import Database
 
 EXTRACT_PREFIX = "extract-"
-
-
-class SnapshotError(ValueError):
-    pass
 
 
 def _extraction_alive(key: str) -> bool:
@@ -71,7 +68,7 @@ class OverlaySnapshotter:
         row = self.db.execute("SELECT id, parent, kind FROM snapshots WHERE key = ?",
                                    (key,)).fetchone()
         if row is None:
-            raise SnapshotError(f"snapshot {key!r} does not exist")
+            raise NotFound(f"snapshot {key!r} does not exist")
         return row
 
     def exists(self, key: str) -> bool:
@@ -101,9 +98,9 @@ class OverlaySnapshotter:
             if parent is not None:
                 _, _, parent_kind = self._row(parent)
                 if parent_kind != "committed":
-                    raise SnapshotError(f"parent {parent!r} is not committed")
+                    raise SnapshotConflict(f"parent {parent!r} is not committed")
             if self.exists(key):
-                raise SnapshotError(f"snapshot {key!r} already exists")
+                raise SnapshotConflict(f"snapshot {key!r} already exists")
             snapshot_id = 1 + (tx.execute("SELECT COALESCE(MAX(id), 0) FROM snapshots")
                                .fetchone()[0])
             tx.execute("INSERT INTO snapshots (key, id, parent, kind, created) "
@@ -118,9 +115,9 @@ class OverlaySnapshotter:
         with self.db.transaction() as tx:
             snapshot_id, _, kind = self._row(key)
             if kind != "active":
-                raise SnapshotError(f"snapshot {key!r} is not active")
+                raise SnapshotConflict(f"snapshot {key!r} is not active")
             if self.exists(name):
-                raise SnapshotError(f"snapshot {name!r} already exists")
+                raise SnapshotConflict(f"snapshot {name!r} already exists")
             tx.execute("UPDATE snapshots SET key = ?, kind = 'committed' WHERE key = ?",
                        (name, key))
         shutil.rmtree(self._dir(snapshot_id, "work"), ignore_errors=True)
@@ -130,7 +127,7 @@ class OverlaySnapshotter:
             snapshot_id, _, _ = self._row(key)
             child = tx.execute("SELECT key FROM snapshots WHERE parent = ?", (key,)).fetchone()
             if child is not None:
-                raise SnapshotError(f"snapshot {key!r} is the parent of {child[0]!r}")
+                raise SnapshotConflict(f"snapshot {key!r} is the parent of {child[0]!r}")
             tx.execute("DELETE FROM snapshots WHERE key = ?", (key,))
         shutil.rmtree(os.path.join(self.root, "snapshots", str(snapshot_id)), ignore_errors=True)
 
@@ -235,8 +232,8 @@ class OverlaySnapshotter:
                 os.rmdir(target)
                 os.rmdir(private)
             if expected_diff_id is not None and diff_id != expected_diff_id:
-                raise SnapshotError(f"layer {chain_id}: diff ID {diff_id}, the image config "
-                                    f"says {expected_diff_id}")
+                raise DigestMismatch(f"layer {chain_id}: diff ID {diff_id}, the image config "
+                                     f"says {expected_diff_id}")
             self.commit(chain_id, key)
         except BaseException:
             if self.exists(key):

@@ -33,6 +33,7 @@ import shutil
 import stat
 import tarfile
 
+from corral.images.errors import LayerInvalid, Unsupported
 from corral.runtime.paths import PathEscape, secure_join
 
 WHITEOUT_PREFIX = ".wh."
@@ -44,10 +45,6 @@ MAX_CHAINED_HEADERS = 8  # extended headers before one entry: each nests a call 
 _EXTENDED_HEADERS = {tarfile.XHDTYPE: "PAX", tarfile.SOLARIS_XHDTYPE: "PAX",
                      tarfile.XGLTYPE: "global PAX", tarfile.GNUTYPE_LONGNAME: "GNU long name",
                      tarfile.GNUTYPE_LONGLINK: "GNU long link"}
-
-
-class LayerError(ValueError):
-    """A layer that is malformed or tries to write outside its directory."""
 
 
 class _HashingReader:
@@ -73,9 +70,9 @@ class _LayerTarInfo(tarfile.TarInfo):
         try:
             return super().frombuf(buf, encoding, errors)
         except tarfile.TruncatedHeaderError:
-            raise LayerError("not a valid tar layer: it ends inside a header") from None
+            raise LayerInvalid("not a valid tar layer: it ends inside a header") from None
         except tarfile.InvalidHeaderError as e:
-            raise LayerError(f"not a valid tar layer: {e}") from None
+            raise LayerInvalid(f"not a valid tar layer: {e}") from None
 
     def _proc_member(self, tar):
         kind = _EXTENDED_HEADERS.get(self.type)
@@ -83,18 +80,18 @@ class _LayerTarInfo(tarfile.TarInfo):
             tar.chained_headers = 0
             return super()._proc_member(tar)
         if self.size > MAX_HEADER_SIZE:
-            raise LayerError(f"entry {self.name!r}: a {kind} header of {self.size} bytes "
-                             f"(at most {MAX_HEADER_SIZE})")
+            raise LayerInvalid(f"entry {self.name!r}: a {kind} header of {self.size} bytes "
+                               f"(at most {MAX_HEADER_SIZE})")
         tar.chained_headers += 1
         if tar.chained_headers > MAX_CHAINED_HEADERS:
-            raise LayerError(f"more than {MAX_CHAINED_HEADERS} extended headers before one entry")
+            raise LayerInvalid(f"more than {MAX_CHAINED_HEADERS} extended headers before one entry")
         if self.type == tarfile.XGLTYPE:  # containerd ignores them; tarfile would apply them
             _read_exactly(tar.fileobj, self._block(self.size), "a global PAX header")
             return self.fromtarfile(tar)
         try:
             return super()._proc_member(tar)
         except tarfile.InvalidHeaderError as e:  # tarfile's next() would end the archive
-            raise LayerError(f"entry {self.name!r}: a malformed {kind} header ({e})") from None
+            raise LayerInvalid(f"entry {self.name!r}: a malformed {kind} header ({e})") from None
 
     def _proc_sparse(self, tar):
         """An old GNU sparse entry, its map's extension blocks bounded."""
@@ -104,7 +101,8 @@ class _LayerTarInfo(tarfile.TarInfo):
         while extended:
             blocks += 1
             if blocks * tarfile.BLOCKSIZE > MAX_HEADER_SIZE:
-                raise LayerError(f"entry {self.name!r}: a sparse map over {MAX_HEADER_SIZE} bytes")
+                raise LayerInvalid(f"entry {self.name!r}: a sparse map over {MAX_HEADER_SIZE} "
+                                   "bytes")
             buf = _read_exactly(tar.fileobj, tarfile.BLOCKSIZE, "a sparse map")
             for pos in range(0, 21 * 24, 24):
                 try:
@@ -128,7 +126,7 @@ class _LayerTarInfo(tarfile.TarInfo):
         while lines < 1 + 2 * wanted:
             if len(text) >= MAX_HEADER_SIZE:
                 name = pax_headers.get("GNU.sparse.name", next.name)
-                raise LayerError(f"entry {name!r}: a sparse map over {MAX_HEADER_SIZE} bytes")
+                raise LayerInvalid(f"entry {name!r}: a sparse map over {MAX_HEADER_SIZE} bytes")
             block = _read_exactly(tar.fileobj, tarfile.BLOCKSIZE, "a sparse map")
             text += block
             lines += block.count(b"\n")
@@ -141,14 +139,14 @@ class _LayerTarInfo(tarfile.TarInfo):
 
 def _map_number(text: bytes) -> int:
     if not text.isdigit():
-        raise LayerError("not a valid tar layer: a malformed sparse map")
+        raise LayerInvalid("not a valid tar layer: a malformed sparse map")
     return int(text)
 
 
 def _read_exactly(stream, size: int, what: str) -> bytes:
     data = stream.read(size)
     if len(data) != size:
-        raise LayerError(f"not a valid tar layer: it ends inside {what}")
+        raise LayerInvalid(f"not a valid tar layer: it ends inside {what}")
     return data
 
 
@@ -183,7 +181,7 @@ class _LayerTarFile(tarfile.TarFile):
         if data_end > pos:
             self.fileobj.seek(data_end - 1)
             if not self.fileobj.read(1):
-                raise LayerError(f"entry {previous.name!r}: the layer ends inside its data")
+                raise LayerInvalid(f"entry {previous.name!r}: the layer ends inside its data")
         padding = self.offset - self.fileobj.tell()
         return len(self.fileobj.read(padding)) == padding
 
@@ -202,7 +200,7 @@ def open_layer(path: str, media_type: str):
         return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
     if media_type.endswith(".tar") or media_type.endswith("tar.diff"):
         return open(path, "rb")
-    raise LayerError(f"unsupported layer media type {media_type!r}")
+    raise Unsupported(f"unsupported layer media type {media_type!r}")
 
 
 def apply_layer(stream, dest: str, *, limit: int, whiteouts: str = "delete") -> str:
@@ -217,7 +215,7 @@ def apply_layer(stream, dest: str, *, limit: int, whiteouts: str = "delete") -> 
                 # Headers count too: a stream of empty entries is no smaller a bomb.
                 unpacked += tarfile.BLOCKSIZE + max(member.size, 0)
                 if unpacked > limit:
-                    raise LayerError(f"layer unpacks to more than {limit} bytes")
+                    raise LayerInvalid(f"layer unpacks to more than {limit} bytes")
                 path = _place(dest, member.name)
                 if path is None:
                     continue  # the root itself
@@ -227,8 +225,8 @@ def apply_layer(stream, dest: str, *, limit: int, whiteouts: str = "delete") -> 
                 elif base.startswith(WHITEOUT_PREFIX):
                     hidden_name = base[len(WHITEOUT_PREFIX):]
                     if hidden_name in ("", ".", ".."):
-                        raise LayerError(f"entry {member.name!r}: a whiteout of "
-                                         f"{hidden_name or 'nothing'!r} names no entry")
+                        raise LayerInvalid(f"entry {member.name!r}: a whiteout of "
+                                           f"{hidden_name or 'nothing'!r} names no entry")
                     hidden = _inside(dest, os.path.join(os.path.dirname(path), hidden_name))
                     if hidden not in written:  # it hides lower layers' files, not its own
                         _whiteout(dest, hidden, whiteouts)
@@ -240,15 +238,13 @@ def apply_layer(stream, dest: str, *, limit: int, whiteouts: str = "delete") -> 
             while reader.read(65536):  # the tail, so the diff ID covers the whole tar
                 pass
     except RecursionError:
-        raise LayerError("not a valid tar layer: headers nested too deep") from None
+        raise LayerInvalid("not a valid tar layer: headers nested too deep") from None
     except tarfile.TarError as e:
-        raise LayerError(f"not a valid tar layer: {e}") from None
+        raise LayerInvalid(f"not a valid tar layer: {e}") from None
     except _decompression_errors() as e:
-        raise LayerError(f"corrupt compressed layer: {e}") from None
+        raise LayerInvalid(f"corrupt compressed layer: {e}") from None
     except (EOFError, OSError) as e:
-        if isinstance(e, LayerError):
-            raise
-        raise LayerError(f"cannot unpack layer: {e}") from None
+        raise LayerInvalid(f"cannot unpack layer: {e}") from None
     for path, mtime in reversed(directories):  # children first changed their parents' mtime
         os.utime(path, (mtime, mtime), follow_symlinks=False)
     return "sha256:" + reader.sha256.hexdigest()
@@ -267,9 +263,9 @@ def _place(dest: str, name: str) -> str | None:
     """Where an entry goes: its parent resolved inside `dest`, the last name kept."""
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if name.startswith("/"):
-        raise LayerError(f"entry {name!r}: absolute path")
+        raise LayerInvalid(f"entry {name!r}: absolute path")
     if ".." in parts:
-        raise LayerError(f"entry {name!r}: '..' in path")
+        raise LayerInvalid(f"entry {name!r}: '..' in path")
     if not parts:
         return None
     parent = _resolve_inside(dest, parts[:-1], name)
@@ -280,7 +276,7 @@ def _inside(dest: str, path: str) -> str:
     """`path` if it lies strictly inside `dest`: no operation may touch `dest` or above."""
     normal = os.path.normpath(path)
     if not normal.startswith(os.path.normpath(dest) + "/"):
-        raise LayerError(f"{path!r} is not inside the layer's directory")
+        raise LayerInvalid(f"{path!r} is not inside the layer's directory")
     return normal
 
 
@@ -292,7 +288,7 @@ def _resolve_inside(dest: str, parts: list[str], name: str) -> str:
         why = {errno.EXDEV: "a symlink in its path leads out of the layer",
                errno.ENOTDIR: "a file in its path is not a directory",
                errno.ELOOP: "too many symlinks"}.get(e.errno, e.strerror)
-        raise LayerError(f"entry {name!r}: {why}") from None
+        raise LayerInvalid(f"entry {name!r}: {why}") from None
 
 
 def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, path: str, dest: str) -> None:
@@ -315,14 +311,14 @@ def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, path: str, dest: str
     elif member.islnk():
         link_parts = [p for p in member.linkname.split("/") if p not in ("", ".")]
         if member.linkname.startswith("/") or ".." in link_parts or not link_parts:
-            raise LayerError(f"entry {member.name!r}: hard link to {member.linkname!r} "
-                             "leads out of the layer")
+            raise LayerInvalid(f"entry {member.name!r}: hard link to {member.linkname!r} "
+                               "leads out of the layer")
         target = os.path.join(_resolve_inside(dest, link_parts[:-1], member.name),
                               link_parts[-1])
         target_stat = _lstat(target)
         if target_stat is None or stat.S_ISDIR(target_stat.st_mode):
-            raise LayerError(f"entry {member.name!r}: hard link to a missing file or a "
-                             f"directory {member.linkname!r}")
+            raise LayerInvalid(f"entry {member.name!r}: hard link to a missing file or a "
+                               f"directory {member.linkname!r}")
         os.link(target, path, follow_symlinks=False)
         return  # a hard link shares its target's owner, mode and times
     elif member.ischr() or member.isblk() or member.isfifo():
@@ -330,7 +326,7 @@ def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, path: str, dest: str
             else stat.S_IFIFO
         os.mknod(path, kind | 0o600, os.makedev(member.devmajor, member.devminor))
     else:
-        raise LayerError(f"entry {member.name!r}: unsupported type {member.type!r}")
+        raise LayerInvalid(f"entry {member.name!r}: unsupported type {member.type!r}")
     _set_metadata(member, path)
 
 

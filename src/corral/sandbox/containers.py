@@ -68,7 +68,7 @@ class Containers:
 
     # --- create --------------------------------------------------------------------------------
     def create(self, pod_id: str, config) -> str:
-        from corral.images.service import ImageError
+        from corral.images.errors import NotFound as ImageNotFound
 
         pod = self.ctx.pods.get(pod_id)
         if pod.state != "ready":
@@ -80,7 +80,7 @@ class Containers:
             raise InvalidArgument("container config: image.image is required")
         try:
             image = self.ctx.images.get(config.image.image)
-        except ImageError as e:
+        except ImageNotFound as e:  # other image errors reach cri/server.py as they are
             raise NotFound(f"image {config.image.image!r} not found: {e}") from None
         stored_pod_config = pod_config(pod)
         container_id = secrets.token_hex(32)
