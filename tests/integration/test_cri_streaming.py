@@ -358,6 +358,29 @@ def test_spdy_port_forward(corrald, pod, spdyclient):
     assert result["data"] == "" and "error forwarding port 9999" in result["error"]
 
 
+def test_spdy_port_forward_leaves_no_thread_behind(corrald, pod, spdyclient):
+    """Each forwarded connection's pair timer ends with it, not creation_timeout later."""
+    def forward(requests: int) -> None:
+        url = corrald.runtime.PortForward(api_pb2.PortForwardRequest(pod_sandbox_id=pod[0])).url
+        done = subprocess.run([spdyclient, "portforward", url, "8080",
+                               *["GET / HTTP/1.0\r\n\r\n"] * requests], capture_output=True,
+                              timeout=60)
+        assert done.returncode == 0 and done.stdout.count(b"hello-http") == requests
+
+    def threads() -> int:
+        return len(os.listdir(f"/proc/{corrald.process.pid}/task"))
+
+    forward(1)  # gRPC's pool makes its threads as calls come
+    time.sleep(0.5)
+    before = threads()
+    for _ in range(5):
+        forward(3)
+    deadline = time.monotonic() + 5
+    while threads() > before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert threads() <= before
+
+
 def test_spdy_protocol_negotiation(corrald, pod, spdyclient):
     def agreed(*versions):
         url = exec_url(corrald, pod[2], ["true"], stdout=True)

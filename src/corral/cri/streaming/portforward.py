@@ -92,6 +92,9 @@ class SpdyPortForward:
         self.sockets = _Sockets()
         self._lock = threading.Lock()
         self._pairs: dict[str, dict[str, spdyconn.SpdyStream]] = {}
+        # One timer per incomplete pair, cancelled when it completes: a timer left to
+        # run out would hold a thread for the whole timeout after every connection.
+        self._timers: dict[str, threading.Timer] = {}
 
     def serve(self, sock: socket.socket, idle_timeout: float) -> None:
         """Until the client closes the connection (in the calling thread)."""
@@ -99,6 +102,10 @@ class SpdyPortForward:
         conn.on_gone = self.sockets.shut_all
         conn.serve()
         conn.abort()
+        with self._lock:  # pairs still incomplete have nobody to wait for now
+            timers, self._timers, self._pairs = list(self._timers.values()), {}, {}
+        for timer in timers:
+            timer.cancel()
 
     def on_stream(self, stream: spdyconn.SpdyStream):
         try:
@@ -118,6 +125,7 @@ class SpdyPortForward:
                 pair = self._pairs[request_id] = {}
                 timer = threading.Timer(self.creation_timeout, self._expire, (request_id, pair))
                 timer.daemon = True
+                self._timers[request_id] = timer
                 timer.start()
             if kind in pair:
                 return False
@@ -125,6 +133,7 @@ class SpdyPortForward:
             if len(pair) < 2:
                 return True
             del self._pairs[request_id]
+            self._timers.pop(request_id).cancel()
         if parse_port(pair["data"].headers["port"]) != parse_port(pair["error"].headers["port"]):
             return lambda: self._refuse(pair, "the data and error streams name different ports")
         return lambda: threading.Thread(target=self._forward, args=(port, pair), daemon=True,
@@ -135,6 +144,7 @@ class SpdyPortForward:
             if self._pairs.get(request_id) is not pair:
                 return  # completed
             del self._pairs[request_id]
+            del self._timers[request_id]
         self._refuse(pair, "timed out waiting for the other stream of the pair")
 
     @staticmethod
