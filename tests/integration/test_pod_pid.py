@@ -255,6 +255,22 @@ def test_nothing_of_the_pod_is_left_after_stop_and_remove(daemon):
     assert daemon.leftovers() == NOTHING_LEFT
 
 
+def test_a_pod_whose_init_is_killed_is_not_ready(daemon):
+    """As a sandbox whose pause container died: its namespace and containers are gone."""
+    pod_id, config = run_pod(daemon, "headless", api_pb2.POD)
+    container_id = start(daemon, pod_id, config, "main", ["sleep", "1000"])
+    inode = os.stat(pid_pin(daemon, pod_id)).st_ino
+    os.kill(pod_init(inode), signal.SIGKILL)
+    wait_until(lambda: host_pids_in(inode) == set(), 5.0, "the pod's processes to end")
+    wait_until(lambda: daemon.container_state(container_id).state == api_pb2.CONTAINER_EXITED,
+               5.0, "the container to be reported exited")
+    listed = daemon.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items
+    assert [pod.state for pod in listed if pod.id == pod_id] == [api_pb2.SANDBOX_NOTREADY]
+    with pytest.raises(grpc.RpcError) as failure:
+        daemon.create_container(pod_id, config, "late", ["sleep", "1000"])
+    assert failure.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
 def _not_the_init(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:

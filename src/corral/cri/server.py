@@ -148,6 +148,7 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
         return api_pb2.RemovePodSandboxResponse()
 
     def _pod_status(self, record) -> api_pb2.PodSandboxStatus:
+        record = self.ctx.pods.sync(record)  # NOTREADY once its init has ended
         config = pod_config(record)
         options = config.linux.security_context.namespace_options
         return api_pb2.PodSandboxStatus(

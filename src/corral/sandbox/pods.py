@@ -83,7 +83,21 @@ class Pods:
         record = self.store.find_pod(pod_id)
         if record is None or record.state in ("creating", "removing"):
             raise NotFound(f"pod sandbox {pod_id!r} not found")
-        return record
+        return self.sync(record)
+
+    def sync(self, record):
+        """The record, NOTREADY if the pod's init ended unasked (its shim recorded the exit):
+        its PID namespace, and every process in it, is gone, as a dead pause container's
+        sandbox is for containerd.  One stat for a ready pod with an init, no shim call."""
+        from corral.shim.server import POD_INIT_EXIT, recorded_exit
+
+        if record.state != "ready" or "pid" not in record.pinned:
+            return record
+        if recorded_exit(self.paths(record.id).shim, POD_INIT_EXIT) is None:
+            return record
+        log.warning("pod %s: its init has ended: it is not ready", record.id[:12])
+        self.store.update_pod(record.id, state="notready")
+        return self.store.pod(record.id)
 
     # --- run -----------------------------------------------------------------------------------
     def run(self, config, handler_name: str = "", init_seccomp: dict | None = None) -> str:

@@ -50,6 +50,7 @@ from corral.shim.streams import ContainerIO, StreamExec, StreamOps
 
 OUTPUT_LIMIT = 16 << 20  # per stream of an exec_sync, as the CRI's ExecSync allows
 POD_INIT_GRACE = 5.0     # for the pod's init to end on SIGTERM, before SIGKILL
+POD_INIT_EXIT = "pod-init"  # the init's exit record, exits/pod-init.json (no container ID)
 _READ = 1 << 16
 
 
@@ -271,7 +272,11 @@ class Shim(StreamOps):
 
     def _exited(self, pid: int, code: int) -> None:
         if pid == self.pod_init_pid:
-            self.pod_init_pid = 0  # the kernel has killed what ran in the pod's namespace
+            # The kernel has killed what ran in the pod's namespace; corrald reads the
+            # record to report the pod NOTREADY if it did not ask for this.
+            self.pod_init_pid = 0
+            write_json_atomically(self._exit_path(POD_INIT_EXIT),
+                                  {"exit_code": code, "finished_at": time.time_ns()})
             return
         job = self.execs.pop(pid, None)
         if job is not None:
@@ -633,6 +638,10 @@ class Shim(StreamOps):
         if self.pod_init_pid:
             raise ShimError("exists", f"pod {self.pod_id} already has an init "
                             f"({self.pod_init_pid})")
+        try:
+            os.unlink(self._exit_path(POD_INIT_EXIT))  # a former init's (before a new shim)
+        except FileNotFoundError:
+            pass
         seccomp = request.get("seccomp")
         program = (base64.b64decode(seccomp["bpf"]), int(seccomp.get("flags", 0))) \
             if seccomp else None
