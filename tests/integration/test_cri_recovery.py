@@ -193,3 +193,46 @@ def test_kill_during_pull_image(daemon, registry_with_image, delay):
     assert daemon.images.ImageStatus(api_pb2.ImageStatusRequest(
         image=api_pb2.ImageSpec(image=ref))).image.size > 0
     remove_everything(daemon)
+
+
+def snapshot_ids(daemon: Corrald) -> dict[str, int]:
+    import sqlite3
+
+    db = sqlite3.connect(daemon.root / "metadata.db")
+    try:
+        return dict(db.execute("SELECT key, id FROM snapshots").fetchall())
+    finally:
+        db.close()
+
+
+def test_snapshot_ids_are_never_given_twice(daemon, registry_with_image):
+    """snapshots/N left by a pull killed mid-layer (its record rolled back, or removed by a
+    crashed removal) is never given to a new snapshot, and recovery removes it; a removed
+    snapshot's ID is not given again either."""
+    ref = api_pb2.ImageSpec(image=f"{registry_with_image.host}/crash/app:latest")
+    snapshots = daemon.root / "snapshotter" / "snapshots"
+    before = set(snapshot_ids(daemon).values())
+    top = max(before, default=0)
+    leftovers = [snapshots / str(top + n) for n in (1, 2, 3)]
+    for leftover in leftovers:
+        (leftover / "fs" / "bin").mkdir(parents=True)
+        (leftover / "fs" / "bin" / "half-unpacked").write_bytes(b"x")
+    daemon.images.PullImage(api_pb2.PullImageRequest(image=ref))
+    first = set(snapshot_ids(daemon).values()) - before
+    assert first and min(first) > top + 3
+    assert all((leftover / "fs" / "bin" / "half-unpacked").exists() for leftover in leftovers)
+    daemon.images.RemoveImage(api_pb2.RemoveImageRequest(image=ref))
+    assert set(snapshot_ids(daemon).values()) == before  # its layers were collected
+    daemon.images.PullImage(api_pb2.PullImageRequest(image=ref))
+    again = set(snapshot_ids(daemon).values()) - before
+    assert min(again) > max(first)
+    daemon.kill(signal.SIGKILL)
+    daemon.start()
+    assert [leftover for leftover in leftovers if leftover.exists()] == []
+    assert sorted(int(name) for name in os.listdir(snapshots)) == \
+        sorted(snapshot_ids(daemon).values())
+    pod_id, pod_config = daemon.run_pod("fresh")
+    container_id = daemon.create_container(pod_id, pod_config, "c", ["sleep", "30"])
+    daemon.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=container_id))
+    assert daemon.container_state(container_id).state == api_pb2.CONTAINER_RUNNING
+    remove_everything(daemon)

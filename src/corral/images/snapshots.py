@@ -11,7 +11,11 @@ so a layer sees what the layers below it made (a symlinked /lib, say), and
 overlayfs itself turns its deletes into whiteouts.
 
 Metadata lives in the store's SQLite database, written before directories
-are made or removed.
+are made or removed.  A snapshot's directory is named by an ID never given
+twice (a counter in the database, committed with the snapshot's record
+before the directory is made): a directory a crash left behind can never
+be taken for a new snapshot's, and recovery removes every directory
+without a record (`remove_stale_extractions`).
 """
 
 from __future__ import annotations
@@ -101,14 +105,29 @@ class OverlaySnapshotter:
                     raise SnapshotConflict(f"parent {parent!r} is not committed")
             if self.exists(key):
                 raise SnapshotConflict(f"snapshot {key!r} already exists")
-            snapshot_id = 1 + (tx.execute("SELECT COALESCE(MAX(id), 0) FROM snapshots")
-                               .fetchone()[0])
+            snapshot_id = self._new_id(tx)
             tx.execute("INSERT INTO snapshots (key, id, parent, kind, created) "
                        "VALUES (?, ?, ?, ?, ?)", (key, snapshot_id, parent, kind, time.time()))
+        # The record is committed first: a crash from here on leaves a record (undone by
+        # whoever made it: recovery, for an extraction or a container), never a directory
+        # whose ID is given again.
+        try:
             os.makedirs(self._dir(snapshot_id), mode=0o755)
             if kind == "active":
                 os.makedirs(self._dir(snapshot_id, "work"), mode=0o700)
+        except BaseException:
+            self.remove(key)
+            raise
         return self.mounts(key)
+
+    def _new_id(self, tx) -> int:
+        """An ID never given before; one whose directory exists (left by a version that
+        reused IDs) is skipped, for recovery to remove."""
+        while True:
+            (snapshot_id,) = tx.execute(
+                "UPDATE snapshot_ids SET last = last + 1 RETURNING last").fetchone()
+            if not os.path.lexists(os.path.join(self.root, "snapshots", str(snapshot_id))):
+                return snapshot_id
 
     def commit(self, name: str, key: str) -> None:
         """An active snapshot becomes the read-only `name` (e.g. a chain ID)."""
@@ -198,6 +217,22 @@ class OverlaySnapshotter:
         for (key,) in rows:
             if not _extraction_alive(key):
                 self.remove(key)
+                removed += 1
+        return removed + self._remove_unrecorded_dirs()
+
+    def _remove_unrecorded_dirs(self) -> int:
+        """Snapshot directories without a record: a removal a crash cut short (or a
+        creation, in versions that made the directory before committing the record)."""
+        # Listed before the records are read: a snapshot being made now has its record
+        # committed before its directory exists, so it is never taken for a leftover.
+        snapshots_dir = os.path.join(self.root, "snapshots")
+        names = [name for name in os.listdir(snapshots_dir) if name.isdigit()]
+        recorded = {str(snapshot_id) for (snapshot_id,) in
+                    self.db.execute("SELECT id FROM snapshots").fetchall()}
+        removed = 0
+        for name in names:
+            if name not in recorded:
+                shutil.rmtree(os.path.join(snapshots_dir, name), ignore_errors=True)
                 removed += 1
         return removed
 

@@ -81,6 +81,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE images ADD COLUMN target_media_type TEXT NOT NULL DEFAULT '';
     ALTER TABLE images ADD COLUMN platform TEXT NOT NULL DEFAULT ''
     """,
+    # 5: the last snapshot ID given out, so none is given twice (MAX(id) + 1 gave a removed
+    # snapshot's ID again, and its directory, if a crash had left it, made the next one fail)
+    """
+    CREATE TABLE snapshot_ids (last INTEGER NOT NULL);
+    INSERT INTO snapshot_ids (last) SELECT COALESCE(MAX(id), 0) FROM snapshots
+    """,
 ]
 
 
