@@ -399,3 +399,78 @@ def test_multiple_containers_should_support_container_exec(critest, multi_contai
     _, httpd_id, busybox_id = multi_container_pod
     assert critest.exec_sync_output(httpd_id, ["echo", "httpd"]) == "httpd\n"
     assert critest.exec_sync_output(busybox_id, ["echo", "busybox"]) == "busybox\n"
+
+
+# --- beyond the specs: list filters and stats as containerd gives them --------------------------
+def sharing_first_digit(make) -> tuple[str, str, list[str]]:
+    """Make objects until two IDs share their first hex digit (at most 17): that digit, an
+    unshared prefix of one of them, and every ID made."""
+    made: list[str] = []
+    while True:
+        made.append(make())
+        firsts = [i[0] for i in made]
+        shared = [i for i in made if firsts.count(i[0]) > 1]
+        if shared:
+            return shared[0][0], shared[0][:12], made
+
+
+def test_an_id_filter_is_a_whole_id_or_a_prefix_only_one_has(critest, pod):
+    """containerd (truncindex) and CRI-O: a prefix several IDs share names none of them."""
+    digit, prefix, made = sharing_first_digit(
+        lambda: critest.default_container(*pod, "container-for-filter-"))
+    one = next(i for i in made if i.startswith(prefix))
+    assert [c.id for c in critest.list_containers(id=digit)] == []
+    assert [c.id for c in critest.list_containers(id=prefix)] == [one]
+    assert [c.id for c in critest.list_containers(id=one)] == [one]
+    assert critest.list_containers(id="f" * 64) == []
+    critest.start(one)
+    stats = critest.list_stats
+    assert [s.attributes.id for s in stats(api_pb2.ContainerStatsFilter(id=digit))] == []
+    assert [s.attributes.id for s in stats(api_pb2.ContainerStatsFilter(id=prefix))] == [one]
+
+
+def test_a_pod_filter_is_a_whole_id_or_a_prefix_only_one_pod_has(critest):
+    digit, prefix, made = sharing_first_digit(lambda: critest.pod_for_container()[0])
+    pod_id = next(i for i in made if i.startswith(prefix))
+    config = critest.pod_config("unused")  # CreateContainer takes the stored pod config
+    container_id = critest.default_container(pod_id, config, "container-in-pod-")
+    assert [p.id for p in critest.list_pods(id=digit)] == []
+    assert [p.id for p in critest.list_pods(id=prefix)] == [pod_id]
+    assert [c.id for c in critest.list_containers(pod_sandbox_id=digit)] == []
+    assert [c.id for c in critest.list_containers(pod_sandbox_id=prefix)] == [container_id]
+    assert [s.attributes.id for s in critest.list_stats(
+        api_pb2.ContainerStatsFilter(pod_sandbox_id=prefix))] == [container_id]
+    assert critest.list_stats(api_pb2.ContainerStatsFilter(pod_sandbox_id=digit)) == []
+
+
+def test_list_filters_by_state_and_labels(critest, pod):
+    created = critest.default_container(*pod, "created-", labels={"tier": "a"})
+    running = critest.default_container(*pod, "running-", labels={"tier": "a", "x": "1"})
+    exited = critest.default_container(*pod, "exited-", labels={"tier": "b"})
+    critest.start(running)
+    critest.start(exited)
+    critest.rc.StopContainer(api_pb2.StopContainerRequest(container_id=exited, timeout=0))
+
+    def ids(**wanted):
+        return sorted(c.id for c in critest.list_containers(**wanted))
+
+    for state, container_id in ((api_pb2.CONTAINER_CREATED, created),
+                                (api_pb2.CONTAINER_RUNNING, running),
+                                (api_pb2.CONTAINER_EXITED, exited)):
+        assert ids(state=api_pb2.ContainerStateValue(state=state)) == [container_id]
+    assert ids(label_selector={"tier": "a"}) == sorted([created, running])
+    assert ids(label_selector={"tier": "a", "x": "1"}) == [running]
+    assert ids(label_selector={"tier": "a"}, state=api_pb2.ContainerStateValue(
+        state=api_pb2.CONTAINER_CREATED)) == [created]
+    assert ids(label_selector={"tier": "c"}) == []
+    ready = api_pb2.PodSandboxStateValue(state=api_pb2.SANDBOX_READY)
+    assert [p.id for p in critest.list_pods(state=ready)] == [pod[0]]
+
+
+def test_stats_of_a_created_container_have_cpu_and_memory(critest, pod):
+    """containerd reports a created task's cgroup (kubelet lists every container's stats)."""
+    container_id = critest.default_container(*pod, "container-for-created-stats-")
+    stats = critest.rc.ContainerStats(api_pb2.ContainerStatsRequest(
+        container_id=container_id)).stats
+    assert stats.cpu.timestamp != 0 and stats.memory.timestamp != 0
+    assert stats.memory.working_set_bytes.value > 0

@@ -88,6 +88,15 @@ def _matches_labels(labels, selector) -> bool:
     return all(labels.get(key) == value for key, value in selector.items())
 
 
+def _filter_id(find, ident: str) -> str | None:
+    """The whole ID a list filter names: "" for no filter, None for none at all (an unknown
+    ID, or a prefix several share), as containerd's and CRI-O's ID indexes resolve it."""
+    if not ident:
+        return ""
+    record = find(ident)
+    return record.id if record is not None else None
+
+
 class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
     def __init__(self, ctx):
         self.ctx = ctx
@@ -175,11 +184,14 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
     @rpc
     def ListPodSandbox(self, request, context):
         wanted = request.filter
+        pod_id = _filter_id(self.ctx.store.find_pod, wanted.id)
+        if pod_id is None:
+            return api_pb2.ListPodSandboxResponse()
         items = []
         for record in self.ctx.store.pods():
             if record.state in ("creating", "removing"):
                 continue
-            if wanted.id and not record.id.startswith(wanted.id):
+            if pod_id and record.id != pod_id:
                 continue
             status = self._pod_status(record)
             if wanted.HasField("state") and status.state != wanted.state.state:
@@ -251,11 +263,7 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
     def ListContainers(self, request, context):
         wanted = request.filter
         items = []
-        for record in self.ctx.containers.list():
-            if wanted.id and not record.id.startswith(wanted.id):
-                continue
-            if wanted.pod_sandbox_id and not record.pod_id.startswith(wanted.pod_sandbox_id):
-                continue
+        for record in self._listed_containers(wanted):
             status = self._container_status(record)
             if wanted.HasField("state") and status.state != wanted.state.state:
                 continue
@@ -267,6 +275,22 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
                 state=status.state, created_at=status.created_at, labels=status.labels,
                 annotations=status.annotations))
         return api_pb2.ListContainersResponse(containers=items)
+
+    def _listed_containers(self, wanted) -> list:
+        """The containers a ContainerFilter or ContainerStatsFilter names by ID and pod ID."""
+        store = self.ctx.store
+        container_id = _filter_id(store.find_container, wanted.id)
+        pod_id = _filter_id(store.find_pod, wanted.pod_sandbox_id)
+        if container_id is None or pod_id is None:
+            return []
+        if container_id:  # one container: sync only that one
+            try:
+                records = [self.ctx.containers.status(container_id)]
+            except errors.NotFound:
+                return []
+        else:
+            records = self.ctx.containers.list()
+        return [record for record in records if not pod_id or record.pod_id == pod_id]
 
     # --- streaming: URLs on the streaming server (cri/streaming) -------------------------------
     @rpc
@@ -342,11 +366,7 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
     def ListContainerStats(self, request, context):
         wanted = request.filter
         stats = []
-        for record in self.ctx.containers.list():
-            if wanted.id and not record.id.startswith(wanted.id):
-                continue
-            if wanted.pod_sandbox_id and not record.pod_id.startswith(wanted.pod_sandbox_id):
-                continue
+        for record in self._listed_containers(wanted):
             if not _matches_labels(container_config(record).labels, wanted.label_selector):
                 continue
             stats.append(self._stats(record))

@@ -337,8 +337,9 @@ class Containers:
             shim.call("reopen_log", id=record.id)
 
     def stats(self, record) -> dict | None:
-        """The cgroup stats of a running container (runc's format); None if it is not running."""
-        if record.state != "running":
+        """The cgroup stats of a created or running container (runc's format), as containerd
+        reports a created task's; None for any other, or if it has no cgroup (any more)."""
+        if record.state not in ("created", "running"):
             return None
         native = self._native_stats(record)
         if native is not None:
