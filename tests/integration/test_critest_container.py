@@ -474,3 +474,21 @@ def test_stats_of_a_created_container_have_cpu_and_memory(critest, pod):
         container_id=container_id)).stats
     assert stats.cpu.timestamp != 0 and stats.memory.timestamp != 0
     assert stats.memory.working_set_bytes.value > 0
+
+
+def test_a_missing_host_path_is_made_a_directory(critest, pod):
+    """containerd's WithMounts makes a volume's missing host path (0755, with its parents):
+    kubelet's hostPath volumes without a type rely on it."""
+    base = tempfile.mkdtemp(prefix="test" + pod[0])
+    missing = os.path.join(base, "not", "yet")
+    try:
+        config = critest.container_config("container-with-missing-host-path-", PAUSE_COMMAND,
+                                          mounts=[api_pb2.Mount(host_path=missing,
+                                                                container_path="/data")])
+        container_id = critest.create_container(*pod, config)
+        assert os.path.isdir(missing) and os.stat(missing).st_mode & 0o777 == 0o755
+        critest.test_start(container_id)
+        critest.exec_sync_output(container_id, ["touch", "/data/written"])
+        assert os.listdir(missing) == ["written"]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

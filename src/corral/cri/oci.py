@@ -300,14 +300,25 @@ def _mounts(defaults: list[dict], config, pod: PodContext, privileged: bool) -> 
         if not os.path.isabs(mount.host_path):
             raise TranslationError(f"{where}.host_path must be absolute, not "
                                    f"{mount.host_path!r}")
-        if not os.path.exists(mount.host_path):
-            raise TranslationError(f"{where}.host_path {mount.host_path} does not exist")
+        _make_missing_host_path(mount.host_path, where)
         _check_source_propagation(mount, where)
         options = ["rbind", _PROPAGATION.get(mount.propagation, "rprivate"),
                    "ro" if mount.readonly else "rw"]
         mounts.append({"destination": mount.container_path, "type": "bind",
                        "source": mount.host_path, "options": options})
     return mounts
+
+
+def _make_missing_host_path(path: str, where: str) -> None:
+    """As containerd's WithMounts: a volume's host path that does not exist is made a
+    directory (0755, parents too); kubelet's hostPath volumes without a type rely on it."""
+    if os.path.lexists(path):
+        return
+    try:
+        os.makedirs(path, 0o755, exist_ok=True)
+    except OSError as e:
+        raise TranslationError(f"{where}.host_path {path}: cannot make it: "
+                               f"{e.strerror}") from None
 
 
 def _check_source_propagation(mount, where: str) -> None:
