@@ -492,3 +492,15 @@ def test_a_missing_host_path_is_made_a_directory(critest, pod):
         assert os.listdir(missing) == ["written"]
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_stopping_a_program_without_a_sigterm_handler_takes_no_grace_period(critest, pod):
+    """critest's busybox 1.29 `top` has no SIGTERM handler, as `sleep` here: were it PID 1
+    of its own namespace it would ignore SIGTERM and StopContainer(60) would reach critest's
+    60 s limit.  With pid POD (critest's default) the pod's init is PID 1, so it ends at once."""
+    config = critest.container_config("container-for-stop-sleep-", ["sleep", "1000"])
+    config.linux.SetInParent()
+    container_id = critest.create_container(*pod, config)
+    critest.start(container_id)
+    assert critest.test_stop(container_id) < 5
+    assert critest.status(container_id).exit_code == 143  # SIGTERM's, not SIGKILL's 137
