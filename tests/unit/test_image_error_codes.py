@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import errno
 import inspect
+import sqlite3
 from pathlib import Path
 
 import grpc
@@ -113,3 +115,22 @@ def test_rpc_aborts_with_the_code_and_the_message(error, code):
     with pytest.raises(_Aborted):
         Servicer().PullImage(None, context)
     assert (context.code, context.details) == (code, str(error))
+
+
+def test_running_out_of_space_is_no_space_naming_the_root():
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE t (v BLOB)")
+    db.execute("PRAGMA max_page_count = 4")  # SQLITE_FULL, as on a full disk
+    with pytest.raises(errors.NoSpace, match=r"^no space left on /data/root$"):
+        with errors.space_checked("/data/root"):
+            db.execute("INSERT INTO t VALUES (?)", (bytes(1 << 20),))
+    for full in (errno.ENOSPC, errno.EDQUOT):
+        with pytest.raises(errors.NoSpace, match=r"^no space left on /data/root$"):
+            with errors.space_checked("/data/root"):
+                raise OSError(full, "full")
+    with pytest.raises(OSError, match="Input/output"):  # other failures stay what they are
+        with errors.space_checked("/data/root"):
+            raise OSError(errno.EIO, "Input/output error")
+    with pytest.raises(sqlite3.OperationalError, match="syntax"):
+        with errors.space_checked("/data/root"):
+            db.execute("SELEC 1")

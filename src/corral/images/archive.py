@@ -31,6 +31,8 @@ from corral.images.errors import (
     DigestMismatch,
     InvalidArgument,
     InvalidReference,
+    NoSpace,
+    is_out_of_space,
 )
 from corral.images.reference import parse as parse_reference
 from corral.spec.image import (
@@ -101,6 +103,8 @@ def _import_layout_dir(service, path: str, name: str | None) -> list:
         with open(index_path, "rb") as f:
             index = f.read()
     except OSError as e:
+        if is_out_of_space(e):
+            raise  # writing the store, not reading the layout: the caller names the data root
         raise InvalidArgument(f"{path}: {e.filename or ''}: {e.strerror}") from None
     return service.record_index(index, name)
 
@@ -258,6 +262,8 @@ def export_images(service, names: list[str], dest: str, format: str) -> None:
         os.replace(tmp, dest)
     except BaseException as e:
         _remove(tmp)
+        if is_out_of_space(e):
+            raise NoSpace(f"export to {dest}: no space left on its filesystem") from None
         if isinstance(e, OSError):
             raise InvalidArgument(f"export to {dest}: {e.filename or ''}: {e.strerror}") \
                 from None

@@ -111,12 +111,14 @@ class BlobWriter:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.file.close()
-        if not self.committed:
-            try:
-                os.unlink(self.tmp)
-            except FileNotFoundError:
-                pass
+        try:
+            self.file.close()  # flushes: on a full disk this fails too
+        finally:
+            if not self.committed:
+                try:
+                    os.unlink(self.tmp)
+                except FileNotFoundError:
+                    pass
 
     def write(self, chunk: bytes) -> None:
         self.offset += len(chunk)

@@ -26,6 +26,9 @@ class to a gRPC code in one table, the `corral` CLI prints the message.
 
 from __future__ import annotations
 
+import errno
+from contextlib import contextmanager
+
 
 class ImageError(Exception):
     """The message says what failed and where (the registry, the digest, the entry)."""
@@ -97,3 +100,26 @@ class SnapshotConflict(ImageError):
 
 class NoSpace(ImageError):
     pass
+
+
+def is_out_of_space(error: BaseException) -> bool:
+    """Whether the filesystem, or SQLite writing to it, ran out of space or quota."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    import sqlite3  # here: the CLI imports this module for every command
+
+    if isinstance(error, sqlite3.OperationalError):  # "database or disk is full"
+        return (getattr(error, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
+    return False
+
+
+@contextmanager
+def space_checked(root: str):
+    """Running out of space inside the block raises NoSpace naming `root`, the data root,
+    instead of an errno or SQLite's "database or disk is full"."""
+    try:
+        yield
+    except Exception as e:
+        if is_out_of_space(e):
+            raise NoSpace(f"no space left on {root}") from e
+        raise

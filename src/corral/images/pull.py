@@ -34,6 +34,7 @@ from corral.images.errors import (
     NoMatchingPlatform,
     NoSpace,
     Unsupported,
+    space_checked,
 )
 from corral.images.reference import parse as parse_reference
 from corral.images.registries import RegistryConfig
@@ -94,13 +95,14 @@ class Puller:
         except PlatformError as e:
             raise InvalidArgument(str(e)) from None
         stored: list[str] = []
-        try:
-            with self.service.gc_lock(shared=True):
-                return self._pull(reference, wanted, credentials, progress, stored, unpack)
-        except BaseException:
-            if stored:
-                self.service.gc(wait=False)
-            raise
+        with space_checked(self.service.root):  # a blob, a layer or a record: one error
+            try:
+                with self.service.gc_lock(shared=True):
+                    return self._pull(reference, wanted, credentials, progress, stored, unpack)
+            except BaseException:
+                if stored:
+                    self.service.gc(wait=False)
+                raise
 
     def _pull(self, reference, wanted: Platform, credentials, progress, stored: list[str],
               unpack: bool = False):
@@ -198,9 +200,9 @@ class Puller:
         free = stat.f_bavail * stat.f_frsize
         if missing > free:
             biggest = max(layers, key=lambda layer: layer["size"])
-            raise NoSpace(f"{repo.what}: the layers declare {missing} bytes (the largest, "
-                          f"{biggest['digest']}, {biggest['size']}), more than the {free} "
-                          f"free under {self.content.root}")
+            raise NoSpace(f"no space left on {self.service.root}: {repo.what}'s layers declare "
+                          f"{missing} bytes (the largest, {biggest['digest']}, "
+                          f"{biggest['size']}), {free} are free")
 
     def _fetch_and_unpack(self, repo, layers: list[dict], diff_ids: list[str], progress,
                           stored: list[str]) -> None:

@@ -13,6 +13,7 @@ removal never waits for the lock (a pull in progress collects when it ends).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -28,6 +29,7 @@ from corral.images.errors import (
     NoMatchingPlatform,
     NotFound,
     Unsupported,
+    space_checked,
 )
 from corral.images.reference import parse as parse_reference
 from corral.images.snapshots import OverlaySnapshotter
@@ -51,6 +53,15 @@ _SCHEMA1 = ("application/vnd.docker.distribution.manifest.v1+json",
 
 _COLUMNS = ("name, manifest_digest, config_digest, size, created, target_digest, "
             "target_media_type, platform")
+
+
+def _on_data_root(method):
+    """Running out of space on the data root in `method` raises NoSpace naming the root."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with space_checked(self.root):
+            return method(self, *args, **kwargs)
+    return wrapper
 
 
 class ImageRecord:
@@ -151,6 +162,7 @@ class ImageService:
         return [row[0] for row in self.db.execute(
             "SELECT name FROM images WHERE config_digest = ? ORDER BY name", (image_id,))]
 
+    @_on_data_root
     def record(self, name: str, *, target: dict, manifest_digest: str, config_digest: str,
                platform: str, size: int, created: float | None = None) -> ImageRecord:
         """Name an image whose blobs are all stored (the puller and importers call this).
@@ -173,6 +185,7 @@ class ImageService:
                         target["digest"], target.get("mediaType", ""), platform))
         return self.get(name)
 
+    @_on_data_root
     def tag(self, source: str, new_name: str) -> ImageRecord:
         """Another name for an image (its created time kept)."""
         record = self.get(source)
@@ -185,6 +198,7 @@ class ImageService:
         """Whether a container's snapshot is made from the image."""
         return gc.image_in_use(self, record)
 
+    @_on_data_root
     def remove(self, name_or_id: str, force: bool = False) -> list[str]:
         """Untag (every name, when given an ID) and collect what nothing uses any more, now
         or, while a pull or import holds the GC lock, when it is done.
@@ -206,6 +220,7 @@ class ImageService:
         self.gc(wait=False)
         return names
 
+    @_on_data_root
     def prune(self, all: bool = False, on_wait=None) -> gc.Report:
         """Collect garbage; with `all`, first remove every image no container uses.
 
@@ -239,6 +254,7 @@ class ImageService:
             if gc.requested(self.root):
                 self.gc(wait=False)
 
+    @_on_data_root
     def gc(self, wait: bool = True, stray_age: float = gc.STRAY_AGE,
            on_wait=None) -> gc.Report | None:
         """Remove blobs and snapshots no image or container uses (None: others hold the lock;
@@ -249,12 +265,14 @@ class ImageService:
         return gc.collect(self, wait, stray_age, on_wait)
 
     # --- import ----------------------------------------------------------------------------------
+    @_on_data_root
     def import_archive(self, path: str, name: str | None = None) -> list[ImageRecord]:
         """An OCI layout (directory or tar) or a docker-save tar; each image in it recorded."""
         from corral.images.archive import import_image
 
         return import_image(self, path, name)
 
+    @_on_data_root
     def build(self, rootfs_dir: str, name: str, cmd: list[str] | None = None,
               env: list[str] | None = None) -> ImageRecord:
         """An image of one layer made from a root filesystem directory (layout.py), imported.
@@ -358,6 +376,7 @@ class ImageService:
             raise ContentInvalid(f"{what} {digest} is missing") from None
         return _json_object(data, f"{what} {digest}")
 
+    @_on_data_root
     def unpack_new(self, name: str) -> str:
         """Unpack an image just pulled or imported; if a layer is refused, the image goes too.
 
@@ -372,6 +391,7 @@ class ImageService:
             raise
 
     # --- unpack ----------------------------------------------------------------------------------
+    @_on_data_root
     def unpack(self, name: str, limit_factor: int = 64) -> str:
         """Every layer as a committed snapshot; the top chain ID (a container's parent)."""
         record = self.get(name)
@@ -383,6 +403,7 @@ class ImageService:
             raise ContentInvalid(f"image {name}: {len(layers)} layers but {len(diff_ids)} diff IDs")
         return self.unpack_layers(layers, diff_ids, limit_factor=limit_factor)
 
+    @_on_data_root
     def unpack_layers(self, layers: list[dict], diff_ids: list[str], ready=None,
                       limit_factor: int = 64) -> str:
         """Apply layers in order, each once (a lock per chain ID: concurrent pulls share

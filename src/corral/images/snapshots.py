@@ -271,7 +271,15 @@ class OverlaySnapshotter:
                                      f"says {expected_diff_id}")
             self.commit(chain_id, key)
         except BaseException:
-            if self.exists(key):
-                self.remove(key)
+            self._discard(key)
             raise
         return diff_id
+
+    def _discard(self, key: str) -> None:
+        """Remove a failed extraction at once, its files before its record: on a full disk
+        that frees the space the record's removal needs (SQLite writes to delete a row)."""
+        if not self.exists(key):
+            return
+        snapshot_id, _, _ = self._row(key)
+        shutil.rmtree(os.path.join(self.root, "snapshots", str(snapshot_id)), ignore_errors=True)
+        self.remove(key)

@@ -33,7 +33,7 @@ import shutil
 import stat
 import tarfile
 
-from corral.images.errors import LayerInvalid, Unsupported
+from corral.images.errors import LayerInvalid, Unsupported, is_out_of_space
 from corral.runtime.paths import PathEscape, secure_join
 
 WHITEOUT_PREFIX = ".wh."
@@ -244,6 +244,8 @@ def apply_layer(stream, dest: str, *, limit: int, whiteouts: str = "delete") -> 
     except _decompression_errors() as e:
         raise LayerInvalid(f"corrupt compressed layer: {e}") from None
     except (EOFError, OSError) as e:
+        if is_out_of_space(e):
+            raise  # the disk's fault, not the layer's: the caller names the data root
         raise LayerInvalid(f"cannot unpack layer: {e}") from None
     for path, mtime in reversed(directories):  # children first changed their parents' mtime
         os.utime(path, (mtime, mtime), follow_symlinks=False)
