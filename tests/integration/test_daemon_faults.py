@@ -199,3 +199,20 @@ def test_a_zygote_orphaned_while_warming_up_ends(tmp_path):
     finally:
         helper.kill()
         helper.wait()
+
+
+def test_sigterm_always_stops_corrald(daemon):
+    """The kernel may hand SIGTERM to any of corrald's threads: it must stop all the same."""
+    for _ in range(15):
+        for _ in range(20):  # busy gRPC threads, the likeliest to take the signal
+            daemon.runtime.Version(api_pb2.VersionRequest())
+        started = time.monotonic()
+        daemon.process.send_signal(signal.SIGTERM)
+        try:
+            assert daemon.process.wait(10) == 0
+        except subprocess.TimeoutExpired:
+            raise AssertionError("corrald ignored SIGTERM") from None
+        assert time.monotonic() - started < 8
+        daemon.channel.close()
+        daemon.start()
+    assert_first_still_serves(daemon)

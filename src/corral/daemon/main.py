@@ -101,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     log.info("serving CRI on unix://%s (root %s, state %s)", socket_path, config.root,
              config.state)
     _announce_ready(opts.ready_fd)
-    stopping.wait()
+    # Waited for in slices: the kernel may deliver SIGTERM to any of the gRPC threads, and
+    # then only the main thread's next wake-up runs the handler (a wait without a timeout,
+    # blocked in the kernel, would never see it: corrald ignored SIGTERM now and then).
+    while not stopping.wait(0.25):
+        pass
     log.info("stopping: containers keep running")
     server.stop(grace=5).wait()
     ctx.streaming.stop()
