@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import threading
+import time
 
 from corral.daemon.config import Config
 from corral.images.registries import RegistryConfig
@@ -69,25 +71,60 @@ class Context:
         self._remove_cgroup(relative, "pod")
 
     def remove_container_cgroup(self, record, container_id: str) -> None:
-        """A container's cgroup its runtime cannot remove, its state lost with the state dir
-        (emptied: the processes are gone).  The runtime removes it in every other case."""
+        """A container's cgroup its runtime cannot remove, its state lost (with the state
+        dir, or with a shim that never wrote it): what still runs in it is killed first.
+        The runtime removes it in every other case."""
         if record is not None and record.cgroup_parent:
-            self._remove_cgroup(os.path.join(record.cgroup_parent.strip("/"), container_id),
-                                "container")
+            relative = os.path.join(record.cgroup_parent.strip("/"), container_id)
+            _kill_cgroup(self._hierarchies(), relative)
+            self._remove_cgroup(relative, "container")
 
-    def _remove_cgroup(self, relative: str, what: str) -> None:
+    def _hierarchies(self) -> list[str]:
         base = "/sys/fs/cgroup"
-        hierarchies = [base] if self.cgroup_v2 else [
+        return [base] if self.cgroup_v2 else [
             os.path.join(base, name) for name in os.listdir(base)
             if os.path.isdir(os.path.join(base, name)) and
             not os.path.islink(os.path.join(base, name))]
-        for hierarchy in hierarchies:
+
+    def _remove_cgroup(self, relative: str, what: str) -> None:
+        for hierarchy in self._hierarchies():
             try:
                 os.rmdir(os.path.join(hierarchy, relative))
             except (FileNotFoundError, NotADirectoryError):
                 pass
             except OSError as e:
                 log.warning("%s cgroup %s in %s: %s", what, relative, hierarchy, e)
+
+
+def _kill_cgroup(hierarchies: list[str], relative: str, timeout: float = 5.0) -> None:
+    """SIGKILL every process of a cgroup, in every hierarchy, until none is left (a fork
+    may race a round); a frozen one is thawed first, or the signal would wait."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = set()
+        for hierarchy in hierarchies:
+            directory = os.path.join(hierarchy, relative)
+            for name, thawed in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+                try:
+                    with open(os.path.join(directory, name), "r+") as f:
+                        if f.read().strip() not in ("THAWED", "0"):
+                            f.write(thawed)
+                except OSError:
+                    pass
+            try:
+                with open(os.path.join(directory, "cgroup.procs")) as f:
+                    pids |= {int(line) for line in f if line.strip()}
+            except OSError:
+                pass
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.02)
+    log.warning("container cgroup %s: processes left after SIGKILL", relative)
 
 
 def _cgroup_v2_only() -> bool:

@@ -272,21 +272,35 @@ class Containers:
             return record
         shim_dir = self.ctx.pods.paths(record.pod_id).shim
         exit_record = recorded_exit(shim_dir, record.id)
-        lost = ""
         if exit_record is None:
-            lost = self._shim_lost(record.pod_id, shim_dir)
+            lost = self.shim_lost(record.pod_id)
             if lost is None:
                 return record
-            # The shim may have recorded the exit just before it ended.
-            exit_record = recorded_exit(shim_dir, record.id)
-        self.store.update_container(record.id, state="exited",
-                                    **exit_fields(exit_record, f"shim lost: {lost}"))
+            # The whole pod is ended, this container with the others.
+            self.ctx.pods.shim_gone(record.pod_id, lost)
+            return self.store.container(record.id)
+        self.store.update_container(record.id, state="exited", **exit_fields(exit_record))
         return self.store.container(record.id)
 
-    def _shim_lost(self, pod_id: str, shim_dir: str) -> str | None:
-        """Why the pod's shim is gone, or None while it lives."""
+    def end_without_shim(self, record, why: str) -> None:
+        """A created or running container whose shim is gone: what is left of it is killed
+        (init, and everything in its cgroup), then its end recorded, the one its shim wrote
+        if it did (just before it ended), else 255: never EXITED while its processes run."""
+        from corral.shim.server import recorded_exit
+
+        self.end_unparented(record.pod_id, record.id)
+        exit_record = recorded_exit(self.ctx.pods.paths(record.pod_id).shim, record.id)
+        self.store.update_container(record.id, state="exited",
+                                    **exit_fields(exit_record, f"shim lost: {why}"))
+        log.warning("container %s: its shim is gone (%s): what was left of it is killed",
+                    record.id[:12], why)
+
+    def shim_lost(self, pod_id: str) -> str | None:
+        """Why the pod's shim is gone, or None while it lives (asked of the kernel, not the
+        shim: see shim/liveness.py)."""
         from corral.shim import liveness
 
+        shim_dir = self.ctx.pods.paths(pod_id).shim
         try:
             return None if liveness.holder(shim_dir) else "it is no longer running"
         except FileNotFoundError:  # a shim from before liveness locks: ask it

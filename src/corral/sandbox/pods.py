@@ -71,6 +71,8 @@ class Pods:
         self.store = ctx.store
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
+        # Not the pod's lock: a lost shim is seen from calls made under it (stop's syncs).
+        self._gone_lock = threading.Lock()
 
     def lock(self, pod_id: str) -> threading.Lock:
         with self._locks_lock:
@@ -86,18 +88,41 @@ class Pods:
         return self.sync(record)
 
     def sync(self, record):
-        """The record, NOTREADY if the pod's init ended unasked (its shim recorded the exit):
-        its PID namespace, and every process in it, is gone, as a dead pause container's
-        sandbox is for containerd.  One stat for a ready pod with an init, no shim call."""
+        """The record, NOTREADY if the pod's shim is gone (`shim_gone`) or its init ended
+        unasked (its shim recorded the exit): its PID namespace, and every process in it,
+        is gone, as a dead pause container's sandbox is for containerd.  For a ready pod: a
+        lock query (shim/liveness.py) and, with an init, one stat; no shim call."""
         from corral.shim.server import POD_INIT_EXIT, recorded_exit
 
-        if record.state != "ready" or "pid" not in record.pinned:
+        if record.state != "ready":
+            return record
+        lost = self.ctx.containers.shim_lost(record.id)
+        if lost is not None:
+            self.shim_gone(record.id, lost)
+            return self.store.pod(record.id)
+        if "pid" not in record.pinned:
             return record
         if recorded_exit(self.paths(record.id).shim, POD_INIT_EXIT) is None:
             return record
         log.warning("pod %s: its init has ended: it is not ready", record.id[:12])
         self.store.update_pod(record.id, state="notready")
         return self.store.pod(record.id)
+
+    def shim_gone(self, pod_id: str, why: str) -> None:
+        """The pod's shim ended unasked (it is asked to only once the pod is stopped), say
+        killed: as containerd when a shim disconnects, what is left of the pod's containers
+        is killed (nobody would reap them or read their output) and their ends recorded,
+        and the pod is NOTREADY, for kubelet to recreate it."""
+        with self._gone_lock:
+            record = self.store.pod(pod_id)
+            if record is None or record.state in ("creating", "removing"):
+                return  # what makes or removes it handles its shim
+            for container in self.store.containers(pod_id):
+                if container.state in ("created", "running"):
+                    self.ctx.containers.end_without_shim(container, why)
+            if record.state == "ready":
+                log.warning("pod %s: its shim is gone (%s): it is not ready", pod_id[:12], why)
+                self.store.update_pod(pod_id, state="notready")
 
     # --- run -----------------------------------------------------------------------------------
     def run(self, config, handler_name: str = "", init_seccomp: dict | None = None) -> str:
