@@ -82,7 +82,10 @@ class Corrald:
         self.config = base / "corrald.toml"
         # Pods' cgroups under a parent of this daemon's own, so what they leave is seen.
         self.pod_cgroup_parent = pod_cgroup_parent or f"/corral-test-{base.name}"
+        # A certs dir of its own: the machine's /etc/containers/certs.d is not the tests'.
+        (base / "certs.d").mkdir(exist_ok=True)
         self.config.write_text(f'pod_cgroup_parent = "{self.pod_cgroup_parent}"\n'
+                               f'certs_dir = "{base / "certs.d"}"\n'
                                f'[cni]\nconf_dir = "{self.cni_dir}"\nbin_dirs = {CNI_BIN_DIRS!r}\n'
                                .replace("'", '"'))
 

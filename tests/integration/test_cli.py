@@ -28,9 +28,35 @@ from tests.integration.test_image_gc import LOCK_HOLDER
 CORRAL = str(Path(sys.executable).parent / "corral")
 
 
+# Nothing of the machine's: its registries.conf, auth files (REGISTRY_AUTH_FILE,
+# /run/containers/0/auth.json, ~/.docker/config.json), certs.d, $CORRAL_ROOT, and the pod
+# logs of /var/log/corral, which another corrald on the host may be writing to.  A test's
+# own options come after these, and win.
+HOST_FREE: list[str] = []
+HOST_FREE_ENV: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def free_of_the_host(tmp_path_factory):
+    own = tmp_path_factory.mktemp("cli-config")
+    (own / "registries.conf").write_text("")
+    (own / "auth.json").write_text("{}")
+    (own / "certs.d").mkdir()
+    (own / "pod-logs").mkdir()
+    HOST_FREE[:] = ["--registries-conf", str(own / "registries.conf"),
+                    "--auth-file", str(own / "auth.json"), "--certs-dir", str(own / "certs.d")]
+    HOST_FREE_ENV.update(CORRAL_LOG_ROOT=str(own / "pod-logs"))
+    yield
+    HOST_FREE.clear()
+    HOST_FREE_ENV.clear()
+
+
 def corral(*args: str, check: bool = True, **env) -> subprocess.CompletedProcess:
-    done = subprocess.run([CORRAL, *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **env})
+    environment = {name: value for name, value in os.environ.items()
+                   if name not in ("CORRAL_ROOT", "REGISTRY_AUTH_FILE")}
+    environment = {**HOST_FREE_ENV, **environment, **env}
+    done = subprocess.run([CORRAL, *HOST_FREE, *args], capture_output=True, text=True,
+                          timeout=120, env=environment)
     if check and done.returncode != 0:
         raise AssertionError(f"corral {' '.join(args)}: {done.returncode}\n{done.stderr}")
     return done
