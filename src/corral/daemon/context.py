@@ -12,6 +12,7 @@ import time
 from corral.daemon.config import Config
 from corral.images.registries import RegistryConfig
 from corral.images.service import ImageService
+from corral.runtime.cgroups.common import procs as cgroup_procs
 from corral.sandbox.containers import Containers
 from corral.sandbox.pods import Pods
 from corral.shim.launch import ShimLauncher
@@ -112,8 +113,7 @@ def _kill_cgroup(hierarchies: list[str], relative: str, timeout: float = 5.0) ->
                 except OSError:
                     pass
             try:
-                with open(os.path.join(directory, "cgroup.procs")) as f:
-                    pids |= {int(line) for line in f if line.strip()}
+                pids.update(cgroup_procs(directory))
             except OSError:
                 pass
         if not pids:

@@ -31,7 +31,7 @@ from corral.sandbox.errors import (
     SandboxError,
 )
 from corral.sandbox.files import host_file
-from corral.sandbox.pods import namespace_mode, pod_config, shares_pid
+from corral.sandbox.pods import NODE, namespace_mode, pod_config, shares_pid
 from corral.shim.protocol import ShimClient, ShimError
 
 log = logging.getLogger("corrald.containers")
@@ -126,7 +126,7 @@ class Containers:
                                         ("pid", "pid"))},
             # A pod made before pods had an init has no pid pin: own PID namespaces.
             share_pid=shares_pid(stored_pod_config) and bool(pinned.get("pid")),
-            host_pid=namespace_mode(stored_pod_config, "pid") == 2,
+            host_pid=namespace_mode(stored_pod_config, "pid") == NODE,
             cgroup_parent=pod.cgroup_parent, hostname=host_file(paths.hostname).strip(),
             etc_hosts=paths.hosts, resolv_conf=paths.resolv_conf,
             hostname_file=paths.hostname,

@@ -139,7 +139,7 @@ class Pods:
         except ConfigError as e:
             raise InvalidArgument(str(e)) from None
         pod_id = secrets.token_hex(32)
-        host_network = namespace_mode(config, "network") == 2
+        host_network = namespace_mode(config, "network") == NODE
         cgroup_parent = config.linux.cgroup_parent or \
             os.path.join(self.ctx.config.pod_cgroup_parent, f"pod-{pod_id[:12]}")
         try:
@@ -172,7 +172,7 @@ class Pods:
         kinds = []
         if not host_network:
             kinds += ["net", "uts"]
-        if namespace_mode(config, "ipc") != 2:
+        if namespace_mode(config, "ipc") != NODE:
             kinds.append("ipc")
         # Without a hostname, the node's, as containerd (a pod name may be longer than
         # HOST_NAME_MAX); a host-network pod shares the host's UTS namespace anyway.
@@ -238,7 +238,7 @@ class Pods:
             config = pod_config(record)
             if "pid" in record.pinned:
                 self._stop_init(record.id)
-            if namespace_mode(config, "network") != 2:
+            if namespace_mode(config, "network") != NODE:
                 # Also when not ready: a DEL that failed earlier (at recovery after a reboot)
                 # is retried; with nothing cached it is a no-op.
                 self.ctx.network.teardown(record.id, record.pinned.get("net", ""),
