@@ -27,8 +27,6 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
-import uuid
 
 import grpc
 import pytest
@@ -37,13 +35,11 @@ from cri_api.v1 import api_pb2
 from corral.images.layout import build_image, write_archive
 from corral.images.service import ImageService
 from tests.integration.corrald import Corrald, remove_every_pod, short_base
+from tests.integration.critest import DEFAULT_ATTEMPT, PAUSE_COMMAND, eventually, new_uuid
 
 BUSYBOX_IMAGE = "registry.k8s.io/e2e-test-images/busybox:1.29-2"
 NO_NEW_PRIVS_IMAGE = "registry.k8s.io/e2e-test-images/nonewprivs:1.3"
-PAUSE_COMMAND = ["sh", "-c", "top"]
-DEFAULT_ATTEMPT = 2
 EXEC_TIMEOUT = 30
-MINUTE = 60.0
 RUNTIME_DEFAULT, UNCONFINED, LOCALHOST = 0, 1, 2
 NODE, POD = api_pb2.NODE, api_pb2.POD
 NNP_SOURCE = r"""
@@ -146,20 +142,6 @@ def critest(corrald):
 
 
 # --- pkg/framework and pkg/validate helpers ---------------------------------------------------
-def new_uuid() -> str:
-    return str(uuid.uuid1())
-
-
-def eventually(probe, timeout: float = MINUTE, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value or time.monotonic() > deadline:
-            assert value, f"not within {timeout:.0f}s: last value {value!r}"
-            return value
-        time.sleep(interval)
-
-
 class Critest:
     """What one spec sends: pods, containers, exec and logs as critest makes them."""
 
