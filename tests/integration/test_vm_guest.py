@@ -1,0 +1,298 @@
+"""The `vm` handler's guest side with real QEMU: a micro-VM, its agent, containers in it.
+
+One VM is shared by the tests that leave it alive (module fixture); the
+tests that end a VM (panic, shutdown) or time boots boot their own.  Each
+container's bundle is a busybox rootfs in the pod's bundle directory, which
+the guest mounts (9p) at the same path.  Every QEMU is stopped and reaped
+in the fixtures, also when a test fails.
+
+Numbers (boot to ping, first output, idle PSS) are printed: run with -s.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import statistics
+import tempfile
+import time
+import uuid
+
+import pytest
+
+from corral.images.busybox import build_bundle, build_rootfs
+from corral.vm.client import AgentClient
+from corral.vm.errors import AgentError, AgentGone
+from corral.vm.pod import PodVm
+
+pytestmark = pytest.mark.root
+
+GUEST_KERNEL_PREFIX = "6."  # the guest boots Debian's kernel, whatever the host runs
+
+
+@pytest.fixture(scope="module")
+def workdir():
+    path = tempfile.mkdtemp(prefix="cvmg-")  # short: Unix socket paths are under it
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(workdir):
+    return os.path.join(workdir, "cache")
+
+
+@pytest.fixture(scope="module")
+def base_rootfs(workdir):
+    path = os.path.join(workdir, "rootfs")
+    build_rootfs(path)
+    return path
+
+
+class Pod:
+    """A booted VM with its bundle directory, and helpers to run containers in it."""
+
+    def __init__(self, workdir: str, cache_dir: str, base_rootfs: str, name: str):
+        self.dir = os.path.join(workdir, name)
+        self.bundles = os.path.join(self.dir, "bundles")
+        os.makedirs(self.bundles)
+        self.base_rootfs = base_rootfs
+        self.vm = PodVm(cache_dir=cache_dir, vm_dir=os.path.join(self.dir, "vm"),
+                        agent_socket=os.path.join(self.dir, "agent.sock"),
+                        bundles_dir=self.bundles)
+        self.ping = self.vm.boot()
+
+    @property
+    def agent(self) -> AgentClient:
+        return self.vm.client
+
+    def bundle(self, args: list[str], edit=None) -> tuple[str, str]:
+        cid = f"c{uuid.uuid4().hex[:10]}"
+        path = os.path.join(self.bundles, cid)
+        build_bundle(path, args, terminal=False, rootfs_from=self.base_rootfs, edit=edit)
+        return cid, path
+
+    def start(self, args: list[str], edit=None) -> str:
+        cid, path = self.bundle(args, edit)
+        self.agent.call("create", container=cid, bundle=path)
+        self.agent.call("start", container=cid)
+        return cid
+
+    def run(self, args: list[str], edit=None, timeout: float = 60) -> tuple[int, str, str, dict]:
+        """A container to its end: exit code, stdout, stderr, the exit event."""
+        cid = self.start(args, edit)
+        exit_event, out = self.collect(cid, None, timeout)
+        self.agent.call("delete", container=cid)
+        return exit_event["exit_code"], out["stdout"], out["stderr"], exit_event
+
+    def collect(self, cid: str, exec_id: str | None, timeout: float = 60):
+        """Output until the process's exit and both streams' ends."""
+        out = {"stdout": b"", "stderr": b""}
+        ended: set[str] = set()
+        exit_event = None
+
+        def mine(e: dict) -> bool:
+            return e.get("container") == cid and e.get("exec") == exec_id
+
+        deadline = time.monotonic() + timeout
+        while exit_event is None or len(ended) < 2:
+            event = self.agent.wait_event(mine, max(0.1, deadline - time.monotonic()))
+            if event["event"] == "exit":
+                exit_event = event
+            elif event.get("eof"):
+                ended.add(event["stream"])
+            else:
+                out[event["stream"]] += base64.b64decode(event["data"])
+        return exit_event, {k: v.decode() for k, v in out.items()}
+
+    def stop(self) -> None:
+        self.vm.stop()
+
+
+@pytest.fixture(scope="module")
+def pod(workdir, cache_dir, base_rootfs):
+    p = Pod(workdir, cache_dir, base_rootfs, "shared")
+    print(f"\nboot to agent ping: {p.vm.boot_seconds:.2f}s ({p.vm.accelerator.name}"
+          f"{'; ' + p.vm.warning if p.vm.warning else ''})")
+    yield p
+    p.stop()
+    assert p.vm.vm.poll() is not None
+
+
+@pytest.fixture
+def own_pod(workdir, cache_dir, base_rootfs):
+    pods = []
+
+    def boot(name: str) -> Pod:
+        pods.append(Pod(workdir, cache_dir, base_rootfs, f"{name}-{uuid.uuid4().hex[:6]}"))
+        return pods[-1]
+
+    yield boot
+    for p in pods:
+        p.stop()
+        assert p.vm.vm.poll() is not None
+
+
+def test_the_agent_answers_from_the_guest_kernel(pod):
+    assert pod.ping["ok"] and pod.ping["pid"] == 1  # the agent is the guest's PID 1
+    assert pod.ping["kernel"].startswith(GUEST_KERNEL_PREFIX)
+    started = time.monotonic()
+    for _ in range(20):
+        pod.agent.call("ping")
+    print(f"\nagent round trip: {(time.monotonic() - started) / 20 * 1000:.2f} ms")
+
+
+def test_uname_in_a_container_is_the_guest_kernel(pod):
+    code, out, _, _ = pod.run(["uname", "-r"])
+    assert code == 0
+    assert out.strip() == pod.ping["kernel"]
+    assert out.strip() != os.uname().release  # the host runs another kernel
+
+
+def test_a_containers_output_and_exit_code_come_back(pod):
+    started = time.monotonic()
+    cid, path = pod.bundle(["sh", "-c", "echo hello; echo oops >&2; exit 3"])
+    pod.agent.call("create", container=cid, bundle=path)
+    pod.agent.call("start", container=cid)
+    first = pod.agent.wait_event(lambda e: e.get("container") == cid
+                                 and e["event"] == "output", 30)
+    print(f"\ncontainer create+start to first output: {time.monotonic() - started:.2f}s")
+    pod.agent._events.insert(0, first)
+    exit_event, out = pod.collect(cid, None)
+    assert exit_event["exit_code"] == 3 and exit_event["reason"] == ""
+    assert out == {"stdout": "hello\n", "stderr": "oops\n"}
+    state = pod.agent.call("state", container=cid)
+    assert state["status"] == "stopped" and state["exit"]["exit_code"] == 3
+    pod.agent.call("delete", container=cid)
+    with pytest.raises(AgentError) as e:
+        pod.agent.call("state", container=cid)
+    assert e.value.kind == "not_found"
+
+
+def test_exec_with_output_and_stdin(pod):
+    cid = pod.start(["sleep", "600"])
+    try:
+        process = {"args": ["sh", "-c", "echo out; echo err >&2; exit 5"], "cwd": "/",
+                   "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}}
+        pod.agent.call("exec", container=cid, exec="e1", process=process)
+        exit_event, out = pod.collect(cid, "e1")
+        assert exit_event["exit_code"] == 5
+        assert out == {"stdout": "out\n", "stderr": "err\n"}
+
+        cat = dict(process, args=["sh", "-c", "cat; echo done"])
+        pod.agent.call("exec", container=cid, exec="e2", process=cat, stdin=True)
+        pod.agent.notify("stdin", container=cid, exec="e2",
+                         data=base64.b64encode(b"line one\nline two\n").decode())
+        pod.agent.call("close_stdin", container=cid, exec="e2")
+        exit_event, out = pod.collect(cid, "e2")
+        assert exit_event["exit_code"] == 0
+        assert out["stdout"] == "line one\nline two\ndone\n"
+    finally:
+        pod.agent.call("delete", container=cid, force=True)
+
+
+def test_kill_ends_a_container_with_137(pod):
+    cid = pod.start(["sleep", "600"])
+    assert pod.agent.call("state", container=cid)["status"] == "running"
+    pod.agent.call("kill", container=cid, signal=9)
+    exit_event, _ = pod.collect(cid, None, 30)
+    assert exit_event["exit_code"] == 137 and exit_event["reason"] == ""
+    pod.agent.call("delete", container=cid)
+
+
+def test_stats_and_oom_kill_in_the_guest_cgroup(pod):
+    def limited(config):
+        config["linux"]["resources"]["memory"] = {"limit": 16 << 20, "swap": 16 << 20}
+
+    cid = pod.start(["sleep", "600"], limited)
+    stats = pod.agent.call("stats", container=cid)["stats"]
+    assert stats["memory"]["usage"]["limit"] == 16 << 20
+    assert stats["pids"]["current"] >= 1
+    pod.agent.call("delete", container=cid, force=True)
+
+    # dd's 64 MiB buffer, filled from /dev/zero, is over the 16 MiB limit
+    code, _, _, exit_event = pod.run(["dd", "if=/dev/zero", "of=/dev/null", "bs=64M",
+                                      "count=1"], limited)
+    assert code == 137 and exit_event["reason"] == "OOMKilled"
+
+
+def test_the_guests_processes_and_mounts_are_not_the_hosts(pod):
+    def host_pid_namespace(config):  # no PID namespace of its own: the guest's is seen
+        config["linux"]["namespaces"] = [ns for ns in config["linux"]["namespaces"]
+                                         if ns["type"] != "pid"]
+
+    script = ("cmdlines() { for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done; }; "
+              "cat /proc/1/cmdline | tr '\\0' ' '; echo; cmdlines | grep -c .; "
+              "cmdlines | grep -c '[p]ytest'; cat /proc/1/mounts")
+    code, out, _, _ = pod.run(["sh", "-c", script], host_pid_namespace)
+    assert code == 0
+    cmdline, user_processes, pytests, *mounts = out.splitlines()
+    assert "corral.vm.agent" in cmdline  # PID 1 is the agent, not the host's init
+    # the agent, this shell and its pipeline; the host runs pytest, QEMU, ...
+    assert int(user_processes) < 10 and pytests == "0"
+    fstypes = {line.split()[0]: line.split()[2] for line in mounts}
+    assert fstypes.get("usr") == "9p"   # the host's /usr, shared
+    with open("/proc/self/mounts") as f:
+        host_sources = {line.split()[0] for line in f if line.startswith("/dev/")}
+    assert host_sources and not host_sources & set(fstypes)  # no host block device
+
+
+def test_the_agent_survives_the_host_side_going_away(pod):
+    cid = pod.start(["sh", "-c", "sleep 2; echo while-away"])
+    pod.agent.close()  # the host side is gone: the port reads EOF in the guest
+    time.sleep(2.5)    # the container writes meanwhile
+    pod.vm.client = AgentClient(pod.vm.spec.agent_socket)
+    pod.agent.accept(10.0)  # QEMU reconnects (reconnect=1)
+    assert pod.agent.call("ping", timeout=30)["pid"] == 1
+    exit_event, out = pod.collect(cid, None, 30)  # what it said while nobody listened
+    assert exit_event["exit_code"] == 0 and out["stdout"] == "while-away\n"
+    pod.agent.call("delete", container=cid)
+
+
+def test_idle_vm_pss(pod):
+    time.sleep(1)
+    pss = pod.vm.vm.pss_kib()
+    print(f"\nidle VM PSS (QEMU, smaps_rollup): {pss / 1024:.0f} MiB")
+    assert pss < 400 << 10
+
+
+def test_a_kernel_panic_ends_the_vm(own_pod):
+    pod = own_pod("panic")
+
+    def privileged(config):
+        config["linux"]["maskedPaths"] = []
+        config["linux"]["readonlyPaths"] = []
+        config["mounts"] = [m for m in config["mounts"] if m["destination"] != "/proc"]
+        config["mounts"].append({"destination": "/proc", "type": "proc", "source": "proc"})
+
+    pod.start(["sh", "-c", "echo c > /proc/sysrq-trigger"], privileged)
+    pod.agent.wait_event(lambda e: e["event"] == "disconnected", 60)
+    assert pod.agent.closed
+    assert pod.vm.vm.wait(30) is not None  # QEMU exited (panic=-1, -no-reboot)
+    console = pod.vm.vm.console()
+    assert "sysrq: Trigger a crash" in console and "Kernel panic" in console
+    with pytest.raises(AgentGone):
+        pod.agent.call("ping")
+
+
+def test_shutdown_ends_the_vm(own_pod):
+    pod = own_pod("shutdown")
+    pod.start(["sleep", "600"])
+    pod.agent.call("shutdown", timeout=30)
+    assert pod.vm.vm.wait(30) == 0
+    pod.agent.wait_event(lambda e: e["event"] == "disconnected", 10)
+
+
+def test_boot_to_ping_median_of_five(workdir, cache_dir, base_rootfs):
+    times = []
+    for i in range(5):
+        p = Pod(workdir, cache_dir, base_rootfs, f"boot{i}")
+        try:
+            times.append(p.vm.boot_seconds)
+        finally:
+            p.stop()
+        assert p.vm.vm.poll() is not None
+    print(f"\nboot to agent ping, 5 boots: median {statistics.median(times):.2f}s "
+          f"({', '.join(f'{t:.2f}' for t in times)})")
+    assert statistics.median(times) < 30
