@@ -448,6 +448,7 @@ class Agent:
 
     def op_network(self, request: dict) -> dict:
         self._ip("link", "set", "lo", "up")
+        name = ""
         for iface in request.get("interfaces") or []:
             name = _link_by_mac(iface["mac"])
             wanted = iface.get("name") or name
@@ -465,8 +466,8 @@ class Agent:
             argv = ["route", "add", dst]
             if route.get("gw"):
                 argv += ["via", route["gw"]]
-            if route.get("dev"):
-                argv += ["dev", route["dev"]]
+            if route.get("dev") or name:  # a route without a gateway is on the link
+                argv += ["dev", route.get("dev") or name]
             self._ip(*argv)
         if request.get("hostname"):
             import socket

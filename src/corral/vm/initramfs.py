@@ -25,9 +25,11 @@ from corral.vm.kernel import Kernel, module_files
 
 BUSYBOX = "/bin/busybox"
 # What the init loads, in groups: always (virtio-mmio transport, the agent's virtio-serial
-# port, 9p), with a NIC, with a virtiofs share.  Anything else the guest asks for later
-# comes from the host's /lib/modules (same kernel) through modprobe.
-MODULE_GROUPS = (("base", ("virtio_mmio", "virtio_console", "9pnet_virtio", "9p")),
+# port, 9p, the balloon that reports free pages to the host), with a NIC, with a virtiofs
+# share.  Anything else the guest asks for later comes from the host's /lib/modules
+# (the same kernel) through modprobe.
+MODULE_GROUPS = (("base", ("virtio_mmio", "virtio_console", "9pnet_virtio", "9p",
+                          "virtio_balloon")),
                  ("net", ("virtio_net",)),
                  ("virtiofs", ("virtiofs",)))
 AGENT_MODULE = "corral.vm.agent"
