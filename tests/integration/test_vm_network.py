@@ -13,6 +13,7 @@ delete the bridge even when a test fails.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import ipaddress
 import json
@@ -46,7 +47,11 @@ BIN_DIRS = ["/usr/lib/cni"]
 BUSYBOX = "/bin/busybox"
 QEMU = "qemu-system-x86_64"
 GUEST_MODULES = ("virtio_mmio", "virtio_net")  # microvm's NIC is virtio-mmio (ACPI)
-GUEST_PORT = 8080
+GUEST_PORT = 8080  # answers "guest-hello <token> <its MAC>"
+SINK_PORT = 8081  # counts what it is sent
+SOURCE_PORT = 8082  # sends BULK random bytes ...
+SUM_PORT = 8083  # ... and then their md5sum
+BULK = 4 << 20
 BOOT_TIMEOUT = 40.0
 
 pytestmark = pytest.mark.skipif(shutil.which(QEMU) is None or not os.path.exists(BUSYBOX),
@@ -74,6 +79,14 @@ def tc_json(netns: str, *args: str) -> list[dict]:
     return json.loads(done.stdout or "[]")
 
 
+def host_ip() -> str:
+    """The host's primary IPv4 address (on the default route's device)."""
+    route = run("ip", "-4", "-o", "route", "show", "default").stdout.split()
+    device = route[route.index("dev") + 1]
+    address = run("ip", "-4", "-o", "addr", "show", "dev", device, "scope", "global").stdout
+    return address.split()[3].split("/")[0]
+
+
 def ingress_actions(netns: str, dev: str) -> list[tuple]:
     """(kind, mirred action, direction, target) of every action on `dev`'s ingress filters."""
     return [(a["kind"], a.get("mirred_action"), a.get("direction"), a.get("to_dev"))
@@ -90,6 +103,7 @@ def conflist(data_dir: str) -> dict:
              "ipam": {"type": "host-local", "dataDir": data_dir,
                       "ranges": [[{"subnet": SUBNET}], [{"subnet": SUBNET6}]],
                       "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}},
+            {"type": "portmap", "capabilities": {"portMappings": True}},
         ],
     }
 
@@ -146,6 +160,13 @@ ip link set lo up
 printf '#!/bin/sh\necho "guest-hello {token} $(cat /sys/class/net/$1/address)"\n' > /bin/hello
 chmod +x /bin/hello
 nc -ll -p {port} -e /bin/hello $dev0 &
+printf '#!/bin/sh\nwc -c\n' > /bin/sink; chmod +x /bin/sink
+nc -ll -p {sink_port} -e /bin/sink &
+head -c {bulk} /dev/urandom > /bulk; md5sum /bulk > /bulk.md5
+printf '#!/bin/sh\ncat /bulk\n' > /bin/source; chmod +x /bin/source
+nc -ll -p {source_port} -e /bin/source &
+printf '#!/bin/sh\ncat /bulk.md5\n' > /bin/sum; chmod +x /bin/sum
+nc -ll -p {sum_port} -e /bin/sum &
 ping -c 5 -W 3 {gateway} > /ping.out 2>&1; echo "vmnet-ping4 rc=$?"; cat /ping.out
 ping6 -c 2 -W 3 {gateway6} > /ping.out 2>&1; echo "vmnet-ping6 rc=$?"; cat /ping.out
 echo vmnet-ready
@@ -163,6 +184,8 @@ def build_initramfs(dest: str, modules_dir: str, guest: dict, token: str) -> Non
     with open(BUSYBOX, "rb") as f:
         _cpio_entry(out, "bin/busybox", 0o100755, f.read(), next(ino))
     init = (GUEST_INIT.replace("{token}", token).replace("{port}", str(GUEST_PORT))
+            .replace("{sink_port}", str(SINK_PORT)).replace("{source_port}", str(SOURCE_PORT))
+            .replace("{sum_port}", str(SUM_PORT)).replace("{bulk}", str(BULK))
             .replace("{gateway}", GATEWAY).replace("{gateway6}", GATEWAY6))
     _cpio_entry(out, "init", 0o100755, init.encode(), next(ino))
     _cpio_entry(out, "configure", 0o100644, configure_script(guest).encode(), next(ino))
@@ -178,8 +201,9 @@ def build_initramfs(dest: str, modules_dir: str, guest: dict, token: str) -> Non
 
 
 class Guest:
-    def __init__(self, proc: subprocess.Popen, console: Path, token: str):
+    def __init__(self, proc: subprocess.Popen, console: Path, token: str, mac: str):
         self.proc = proc
+        self.mac = mac
         self.console = console
         self.token = token
 
@@ -232,9 +256,9 @@ class Pod:
         self.result = None
         self.guests: list[Guest] = []
 
-    def setup(self) -> None:
+    def setup(self, port_mappings: list[dict] | None = None) -> None:
         self.result = self.lab.network.setup(self.id, self.netns, name="vm", namespace="test",
-                                             uid=self.id)
+                                             uid=self.id, port_mappings=port_mappings or [])
 
     def boot(self, guest: dict) -> Guest:
         token = secrets.token_hex(8)
@@ -242,7 +266,7 @@ class Pod:
         console = self.dir / f"console-{token}.log"
         build_initramfs(str(initrd), self.lab.modules_dir, guest, token)
         cmdline = ("console=ttyS0 quiet reboot=t panic=-1 no_timer_check mitigations=off "
-                   f"pci=off cryptomgr.notests tsc_early_khz={self.lab.tsc_khz} "
+                   f"pci=off cryptomgr.notests tsc=reliable tsc_early_khz={self.lab.tsc_khz} "
                    f"lpj={self.lab.tsc_khz * 1000 // 250} rdinit=/init")
         mac = guest["interfaces"][0]["mac"]
         argv = ["nsenter", f"--net={self.netns}",  # execs QEMU: its PID is QEMU's
@@ -254,7 +278,7 @@ class Pod:
                 "-device", f"virtio-net-device,netdev=n0,mac={mac}"]
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
-        started = Guest(proc, console, token)
+        started = Guest(proc, console, token, mac)
         self.guests.append(started)
         return started
 
@@ -281,35 +305,61 @@ def lab():
         shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.fixture
-def pod(lab):
+HOST_PORT = 18231
+
+
+def made_pod(lab: Lab, port_mappings: list[dict] | None = None):
     made = Pod(lab)
     try:
-        made.setup()
+        made.setup(port_mappings)
         yield made
     finally:
         made.teardown()
     assert not os.path.exists(made.netns)
+    assert made.id not in run("iptables-save").stdout  # portmap's rules went with CNI DEL
 
 
-def reply_from(address: str, netns: str | None = None) -> str:
+@pytest.fixture
+def pod(lab):
+    yield from made_pod(lab)
+
+
+@pytest.fixture(scope="module")
+def vm_pod(lab):
+    """One pod whose guest the read-only tests share (a boot is ~3 s under TCG)."""
+    for made in made_pod(lab, [{"hostPort": HOST_PORT, "containerPort": GUEST_PORT,
+                                "protocol": "TCP", "hostIP": ""}]):
+        guest_net = connect_tap(made.netns)
+        guest = made.boot(guest_net)
+        guest.wait_for("vmnet-ready")
+        yield made, guest_net, guest
+
+
+def connect(address: str, port: int, netns: str | None = None) -> socket.socket:
     if netns:
         with ns.entered(netns):
             conn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # bound to the netns
     else:
         conn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    with conn:
-        conn.settimeout(10)
-        conn.connect((address, GUEST_PORT))
-        data = b""
-        while chunk := conn.recv(4096):
-            data += chunk
-    return data.decode().strip()
+    conn.settimeout(20)
+    try:
+        conn.connect((address, port))
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
-def identity(links: list[dict]) -> list[tuple]:
-    return [(link["ifindex"], link["ifname"], link["address"], link["mtu"], link["flags"])
-            for link in links]
+def read_all(conn: socket.socket) -> bytes:
+    data = bytearray()
+    while chunk := conn.recv(1 << 16):
+        data += chunk
+    return bytes(data)
+
+
+def reply_from(address: str, netns: str | None = None, port: int = GUEST_PORT) -> str:
+    with connect(address, port, netns) as conn:
+        return read_all(conn).decode().strip()
 
 
 # --- tests -------------------------------------------------------------------------------------
@@ -344,10 +394,9 @@ def test_connect_tap_describes_eth0_and_wires_it_to_the_tap(pod):
     assert v4 in [f"{a['local']}/{a['prefixlen']}" for a in eth0["addr_info"]]
 
 
-def test_a_guest_on_the_tap_is_the_pod(pod):
-    guest_net = connect_tap(pod.netns)
-    guest = pod.boot(guest_net)
-    console = guest.wait_for("vmnet-ready")
+def test_a_guest_on_the_tap_is_the_pod(vm_pod):
+    pod, guest_net, guest = vm_pod
+    console = guest.output()
     assert "vmnet-fail" not in console, console[-3000:]
 
     # guest -> the bridge's gateway, through tap0 -> eth0 -> veth -> bridge
@@ -362,28 +411,73 @@ def test_a_guest_on_the_tap_is_the_pod(pod):
     done = run(BUSYBOX, "ping", "-c", "3", "-W", "3", pod.result.ip)
     assert done.returncode == 0, done.stdout + done.stderr
     assert " 0% packet loss" in done.stdout
-    mac = guest_net["interfaces"][0]["mac"]
-    assert reply_from(pod.result.ip) == f"guest-hello {guest.token} {mac}"
+    assert reply_from(pod.result.ip) == f"guest-hello {guest.token} {guest.mac}"
 
     # The neighbour the bridge's side resolved for the pod IP is eth0's MAC: the guest answered.
     neighbours = json.loads(run("ip", "-j", "neigh", "show", "dev", BRIDGE).stdout)
-    assert {n.get("lladdr") for n in neighbours if n["dst"] == pod.result.ip} == {mac}
+    assert {n.get("lladdr") for n in neighbours if n["dst"] == pod.result.ip} == {guest.mac}
+    assert guest_net["interfaces"][0]["mac"] == guest.mac
 
 
-def test_forward_target_reaches_the_guest_from_the_host(pod):
-    guest_net = connect_tap(pod.netns)
-    guest = pod.boot(guest_net)
-    guest.wait_for("vmnet-ready")
+def test_bulk_tcp_both_ways_through_the_tap(vm_pod):
+    """Full-size segments (GSO from the host's stack, the guest's offloads) pass the
+    redirects intact: byte counts and checksums match both ways."""
+    pod, _, _ = vm_pod
+    payload = os.urandom(BULK)
+    start = time.monotonic()
+    with connect(pod.result.ip, SINK_PORT) as conn:
+        conn.sendall(payload)
+        conn.shutdown(socket.SHUT_WR)
+        assert read_all(conn).decode().strip() == str(BULK)
+    sent = time.monotonic() - start
+    start = time.monotonic()
+    with connect(pod.result.ip, SOURCE_PORT) as conn:
+        received = read_all(conn)
+    got = time.monotonic() - start
+    assert len(received) == BULK
+    checksum = reply_from(pod.result.ip, port=SUM_PORT).split()[0]
+    assert checksum == hashlib.md5(received).hexdigest()
+    print(f"\nTCP host->guest {BULK / sent / 1e6:.0f} MB/s, "
+          f"guest->host {BULK / got / 1e6:.0f} MB/s")
+
+
+def test_host_port_reaches_the_guest(vm_pod):
+    _, _, guest = vm_pod
+    # portmap's DNAT in the host sends it to the pod IP, which the guest is
+    for address in ("127.0.0.1", host_ip()):
+        assert reply_from(address, port=HOST_PORT) == f"guest-hello {guest.token} {guest.mac}"
+
+
+def test_forward_target_reaches_the_guest_from_the_host(vm_pod):
+    pod, _, guest = vm_pod
     target = forward_target(pod.netns)
     assert target == pod.result.ip
-    mac = guest_net["interfaces"][0]["mac"]
     # from the host's namespace, where corrald's port-forward relay runs
-    assert reply_from(target) == f"guest-hello {guest.token} {mac}"
+    assert reply_from(target) == f"guest-hello {guest.token} {guest.mac}"
     # Not from inside the pod's netns: eth0 there still has the pod IP, so the netns
     # routes it to its own loopback, where nothing listens.
     assert in_netns(pod.netns, "ip", "route", "get", target).stdout.startswith("local ")
     with pytest.raises(ConnectionRefusedError):
         reply_from(target, netns=pod.netns)
+
+
+def test_disconnect_tap_under_a_running_guest(pod):
+    guest = pod.boot(connect_tap(pod.netns))
+    guest.wait_for("vmnet-ready")
+    assert reply_from(pod.result.ip) == f"guest-hello {guest.token} {guest.mac}"
+    disconnect_tap(pod.netns)  # QEMU still holds the tap
+    assert {link["ifname"] for link in ip_json(pod.netns, "link", "show")} == {"lo", "eth0"}
+    assert not [q for q in tc_json(pod.netns, "qdisc", "show") if q["kind"] == "ingress"]
+    with pytest.raises(OSError):
+        with connect(pod.result.ip, GUEST_PORT) as conn:
+            conn.settimeout(3)
+            read_all(conn)
+    assert guest.proc.poll() is None
+
+
+def identity(links: list[dict]) -> list[tuple]:
+    return [(link["ifindex"], link["ifname"], link["address"], link["mtu"], link["flags"])
+            for link in links]
 
 
 def test_disconnect_tap_leaves_eth0_as_cni_made_it(pod):

@@ -124,7 +124,9 @@ def disconnect_tap(netns_path: str, tap: str = TAP, interface: str = INTERFACE) 
         kind = links[tap].get("linkinfo", {}).get("info_kind")
         if kind != "tun":
             raise NetworkError(f"{tap} in {netns_path} is a {kind or 'plain'} link, not a tap")
-        _run(netns_path, ["ip", "tuntap", "del", "dev", tap, "mode", "tap"])
+        # `ip link del`, not `ip tuntap del`: that one attaches to the tap first and
+        # fails (EBUSY) while a QEMU still holds it; this removes it under QEMU too.
+        _run(netns_path, ["ip", "link", "del", "dev", tap])
 
 
 def forward_target(netns_path: str, interface: str = INTERFACE) -> str:
