@@ -95,7 +95,7 @@ def test_a_cri_device_comes_with_its_cgroup_rule(runtime, bundle):
     # CRI devices (containerd's WithDevices): the node and an allow rule with its permissions.
     from cri_api.v1 import api_pb2
 
-    from corral.cri.oci import PodContext, container_spec
+    from corral.sandbox.ocispec import PodContext, container_spec
 
     config = api_pb2.ContainerConfig(command=["true"])
     config.devices.add(container_path="/dev/fuse", host_path="/dev/fuse", permissions="rw")

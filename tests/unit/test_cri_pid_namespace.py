@@ -1,6 +1,6 @@
 """The container's PID namespace in its OCI config, per the pod's CRI pid mode."""
 
-from corral.cri.oci import PodContext, _namespaces
+from corral.sandbox.ocispec import PodContext, _namespaces
 
 
 def pid_entries(**pod) -> list[dict]:

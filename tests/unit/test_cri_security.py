@@ -7,8 +7,8 @@ import json
 import pytest
 from cri_api.v1 import api_pb2
 
-from corral.cri import oci
 from corral.runtime.seccomp import compile_program
+from corral.sandbox import ocispec as oci
 
 RUNTIME_DEFAULT, UNCONFINED, LOCALHOST = 0, 1, 2
 

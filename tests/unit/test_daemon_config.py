@@ -3,6 +3,7 @@
 import pytest
 
 from corral.daemon.config import ConfigError, load
+from corral.shim.handlers import UnknownHandler
 
 
 def test_defaults_without_a_file():
@@ -41,7 +42,11 @@ def test_explicit_cni_cache_dir(tmp_path):
     ("root = 'relative'", "absolute"),
     ("log_level = 'loud'", "log_level"),
     ("listen = 'tcp://0.0.0.0:1'", "unix:///"),
-    ("[runtimes.x]\ntype = 'vm'", "native or oci"),
+    ("[runtimes.x]\ntype = 'kvm'", "one of native, oci, runsc, vm"),
+    ("[runtimes.x]\ntype = 'runsc'", "absolute path"),
+    ("[runtimes.vm]\nmemory = 'lots'", "size such as"),
+    ("[runtimes.vm]\noverhead = { disk = 1 }", "table of memory and cpu"),
+    ("[runtimes.runc]\nruntime_flags = '--debug'", "list of strings"),
     ("[runtimes.x]\ntype = 'oci'", "absolute path"),
     ("default_runtime = 'nope'", "default_runtime"),
     ("[cni]\nbin_dirs = '/usr/lib/cni'", "list of strings"),
@@ -54,5 +59,22 @@ def test_bad_config(tmp_path, text, message):
 
 
 def test_unknown_handler():
-    with pytest.raises(ConfigError, match="no runtime handler 'gvisor'"):
+    with pytest.raises(UnknownHandler, match="no runtime handler 'gvisor'"):
         load().handler("gvisor")
+
+
+def test_handlers_by_type_with_their_overhead(tmp_path):
+    path = tmp_path / "corrald.toml"
+    path.write_text("[runtimes.vm]\nmemory = '256MiB'\noverhead = { memory = '300Mi', cpu = 0.5 }\n"
+                    "[runtimes.sandboxed]\ntype = 'runsc'\npath = '/opt/runsc'\n"
+                    "platform = 'kvm'\n")
+    config = load(str(path))
+    vm = config.handler("vm")
+    assert (vm.type, vm.options["memory"], vm.overhead) == ("vm", 256 << 20,
+                                                            {"memory": 300 << 20, "cpu": 0.5})
+    sandboxed = config.handler("sandboxed")
+    assert (sandboxed.type, sandboxed.options) == ("runsc", {"platform": "kvm"})
+    assert not sandboxed.features.host_namespaces and config.handler("").features.tty
+    assert sandboxed.unavailable() == "/opt/runsc is not installed"
+    assert "sandboxed" not in [h.name for h in config.offered()]
+    assert config.handler("runsc").options["platform"] == "ptrace"  # out of the box

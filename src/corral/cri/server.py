@@ -116,7 +116,9 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
                                      reason="" if network_ready else "NetworkPluginNotReady",
                                      message=network_message),
         ]
-        handlers = [api_pb2.RuntimeHandler(name=name) for name in sorted(self.ctx.config.runtimes)]
+        handlers = [api_pb2.RuntimeHandler(name=h.name, features=api_pb2.RuntimeHandlerFeatures(
+            recursive_read_only_mounts=h.features.recursive_read_only_mounts,
+            user_namespaces=h.features.user_namespaces)) for h in self.ctx.config.offered()]
         return api_pb2.StatusResponse(status=api_pb2.RuntimeStatus(conditions=conditions),
                                       runtime_handlers=handlers)
 
@@ -132,7 +134,7 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
     # --- pods ----------------------------------------------------------------------------------
     @rpc
     def RunPodSandbox(self, request, context):
-        from corral.cri.oci import TranslationError, check_pod_security, sandbox_seccomp
+        from corral.sandbox.ocispec import TranslationError, check_pod_security, sandbox_seccomp
 
         try:
             check_pod_security(request.config)
@@ -374,7 +376,7 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
 
     @rpc
     def UpdateContainerResources(self, request, context):
-        from corral.cri.oci import TranslationError, linux_resources
+        from corral.sandbox.ocispec import TranslationError, linux_resources
 
         self._require_id(request.container_id, "container_id")
         validation.check_memory_limit(request.linux.memory_limit_in_bytes)

@@ -27,6 +27,19 @@
     [runtimes.runc]                       # any runc-compatible binary: a RuntimeClass handler
     type = "oci"
     path = "/usr/sbin/runc"
+    runtime_flags = []                    # global flags before the command
+    [runtimes.runsc]                      # gVisor: one sandbox per pod (shim/handlers/runsc.py)
+    type = "runsc"
+    path = "/usr/bin/runsc"
+    platform = "ptrace"                   # kvm needs real VMX/SVM; systrap on newer runsc
+    overhead = { memory = "64MiB", cpu = 0.1 }  # what its RuntimeClass should declare
+    [runtimes.vm]                         # a QEMU micro-VM per pod (shim/handlers/vm.py)
+    type = "vm"
+    memory = "128MiB"                     # guest RAM; vcpus = 1
+    overhead = { memory = "256MiB", cpu = 0.25 }
+
+A handler whose binary (or QEMU and a guest kernel, for vm) is not on the host
+is not offered: Status leaves it out and RunPodSandbox refuses it with the reason.
 
 Flags (`--root`, `--state`, `--listen`, `--config`) override the file.
 """
@@ -36,6 +49,8 @@ from __future__ import annotations
 import os
 import tomllib
 
+from corral.shim.handlers import TYPES, HandlerSpec, UnknownHandler
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -43,14 +58,6 @@ class ConfigError(ValueError):
     pass
 
 
-class RuntimeHandler:
-    __slots__ = ("name", "type", "path", "options")
-
-    def __init__(self, name: str, type: str, path: str = "", options: dict | None = None):
-        self.name = name
-        self.type = type
-        self.path = path
-        self.options = options or {}
 
 
 class CniConfig:
@@ -75,7 +82,7 @@ class StreamConfig:
 
 
 class Config:
-    def __init__(self, values: dict, runtimes: dict[str, RuntimeHandler], cni: CniConfig,
+    def __init__(self, values: dict, runtimes: dict[str, HandlerSpec], cni: CniConfig,
                  stream: StreamConfig | None = None):
         self.root: str = values["root"]
         self.state: str = values["state"]
@@ -94,13 +101,18 @@ class Config:
     def socket_path(self) -> str:
         return self.listen.removeprefix("unix://")
 
-    def handler(self, name: str) -> RuntimeHandler:
-        """The runtime handler for a CRI runtime_handler ("" is the default)."""
+    def handler(self, name: str) -> HandlerSpec:
+        """The runtime handler for a CRI runtime_handler ("" is the default), whether or
+        not it can run here (HandlerSpec.unavailable)."""
         handler = self.runtimes.get(name or self.default_runtime)
         if handler is None:
-            raise ConfigError(f"no runtime handler {name!r} (configured: "
-                              f"{', '.join(sorted(self.runtimes))})")
+            raise UnknownHandler(f"no runtime handler {name!r} (configured: "
+                                 f"{', '.join(sorted(self.runtimes))})")
         return handler
+
+    def offered(self) -> list[HandlerSpec]:
+        """The handlers that can run on this host, by name."""
+        return [h for _, h in sorted(self.runtimes.items()) if not h.unavailable()]
 
 
 DEFAULTS = {
@@ -120,8 +132,12 @@ DEFAULT_RUNTIMES = {
     "native": {"type": "native"},
     "runc": {"type": "oci", "path": "/usr/sbin/runc"},
     "crun": {"type": "oci", "path": "/usr/bin/crun"},
-    "runsc": {"type": "oci", "path": "/usr/bin/runsc"},
+    "runsc": {"type": "runsc", "path": "/usr/bin/runsc", "platform": "ptrace",
+              "overhead": {"memory": "64MiB", "cpu": 0.1}},
+    "vm": {"type": "vm", "memory": "128MiB", "overhead": {"memory": "256MiB", "cpu": 0.25}},
 }
+SIZE_UNITS = {"": 1, "k": 1000, "m": 1000 ** 2, "g": 1000 ** 3,
+              "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30}
 
 
 def load(path: str | None = None, **overrides) -> Config:
@@ -163,7 +179,7 @@ def load(path: str | None = None, **overrides) -> Config:
                   _stream(document.get("stream", {}), where))
 
 
-def _runtimes(table, where: str, values: dict) -> dict[str, RuntimeHandler]:
+def _runtimes(table, where: str, values: dict) -> dict[str, HandlerSpec]:
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: runtimes must be a table")
     merged = {name: dict(spec) for name, spec in DEFAULT_RUNTIMES.items()}
@@ -174,18 +190,51 @@ def _runtimes(table, where: str, values: dict) -> dict[str, RuntimeHandler]:
     handlers = {}
     for name, spec in merged.items():
         kind = spec.get("type", "oci")
-        if kind not in ("native", "oci"):
-            raise ConfigError(f"{where}: runtimes.{name}.type must be native or oci")
+        if kind not in TYPES:
+            raise ConfigError(f"{where}: runtimes.{name}.type must be one of {', '.join(TYPES)}")
         path = spec.get("path", "")
-        if kind == "oci" and not (isinstance(path, str) and os.path.isabs(path)):
+        if kind in ("oci", "runsc") and not (isinstance(path, str) and os.path.isabs(path)):
             raise ConfigError(f"{where}: runtimes.{name}.path must be an absolute path")
-        handlers[name] = RuntimeHandler(name, kind, path,
-                                        {k: v for k, v in spec.items() if k not in ("type",
-                                                                                  "path")})
+        flags = spec.get("runtime_flags", [])
+        if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
+            raise ConfigError(f"{where}: runtimes.{name}.runtime_flags must be a list of strings")
+        options = {k: v for k, v in spec.items() if k not in ("type", "path", "overhead")}
+        if "memory" in options:
+            options["memory"] = _size(options["memory"], f"{where}: runtimes.{name}.memory")
+        handlers[name] = HandlerSpec(name, kind, path, options,
+                                     _overhead(spec.get("overhead", {}), f"{where}: runtimes."
+                                               f"{name}.overhead"))
     if values["default_runtime"] not in handlers:
         raise ConfigError(f"{where}: default_runtime {values['default_runtime']!r} is not in "
                           "runtimes")
     return handlers
+
+
+def _overhead(table, where: str) -> dict:
+    """A RuntimeClass's pod overhead: {"memory": bytes, "cpu": cores}."""
+    if not isinstance(table, dict) or set(table) - {"memory", "cpu"}:
+        raise ConfigError(f"{where} must be a table of memory and cpu")
+    overhead = {}
+    if "memory" in table:
+        overhead["memory"] = _size(table["memory"], f"{where}.memory")
+    if "cpu" in table:
+        cpu = table["cpu"]
+        if isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or cpu < 0:
+            raise ConfigError(f"{where}.cpu must be a number of cores")
+        overhead["cpu"] = float(cpu)
+    return overhead
+
+
+def _size(value, where: str) -> int:
+    """Bytes from 123, "64MiB", "1G" (Kubernetes' quantity suffixes, case-insensitive)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    text = str(value).strip().lower().removesuffix("b")
+    number = text.rstrip("kmgi")
+    try:
+        return int(float(number) * SIZE_UNITS[text[len(number):]])
+    except (ValueError, KeyError):
+        raise ConfigError(f"{where} must be a size such as 128MiB, not {value!r}") from None
 
 
 def _cni(table, where: str, values: dict) -> CniConfig:

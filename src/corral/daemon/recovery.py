@@ -140,7 +140,7 @@ def _replace_shim(ctx, pod) -> None:
 def _replace_init(ctx, pod) -> None:
     """The pod's init died with its shim (and the kernel ended its PID namespace): the
     new shim gets a new init, in a new namespace, for the containers still to come."""
-    from corral.cri.oci import sandbox_seccomp
+    from corral.sandbox.ocispec import sandbox_seccomp
 
     try:
         ctx.pods.start_init(pod.id, pod.pinned, sandbox_seccomp(pod_config(pod)))

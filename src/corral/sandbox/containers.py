@@ -110,7 +110,7 @@ class Containers:
 
     def _make(self, container_id: str, pod, stored_pod_config, config, image,
               log_path: str) -> None:
-        from corral.cri.oci import PodContext, TranslationError, container_spec
+        from corral.sandbox.ocispec import PodContext, TranslationError, container_spec
 
         bundle = self._bundle(pod.id, container_id)
         rootfs = os.path.join(bundle, "rootfs")
@@ -148,7 +148,7 @@ class Containers:
         with self._shim(pod.id) as shim:
             try:
                 shim.call("create", id=container_id, bundle=bundle, log_path=log_path,
-                          runtime={"type": handler.type, "path": handler.path},
+                          runtime=handler.to_dict(),
                           stdin=config.stdin, stdin_once=config.stdin_once)
             except ShimError as e:
                 raise _shim_error(e, f"create container {config.metadata.name}") from None
@@ -186,7 +186,7 @@ class Containers:
         reads its output), through the runtime's own state: its PID and cgroup."""
         from corral.runtime.container import Container
         from corral.runtime.errors import ContainerNotFound, RuntimeFailure
-        from corral.shim.oci import OciContainer
+        from corral.shim.handlers.oci import OciRuntime
 
         shim_dir = self.ctx.pods.paths(pod_id).shim
         try:
@@ -199,9 +199,9 @@ class Containers:
             return
         pod = self.store.pod(pod_id)
         handler = self.ctx.config.handler(pod.handler) if pod else None
-        if handler is not None and handler.type == "oci":
+        if handler is not None and handler.type in ("oci", "runsc"):
             try:
-                OciContainer(handler.path, os.path.join(shim_dir, "oci"), container_id).run(
+                OciRuntime(handler.path, os.path.join(shim_dir, "oci")).run(
                     "delete", "--force", container_id)
                 return
             except RuntimeFailure as e:
@@ -322,7 +322,7 @@ class Containers:
 
     # --- exec ----------------------------------------------------------------------------------
     def exec_sync(self, container_id: str, cmd: list[str], timeout: int) -> dict:
-        from corral.cri.oci import exec_process
+        from corral.sandbox.ocispec import exec_process
 
         record = self.sync(self.get(container_id))
         if record.state != "running":
@@ -411,7 +411,7 @@ def exit_fields(exit_record: dict | None, unrecorded_reason: str = UNKNOWN_EXIT_
 
 def _shim_error(error: ShimError, what: str) -> SandboxError:
     kinds = {"not_found": NotFound, "exists": AlreadyExists, "invalid": InvalidArgument,
-             "timeout": DeadlineExceeded}
+             "timeout": DeadlineExceeded, "unsupported": FailedPrecondition}
     return kinds.get(error.kind, SandboxError)(f"{what}: {error}")
 
 

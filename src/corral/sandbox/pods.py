@@ -31,7 +31,13 @@ import sqlite3
 import threading
 import time
 
-from corral.sandbox.errors import AlreadyExists, InvalidArgument, NotFound, SandboxError
+from corral.sandbox.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    SandboxError,
+)
 from corral.sandbox.files import HOST_HOSTS, host_file, hosts_text, resolv_conf_text, write_file
 
 log = logging.getLogger("corrald.pods")
@@ -126,9 +132,9 @@ class Pods:
 
     # --- run -----------------------------------------------------------------------------------
     def run(self, config, handler_name: str = "", init_seccomp: dict | None = None) -> str:
-        """`init_seccomp`: the OCI seccomp profile of the pod's init (cri/oci.py
+        """`init_seccomp`: the OCI seccomp profile of the pod's init (sandbox/ocispec.py
         sandbox_seccomp), if its containers share a PID namespace."""
-        from corral.daemon.config import ConfigError
+        from corral.shim.handlers import UnknownHandler
 
         metadata = config.metadata
         if not metadata.name or not metadata.namespace or not metadata.uid:
@@ -136,8 +142,9 @@ class Pods:
                                   "metadata.uid are required")
         try:
             handler = self.ctx.config.handler(handler_name)
-        except ConfigError as e:
+        except UnknownHandler as e:
             raise InvalidArgument(str(e)) from None
+        _check_handler(handler, config)
         pod_id = secrets.token_hex(32)
         host_network = namespace_mode(config, "network") == NODE
         cgroup_parent = config.linux.cgroup_parent or \
@@ -152,7 +159,8 @@ class Pods:
                                 f"{metadata.uid}_{metadata.attempt} already exists") from None
         with self.lock(pod_id):
             try:
-                ip, pinned, shim_pid = self._make(pod_id, config, host_network, init_seccomp)
+                ip, pinned, shim_pid = self._make(pod_id, config, host_network, init_seccomp,
+                                                  handler, cgroup_parent)
             except BaseException:
                 self.teardown(pod_id, config, network=not host_network)
                 self.store.remove_pod(pod_id)
@@ -163,8 +171,8 @@ class Pods:
                  ip or "host")
         return pod_id
 
-    def _make(self, pod_id: str, config, host_network: bool,
-              init_seccomp: dict | None) -> tuple[str, dict, int]:
+    def _make(self, pod_id: str, config, host_network: bool, init_seccomp: dict | None,
+              handler, cgroup_parent: str) -> tuple[str, dict, int]:
         from corral.network import netns
 
         paths = self.paths(pod_id)
@@ -195,9 +203,27 @@ class Pods:
         write_file(paths.resolv_conf, resolv_conf_text(config.dns_config
                                                        if config.HasField("dns_config") else None))
         shim_pid = self.ctx.shims.start(pod_id, paths.shim, paths.shim_socket)
-        if shares_pid(config):
+        self._start_sandbox(pod_id, handler, {
+            "namespaces": pinned, "cgroup_parent": cgroup_parent, "hostname": hostname,
+            "containers": paths.containers, "ip": ip, "hosts": paths.hosts,
+            "resolv_conf": paths.resolv_conf, "shares_pid": shares_pid(config)})
+        if shares_pid(config) and handler.features.pod_init:
             pinned["pid"] = self.start_init(pod_id, pinned, init_seccomp)
         return ip, pinned, shim_pid
+
+    def _start_sandbox(self, pod_id: str, handler, pod: dict) -> None:
+        """The pod's runtime handler in its shim, and the sandbox it has (a VM, gVisor's):
+        made now, so the pod is ready when its sandbox is."""
+        from corral.shim.protocol import ShimClient, ShimError
+
+        try:
+            with ShimClient(self.paths(pod_id).shim_socket, timeout=120) as shim:
+                shim.call("start_pod", runtime=handler.to_dict(), pod=pod)
+        except ShimError as e:
+            if e.kind == "unsupported":
+                raise FailedPrecondition(f"runtime handler {handler.name}: {e}") from None
+            raise SandboxError(f"pod {pod_id[:12]}: runtime handler {handler.name}: "
+                               f"{e}") from None
 
     def start_init(self, pod_id: str, pinned: dict, seccomp_profile: dict | None) -> str:
         """Start the pod's init in its shim, in a new PID namespace pinned as ns/pid
@@ -238,6 +264,7 @@ class Pods:
             config = pod_config(record)
             if "pid" in record.pinned:
                 self._stop_init(record.id)
+            self._stop_sandbox(record.id)
             if namespace_mode(config, "network") != NODE:
                 # Also when not ready: a DEL that failed earlier (at recovery after a reboot)
                 # is retried; with nothing cached it is a no-op.
@@ -264,6 +291,16 @@ class Pods:
         with self._locks_lock:
             self._locks.pop(record.id, None)
         log.info("pod %s removed", record.id[:12])
+
+    def _stop_sandbox(self, pod_id: str) -> None:
+        """End the handler's sandbox (a VM, gVisor's): the stopped pod holds no resources."""
+        from corral.shim.protocol import ShimClient, ShimError
+
+        try:
+            with ShimClient(self.paths(pod_id).shim_socket, timeout=60) as shim:
+                shim.call("stop_pod")
+        except (OSError, ShimError) as e:
+            log.warning("pod %s: stop its sandbox: %s", pod_id[:12], e)
 
     def _stop_init(self, pod_id: str) -> None:
         """End the pod's init, and with it anything left in its PID namespace."""
@@ -304,6 +341,20 @@ class Pods:
         netns.unpin_namespaces(paths.ns)
         self.ctx.remove_pod_cgroup(self.store.pod(pod_id))
         shutil.rmtree(paths.dir, ignore_errors=True)
+
+
+def _check_handler(handler, config) -> None:
+    """FAILED_PRECONDITION for what this handler cannot give the pod."""
+    why = handler.unavailable()
+    if why:
+        raise FailedPrecondition(f"runtime handler {handler.name} is not available on this "
+                                 f"host: {why}")
+    if handler.features.host_namespaces:
+        return
+    for kind in ("network", "pid", "ipc"):
+        if namespace_mode(config, kind) == NODE:
+            raise FailedPrecondition(f"runtime handler {handler.name} cannot share the host's "
+                                     f"{kind} namespace (its pods have a kernel of their own)")
 
 
 @functools.lru_cache(maxsize=16)

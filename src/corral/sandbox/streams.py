@@ -186,7 +186,7 @@ def start_exec(ctx, container_id: str, cmd: list[str], *, tty: bool, stdin: bool
                stdout: bool, stderr: bool, size: tuple[int, int] | None = None) -> Stdio:
     """Start `cmd` in the running container; its stdio for the streaming server.  A tty
     starts with `size` (width, height) if known."""
-    from corral.cri.oci import exec_process
+    from corral.sandbox.ocispec import exec_process
 
     if not cmd:
         raise InvalidArgument("exec: cmd is empty")

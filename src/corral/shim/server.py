@@ -13,6 +13,10 @@ The loop watches:
     container pipes      stdout/stderr into CRI-format logs (logs.py)
     deadlines            `wait` and `exec_sync` timeouts
 
+What runs a container is the pod's runtime handler (handlers/: native,
+oci, runsc, vm), chosen when the pod starts; this module keeps what all of
+them share: stdio, CRI logs, exit records, waiters and deadlines.
+
 A pod whose containers share a PID namespace has an init (podinit.py), a
 child of this shim like the containers, started and stopped on request.
 
@@ -33,7 +37,6 @@ import socket
 import sys
 import time
 
-from corral.runtime.container import Container
 from corral.runtime.errors import (
     ConfigInvalid,
     ContainerExists,
@@ -42,9 +45,9 @@ from corral.runtime.errors import (
     InvalidState,
     RuntimeFailure,
 )
-from corral.shim import liveness, podinit
+from corral.shim import handlers, liveness, podinit
+from corral.shim.handlers.base import HandledContainer, Handler, Unsupported
 from corral.shim.logs import CriLog
-from corral.shim.oci import OciContainer
 from corral.shim.protocol import MAX_FRAME, ShimError, decode_frames, encode
 from corral.shim.streams import ContainerIO, StreamExec, StreamOps
 
@@ -88,7 +91,7 @@ class Connection:
 class Managed:
     """A container this shim parents."""
 
-    def __init__(self, container: Container, log: CriLog, kill_all_on_exit: bool = False):
+    def __init__(self, container: HandledContainer, log: CriLog, kill_all_on_exit: bool = False):
         self.container = container
         self.log = log
         # Without a PID namespace of its own, the end of its init does not end the rest
@@ -105,9 +108,11 @@ class Managed:
 
 
 class ExecJob:
-    def __init__(self, conn: Connection, pid: int, deadline: float | None):
+    def __init__(self, conn: Connection, container: HandledContainer, pid: int,
+                 deadline: float | None):
         self.conn = conn
-        self.pid = pid
+        self.container = container
+        self.pid = pid  # the key its end is known by: its host PID, or the handler's key
         self.deadline = deadline
         self.streams: dict[int, str] = {}
         self.output = {"stdout": bytearray(), "stderr": bytearray()}
@@ -118,16 +123,15 @@ class Shim(StreamOps):
     def __init__(self, pod_id: str, directory: str, socket_path: str | None = None):
         self.pod_id = pod_id
         self.dir = directory
-        self.runtime_root = os.path.join(directory, "runtime")
         self.exits_dir = os.path.join(directory, "exits")
         self.socket_path = socket_path or os.path.join(directory, "shim.sock")
         self.selector = selectors.DefaultSelector()
         self.containers: dict[str, Managed] = {}
         self.execs: dict[int, ExecJob] = {}
         self.pod_init_pid = 0  # the pod's init (podinit.py), while it runs
+        self.handler: Handler | None = None  # chosen by start_pod (or the first create)
         self.running = True
         os.makedirs(self.exits_dir, exist_ok=True)
-        os.makedirs(self.runtime_root, mode=0o711, exist_ok=True)
         self._life_lock = liveness.hold(directory)  # held until this process ends
 
     # --- the loop ------------------------------------------------------------------------------
@@ -283,14 +287,16 @@ class Shim(StreamOps):
             self._finish_exec(job, code)
             return
         for managed in self.containers.values():
-            if managed.exit is None and managed.container.state.pid == pid:
+            if managed.exit is None and managed.container.pid == pid:
                 self._record_exit(managed, code)
                 return
+        if self.handler is not None:
+            self.handler.reaped(pid, code)
         # anything else: an orphan of the pod, reaped so that it is no zombie
 
     def _record_exit(self, managed: Managed, code: int, reason: str = "") -> None:
         self._drain(managed.streams, managed.log.feed)
-        if not reason and code == 137 and oom_killed(managed.container):
+        if not reason and code == 137 and managed.container.oom_killed():
             reason = "OOMKilled"
         managed.exit = {"exit_code": code, "finished_at": time.time_ns(), "reason": reason}
         write_json_atomically(self._exit_path(managed.id), managed.exit)
@@ -361,10 +367,7 @@ class Shim(StreamOps):
             if job.deadline is not None and job.deadline <= now and not job.timed_out:
                 job.timed_out = True
                 job.deadline = None
-                try:
-                    os.kill(job.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                job.container.kill_exec(job.pid, signal.SIGKILL)
 
     # --- operations ----------------------------------------------------------------------------
     def _in_helper(self, work):
@@ -374,6 +377,41 @@ class Shim(StreamOps):
         own = [key.fd for key in self.selector.get_map().values()]
         own += [self._wake[1].fileno(), self._life_lock]
         return in_helper(work, close=own)
+
+    # --- what the handler may ask of the shim (handlers/base.py ShimServices) ---------------
+    def in_helper(self, work):
+        return self._in_helper(work)
+
+    def watch(self, fd: int, callback) -> None:
+        self.selector.register(fd, selectors.EVENT_READ, lambda _: callback(fd))
+
+    def watch_writable(self, fd: int, callback) -> None:
+        def writable(_):
+            self.unwatch(fd)
+            callback(fd)
+
+        self.selector.register(fd, selectors.EVENT_WRITE, writable)
+
+    def unwatch(self, fd: int) -> None:
+        try:
+            self.selector.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+
+    def container_exited(self, container_id: str, code: int, reason: str = "") -> None:
+        managed = self.containers.get(container_id)
+        if managed is not None and managed.exit is None:
+            self._record_exit(managed, code, reason)
+
+    def exec_exited(self, key: int, code: int) -> None:
+        job = self.execs.pop(key, None)
+        if job is not None:
+            self._finish_exec(job, code)
+
+    def _handler(self, spec: dict | None) -> Handler:
+        if self.handler is None:
+            self.handler = handlers.make(spec or {"type": "native"}, self)
+        return self.handler
 
     def _managed(self, request: dict) -> Managed:
         container_id = request.get("id")
@@ -389,10 +427,22 @@ class Shim(StreamOps):
     def op_ping(self, conn, request) -> dict:
         return {"pid": os.getpid(), "pod": self.pod_id}
 
+    def op_start_pod(self, conn, request) -> dict:
+        """The pod's runtime handler, and its sandbox if it has one (a VM, gVisor's)."""
+        if self.handler is not None:
+            raise ShimError("exists", f"pod {self.pod_id} has started")
+        handler = self._handler(request["runtime"])
+        try:
+            return handler.start_pod(request.get("pod") or {})
+        except BaseException:
+            self.handler = None
+            raise
+
     def op_create(self, conn, request) -> dict:
         container_id, bundle = request["id"], request["bundle"]
         if container_id in self.containers:
             raise ShimError("exists", f"container {container_id} already exists")
+        handler = self._handler(request.get("runtime"))
         log = ContainerIO(request.get("log_path") or "", stdin_once=bool(request.get("stdin_once")))
         stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
         stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
@@ -400,22 +450,14 @@ class Shim(StreamOps):
             null, log.stdin_fd = os.pipe2(os.O_CLOEXEC)
         else:
             null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        runtime = request.get("runtime") or {"type": "native"}
         with open(os.path.join(bundle, "config.json")) as f:
             config = json.load(f)
-        console = self._console_listener(config, runtime)
+        console = self._console_listener(config)
         if console:
             log.open_sources["stdout"] += 1  # the pty master will feed stdout too
         try:
-            if runtime.get("type") == "oci":
-                container = OciContainer.create(runtime["path"], os.path.join(self.dir, "oci"),
-                                                container_id, bundle,
-                                                stdio=(null, stdout_w, stderr_w))
-            else:
-                self._in_helper(lambda: Container.create(
-                    self.runtime_root, container_id, bundle, stdio=(null, stdout_w, stderr_w),
-                    console_socket=_address(console) if console else None).id)
-                container = Container.load(self.runtime_root, container_id)
+            container = handler.create(container_id, bundle, (null, stdout_w, stderr_w),
+                                       _address(console) if console else None)
         except BaseException:
             for fd in (stdout_r, stderr_r):
                 os.close(fd)
@@ -433,21 +475,17 @@ class Shim(StreamOps):
         if console:
             self.selector.register(console, selectors.EVENT_READ,
                                    lambda _: self._take_console(console, managed))
-        return {"pid": container.state.pid}
+        return {"pid": container.pid}
 
-    def _console_listener(self, config: dict, runtime: dict) -> socket.socket | None:
+    def _console_listener(self, config: dict) -> socket.socket | None:
         """For a tty container (CRI tty: process.terminal), a socket its pty master comes to.
 
         Abstract (no path): a pod's directory is too deep for a Unix socket path."""
         if not config.get("process", {}).get("terminal"):
             return None
-        if runtime.get("type") == "oci":
-            raise ShimError("invalid", "tty containers need the native runtime handler")
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        listener.bind(f"\0corral-console-{os.getpid()}-{secrets.token_hex(8)}")
-        listener.listen(1)
-        listener.setblocking(False)
-        return listener
+        if not handlers.FEATURES[self.handler.spec.get("type", "native")].tty:
+            raise Unsupported(f"runtime handler {self.handler.name} has no tty containers")
+        return console_listener()
 
     def _take_console(self, listener: socket.socket, managed: Managed) -> None:
         """The container's pty master arrived: its output is the container's stdout."""
@@ -468,12 +506,9 @@ class Shim(StreamOps):
 
     def op_start(self, conn, request) -> dict:
         managed = self._managed(request)
-        if isinstance(managed.container, OciContainer):
-            managed.container.start()
-        else:
-            self._in_helper(managed.container.start)  # waits on the exec FIFO; keeps no state
+        managed.container.start()
         managed.started_at = time.time_ns()
-        return {"pid": managed.container.state.pid, "started_at": managed.started_at}
+        return {"pid": managed.container.pid, "started_at": managed.started_at}
 
     def op_kill(self, conn, request) -> dict:
         managed = self._managed(request)
@@ -482,7 +517,7 @@ class Shim(StreamOps):
             try:
                 managed.container.kill(signum, bool(request.get("all")))
             except RuntimeFailure:
-                if managed.container.state.init_alive():
+                if managed.container.alive():
                     raise
         return {}
 
@@ -490,8 +525,8 @@ class Shim(StreamOps):
         if managed.exit is not None:
             status = "stopped"
         else:
-            status = managed.container.state.status()
-        return {"id": managed.id, "status": status, "pid": managed.container.state.pid,
+            status = managed.container.status()
+        return {"id": managed.id, "status": status, "pid": managed.container.pid,
                 "started_at": managed.started_at, "exit": managed.exit}
 
     def op_state(self, conn, request) -> dict:
@@ -508,12 +543,12 @@ class Shim(StreamOps):
 
     def op_delete(self, conn, request) -> dict:
         managed = self._managed(request)
-        if managed.exit is None and managed.container.state.init_alive():
+        if managed.exit is None and managed.container.alive():
             if not request.get("force"):
                 raise ShimError("invalid", f"container {managed.id} is running")
             managed.container.kill(signal.SIGKILL, True)
             self._wait_for(managed, 10.0)
-        managed.container.delete(force=True)
+        managed.container.delete()
         if managed.exit is None:  # it never ran, or died unseen
             self._record_exit(managed, 255, "deleted")
         self._drain(managed.streams, managed.log.feed)
@@ -531,7 +566,9 @@ class Shim(StreamOps):
 
     def _wait_for(self, managed: Managed, timeout: float) -> None:
         """Block until the init is reaped (used by delete --force, after SIGKILL)."""
-        pid = managed.container.state.pid
+        pid = managed.container.pid
+        if pid <= 0:
+            return  # not the shim's child: the handler's delete ends it
         deadline = time.monotonic() + timeout
         while managed.exit is None and time.monotonic() < deadline:
             try:
@@ -557,40 +594,17 @@ class Shim(StreamOps):
         managed = self._managed(request)
         if managed.exit is not None:
             raise ShimError("invalid", f"container {managed.id} is not running")
-        if isinstance(managed.container, OciContainer):
-            done = managed.container.run("events", "--stats", managed.id)
-            return {"stats": json.loads(done.stdout).get("data", {})}
-        from corral.runtime.cgroups import load_manager
-        from corral.runtime.cgroups.stats import read_stats
-
-        saved = managed.container.state.cgroup
-        return {"stats": read_stats(load_manager(saved)) if saved else {}}
+        return {"stats": managed.container.stats()}
 
     def op_exec_sync(self, conn, request) -> dict | None:
-        from corral.spec.runtime import Process, SpecError
-
         managed = self._managed(request)
         if managed.exit is not None:
             raise ShimError("invalid", f"container {managed.id} is not running")
-
-        def parsed() -> Process:  # in the helper: parsing touches many shared objects
-            try:
-                return Process.parse(request["process"], "process")
-            except SpecError as e:
-                raise ShimError("invalid", str(e)) from None
-
-        if isinstance(managed.container, OciContainer):
-            parsed()
-            process = request["process"]  # the binary reads the JSON itself
         stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
         stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            if isinstance(managed.container, OciContainer):
-                pid = managed.container.exec(process, stdio=(null, stdout_w, stderr_w))
-            else:
-                pid = self._in_helper(lambda: managed.container.exec(
-                    parsed(), stdio=(null, stdout_w, stderr_w)))
+            pid = managed.container.exec(request["process"], (null, stdout_w, stderr_w))
         except BaseException:
             os.close(stdout_r)
             os.close(stderr_r)
@@ -599,7 +613,8 @@ class Shim(StreamOps):
             for fd in (null, stdout_w, stderr_w):
                 os.close(fd)
         timeout = request.get("timeout") or 0
-        job = ExecJob(conn, pid, time.monotonic() + float(timeout) if timeout else None)
+        job = ExecJob(conn, managed.container, pid,
+                      time.monotonic() + float(timeout) if timeout else None)
         self.execs[pid] = job
         self._watch(stdout_r, job.streams, "stdout", lambda n, d, j=job: _collect(j, n, d))
         self._watch(stderr_r, job.streams, "stderr", lambda n, d, j=job: _collect(j, n, d))
@@ -623,13 +638,15 @@ class Shim(StreamOps):
 
     def op_shutdown(self, conn, request) -> dict:
         live = [m.id for m in self.containers.values() if m.exit is None
-                and m.container.state.init_alive()]
+                and m.container.alive()]
         if live and not request.get("force"):
             raise ShimError("invalid", f"pod {self.pod_id} still has running containers: "
                             f"{', '.join(live)}")
         for container_id in list(self.containers):
             self.op_delete(conn, {"id": container_id, "force": True})
         self._stop_init()
+        if self.handler is not None:
+            self.handler.stop_pod()
         self.running = False
         return {}
 
@@ -694,6 +711,16 @@ def _shares_pid_namespace(config: dict) -> bool:
     return pid is None or bool(pid.get("path"))
 
 
+def console_listener() -> socket.socket:
+    """A socket a pty master comes to (runc's console socket protocol), non-blocking.
+    Abstract (no path): a pod's directory is too deep for a Unix socket path."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    listener.bind(f"\0corral-console-{os.getpid()}-{secrets.token_hex(8)}")
+    listener.listen(1)
+    listener.setblocking(False)
+    return listener
+
+
 def _address(sock: socket.socket) -> str:
     """A bound Unix socket's address as a str ("\\0…" for an abstract one)."""
     address = sock.getsockname()
@@ -749,20 +776,6 @@ def in_helper(work, close=()):
     if not reply["ok"]:
         raise ShimError(reply["kind"], reply["error"])
     return reply["result"]
-
-
-def oom_killed(container) -> bool:
-    """Whether the kernel's OOM killer killed a process of the container's memory cgroup."""
-    saved = getattr(container.state, "cgroup", None)
-    if not saved:
-        return False  # an `oci` handler's container: its runtime keeps the cgroup to itself
-    from corral.runtime.cgroups import load_manager
-    from corral.runtime.cgroups.stats import read_flat_keyed
-
-    paths = load_manager(saved).paths
-    counters = read_flat_keyed(paths["memory"], "memory.oom_control") if "memory" in paths \
-        else read_flat_keyed(paths.get("", ""), "memory.events") if paths.get("") else None
-    return bool(counters and counters.get("oom_kill"))
 
 
 def _kind(error: RuntimeFailure) -> str:

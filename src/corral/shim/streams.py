@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import signal
 import socket
 
@@ -117,8 +116,9 @@ class StreamExec:
 
     deadline = None  # the loop's exec deadlines: a streaming exec has none
 
-    def __init__(self, conn, pid: int):
+    def __init__(self, conn, container, pid: int):
         self.conn = conn
+        self.container = container
         self.pid = pid
         self.exit_code: int | None = None
         self.waiting = False
@@ -133,34 +133,19 @@ class StreamOps:
     """Operations of the shim (server.Shim) for corrald's streaming server."""
 
     def op_exec(self, conn, request) -> dict:
-        from corral.shim.oci import OciContainer
-        from corral.spec.runtime import Process, SpecError
-
-        def parsed():  # in the helper, as exec_sync: parsing touches many shared objects
-            try:
-                return Process.parse(request["process"], "process")
-            except SpecError as e:
-                raise ShimError("invalid", str(e)) from None
-
         fds, conn.fds = conn.fds, []
         try:
             managed = self._stream_target(conn, request)
             container = managed.container
-            oci = isinstance(container, OciContainer)
             if request.get("tty"):
-                if oci:
-                    raise ShimError("invalid", "a tty exec needs the native runtime handler")
                 if len(fds) != 1:
                     raise ShimError("invalid", "a tty exec takes one socket for its terminal")
-                pid = self._in_helper(lambda: _exec_with_terminal(container, parsed(), fds[0]))
+                self._console_listener({"process": {"terminal": True}})  # refused if none
+                pid = _exec_with_terminal(container, request["process"], fds[0])
             else:
                 stdio = _stdio(request.get("stdio", []), fds)
                 try:
-                    if oci:
-                        parsed()
-                        pid = container.exec(request["process"], stdio=stdio)
-                    else:
-                        pid = self._in_helper(lambda: container.exec(parsed(), stdio=stdio))
+                    pid = container.exec(request["process"], stdio)
                 finally:
                     for fd in stdio:
                         if fd not in fds:
@@ -168,7 +153,7 @@ class StreamOps:
         finally:
             for fd in fds:
                 os.close(fd)
-        job = StreamExec(conn, pid)
+        job = StreamExec(conn, container, pid)
         self.execs[pid] = job
         conn.stream = job
         return {"pid": pid}
@@ -232,10 +217,7 @@ class StreamOps:
         if isinstance(job, StreamExec):
             job.conn = None
             if job.exit_code is None:  # not reaped yet: the pid is still this process
-                try:
-                    os.kill(job.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                job.container.kill_exec(job.pid, signal.SIGKILL)
         elif isinstance(job, Attachment):
             job.io.detach(conn)
 
@@ -256,17 +238,18 @@ def _stdio(names: list, fds: list[int]) -> tuple[int, int, int]:
     return stdin, outputs[0], outputs[1]
 
 
-def _exec_with_terminal(container, process, back_fd: int) -> int:
-    """In the shim's helper child: exec with a pty the process makes in the container
-    (runc's console socket protocol), and pass its master to corrald on `back_fd`."""
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+def _exec_with_terminal(container, process: dict, back_fd: int) -> int:
+    """Exec with a pty the process makes in the container (runc's console socket
+    protocol), and pass its master to corrald on `back_fd`.  The master comes back
+    while the exec is being made, so the loop waits for it here (at most 10 s)."""
+    from corral.shim.server import console_listener
+
+    listener = console_listener()
     back = socket.socket(fileno=os.dup(back_fd))
     pid = 0
     try:
-        listener.bind(f"\0corral-exec-console-{os.getpid()}-{secrets.token_hex(8)}")
-        listener.listen(1)
         address = listener.getsockname()
-        pid = container.exec(process, console_socket=address.decode()
+        pid = container.exec(process, None, console_socket=address.decode()
                              if isinstance(address, bytes) else address)
         listener.settimeout(10)
         conn, _ = listener.accept()
@@ -283,7 +266,7 @@ def _exec_with_terminal(container, process, back_fd: int) -> int:
         return pid
     except BaseException:
         if pid:
-            os.kill(pid, signal.SIGKILL)  # orphaned to the shim, which reaps it
+            container.kill_exec(pid, signal.SIGKILL)  # the loop reaps it
         raise
     finally:
         listener.close()
