@@ -54,9 +54,6 @@ SUM_PORT = 8083  # ... and then their md5sum
 BULK = 4 << 20
 BOOT_TIMEOUT = 40.0
 
-pytestmark = pytest.mark.skipif(shutil.which(QEMU) is None or not os.path.exists(BUSYBOX),
-                                reason="needs qemu-system-x86 and busybox-static")
-
 
 def run(*command: str, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
@@ -222,8 +219,9 @@ class Guest:
             if self.proc.poll() is not None:
                 break
             time.sleep(0.05)
-        qemu = self.proc.stderr.read() if self.proc.poll() is not None else "(running)"
-        pytest.fail(f"guest: no {marker!r}; qemu: {qemu}; console:\n{self.output()[-5000:]}")
+        qemu = self.console.with_name(self.console.name.replace("console", "qemu")).read_text()
+        pytest.fail(f"guest: no {marker!r} (qemu exit {self.proc.poll()}: {qemu.strip()}); "
+                    f"console:\n{self.output()[-5000:]}")
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -267,7 +265,7 @@ class Pod:
         build_initramfs(str(initrd), self.lab.modules_dir, guest, token)
         cmdline = ("console=ttyS0 quiet reboot=t panic=-1 no_timer_check mitigations=off "
                    f"pci=off cryptomgr.notests tsc=reliable tsc_early_khz={self.lab.tsc_khz} "
-                   f"lpj={self.lab.tsc_khz * 1000 // 250} rdinit=/init")
+                   f"lpj={self.lab.tsc_khz * 1000 // 250} rdinit=/init")  # loops per jiffy, HZ=250
         mac = guest["interfaces"][0]["mac"]
         argv = ["nsenter", f"--net={self.netns}",  # execs QEMU: its PID is QEMU's
                 QEMU, "-M", "microvm", "-accel", "tcg", "-cpu", "max", "-m", "128", "-smp", "1",
@@ -276,8 +274,9 @@ class Pod:
                 "-serial", f"file:{console}",
                 "-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no",
                 "-device", f"virtio-net-device,netdev=n0,mac={mac}"]
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        with open(self.dir / f"qemu-{token}.log", "w") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    start_new_session=True)
         started = Guest(proc, console, token, mac)
         self.guests.append(started)
         return started

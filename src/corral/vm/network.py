@@ -18,15 +18,19 @@ station as before; no bridge, no NAT, no MAC rewriting inside the netns.
 
 eth0 keeps its address, as Kata leaves it: ingress is redirected before the
 netns's IP stack sees a frame, so that stack never answers ARP or anything
-else for the pod IP (the guest does, with the same MAC).  It still reads as
-the pod's address to anything that inspects the netns (CNI CHECK, status).
+else for the pod IP (the guest does, with the same MAC, which is what the
+bridge and its neighbours already have).  Removing it would gain nothing and
+break CNI CHECK (the bridge plugin checks eth0's addresses) and anything that
+reads the pod IP from the netns.  One consequence: inside the netns the pod
+IP is a local address, so a port-forward must dial it from the host's
+namespace (forward_target).
 
 Host-network pods have no netns of their own; the vm handler refuses them,
 so this module is never asked to wire one.
 
-Every command runs inside the netns through `nsenter --net=PATH`: a fresh
-process, so corrald's threads never setns.  iproute2 prints JSON (`-j`) for
-what is read back.
+ip and tc are programs anyway, so each runs inside the netns through
+`nsenter --net=PATH` (corrald's threads never setns); a batch (`-batch -`)
+makes one process of several commands, and `-j` JSON is what is read back.
 """
 
 from __future__ import annotations
@@ -86,8 +90,9 @@ def connect_tap(netns_path: str, interface: str = INTERFACE, tap: str = TAP) -> 
         "routes": _routes(netns_path, interface),
     }
     try:
-        # multi_queue off (QEMU's single-queue netdev must match the flag); owned by
-        # root, so only root (QEMU as corrald runs it) can attach.  No addresses on the
+        # multi_queue off (the kernel refuses an attach whose flag differs, and QEMU's
+        # default netdev is single-queue); owned by root, so only root or CAP_NET_ADMIN
+        # (QEMU as corrald runs it) can attach.  No addresses on the
         # tap (addrgenmode none: no IPv6 link-local, no DAD/RS sent to the guest): it
         # is a wire, not a host interface.  Same MTU as eth0, or frames get dropped.
         _run(netns_path, ["ip", "-batch", "-"], stdin=(
