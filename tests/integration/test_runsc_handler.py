@@ -484,3 +484,33 @@ def test_tty_containers_are_refused(make_pod, make_bundle):
     bundle = make_bundle(["sh"])
     with pytest.raises(Unsupported):
         pod.handler.create("tty", str(bundle.path), (0, 1, 2), console_socket="/nowhere")
+
+
+def test_port_forward_reaches_the_sandboxs_localhost(make_pod, make_bundle):
+    pod = make_pod()
+    pod.start()
+    # a server that answers after it has read: the relay must carry both ways
+    server, output = pod.run(make_bundle, ["sh", "-c", "printf '#!/bin/sh\\nread x\\n"
+                                           "echo pong:$x\\n' > /tmp/s; chmod +x /tmp/s; "
+                                           "nc -l -p 9000 -e /tmp/s; echo served"])
+    # nothing listens on 127.0.0.1:9000 in the pod's netns: the stack is gVisor's
+    deadline = time.monotonic() + 15
+    while True:
+        received = b""
+        with pod.handler.port_forward(9000) as conn:
+            conn.settimeout(10)
+            try:
+                conn.sendall(b"ping\n")
+                while chunk := conn.recv(100):
+                    received += chunk
+                    if received.endswith(b"\n"):
+                        break
+            except OSError:
+                pass  # the relay found no listener yet, and ended
+        if received or time.monotonic() > deadline:
+            break
+        pod.loop.turn(0.2)
+    assert received == b"pong:ping\n"
+    assert pod.exited(server) == (0, "")
+    pod.loop.until(lambda: not output.open, what="the server's output")
+    assert output.text() == "served\n"

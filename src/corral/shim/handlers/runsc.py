@@ -69,6 +69,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -87,6 +88,7 @@ from corral.shim.handlers.oci import (
 from corral.shim.protocol import ShimError
 
 PAUSE = "/usr/bin/catatonit"
+RELAY = "/bin/busybox"  # busybox-static: `nc` in the root container for port-forward
 CONTAINER_TYPE = "io.kubernetes.cri.container-type"
 SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
 OVERHEAD = 64 << 20  # the sandbox's own memory (Sentry, gofers): ~30 MiB idle here
@@ -262,7 +264,8 @@ class RunscContainer(OciContainer):
 class RunscHandler(OciHandler):
     """options: platform ("ptrace"), network ("sandbox" | "none"), debug_log (a directory
     for runsc's debug logs), runtime_flags (more global flags), pause (the pause binary),
-    overhead (bytes added to the sum of the containers' memory limits)."""
+    relay (a static busybox for port-forward, "" for none), overhead (bytes added to the
+    sum of the containers' memory limits)."""
 
     def __init__(self, spec: dict, services):
         Handler.__init__(self, spec, services)  # not OciHandler's: another runtime and root
@@ -325,13 +328,10 @@ class RunscHandler(OciHandler):
         bundle = os.path.join(self.runtime.root, "pause")
         rootfs = os.path.join(bundle, "rootfs")
         os.makedirs(rootfs, exist_ok=True)
-        target = os.path.join(rootfs, "pause")
-        if not os.path.exists(target):
-            pause = self.options.get("pause") or PAUSE
-            try:
-                os.link(pause, target)
-            except OSError:
-                shutil.copy2(pause, target)
+        _install(self.options.get("pause") or PAUSE, os.path.join(rootfs, "pause"))
+        relay = self.options.get("relay", RELAY)
+        if relay and os.path.isfile(relay):
+            _install(relay, os.path.join(rootfs, "busybox"))
         parent = pod.get("cgroup_parent") or ""
         cgroups_path = os.path.join(parent, SANDBOX_CGROUP) if parent else \
             f"/corral-runsc/{self.sandbox_id}"
@@ -402,6 +402,41 @@ class RunscHandler(OciHandler):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+    def port_forward(self, port: int) -> socket.socket:
+        """A stream connected to 127.0.0.1:`port` in the sandbox's network stack.
+
+        Not the netns's: gVisor's netstack has taken the pod's addresses and has its
+        own loopback, so connecting in the netns (as for native pods) reaches
+        nothing.  The relay is busybox's `nc` exec'd in the root container, its
+        stdin and stdout one end of a socketpair: this returns the other end."""
+        if not self.sandbox_pid:
+            raise ShimError("invalid", "runsc: the pod's sandbox is not running")
+        if not os.path.exists(os.path.join(self.runtime.root, "pause", "rootfs", "busybox")):
+            raise Unsupported(f"runsc port-forward needs a static busybox ({RELAY}, "
+                              "Debian's busybox-static)")
+        if not isinstance(port, int) or not 0 < port < 65536:
+            raise ShimError("invalid", f"port {port!r} is not a TCP port")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        process = {"args": ["/busybox", "nc", "127.0.0.1", str(port)], "cwd": "/",
+                   "env": ["PATH=/"], "user": {"uid": 65535, "gid": 65535}}
+        try:
+            with tempfile.TemporaryDirectory(dir=self.runtime.root, prefix=".pf-") as scratch:
+                spec = os.path.join(scratch, "process.json")
+                with open(spec, "w") as f:
+                    json.dump(process, f)
+                # its `runsc exec` is orphaned to the shim, which reaps it (not ours);
+                # --detach without --pid-file loses the container ID in this runsc
+                self.runtime.run("exec", "--detach", "--pid-file",
+                                 os.path.join(scratch, "pid"), "--process", spec,
+                                 self.sandbox_id,
+                                 stdio=(theirs.fileno(), theirs.fileno(), subprocess.DEVNULL))
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        return ours
 
     def sandbox_oom_killed(self) -> bool:
         from corral.runtime.cgroups import CgroupError
@@ -559,6 +594,16 @@ class RunscHandler(OciHandler):
         if self.sandbox_oom_killed():
             return 137, "OOMKilled"
         return 255, f"sandbox ended: {_last_line(output) or 'runsc wait failed'}"
+
+
+def _install(binary: str, target: str) -> None:
+    """A static binary into a rootfs: hard-linked, or copied across filesystems."""
+    if os.path.exists(target):
+        return
+    try:
+        os.link(binary, target)
+    except OSError:
+        shutil.copy2(binary, target)
 
 
 def _check_pod_netns(netns: str) -> None:
