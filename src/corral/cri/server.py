@@ -8,6 +8,7 @@ a one-line message (the traceback goes to corrald's log, never the client).
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import time
@@ -119,8 +120,10 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
         handlers = [api_pb2.RuntimeHandler(name=h.name, features=api_pb2.RuntimeHandlerFeatures(
             recursive_read_only_mounts=h.features.recursive_read_only_mounts,
             user_namespaces=h.features.user_namespaces)) for h in self.ctx.config.offered()]
+        info = {"runtimeHandlers": json.dumps(_handler_info(self.ctx.config))} \
+            if request.verbose else {}
         return api_pb2.StatusResponse(status=api_pb2.RuntimeStatus(conditions=conditions),
-                                      runtime_handlers=handlers)
+                                      runtime_handlers=handlers, info=info)
 
     @rpc
     def RuntimeConfig(self, request, context):
@@ -530,3 +533,22 @@ def _usage(root: str) -> tuple[int, int]:
 
 
 __all__ = ["RuntimeService", "ImageService", "pod_config", "container_config"]
+
+
+def _handler_info(config) -> list[dict]:
+    """Every configured handler: type, features, the overhead its RuntimeClass should
+    declare, why it is not offered here, and for vm the accelerator (TCG: a warning)."""
+    import glob
+
+    described = []
+    for name, handler in sorted(config.runtimes.items()):
+        entry = {"name": name, "type": handler.type, "features": handler.features.to_dict(),
+                 "overhead": handler.overhead, "unavailable": handler.unavailable()}
+        if handler.type == "vm":
+            verdicts = glob.glob(os.path.join(handler.options.get("cache_dir", ""),
+                                              "accel-*.json"))
+            if verdicts:
+                with open(max(verdicts, key=os.path.getmtime)) as f:
+                    entry["accelerator"] = json.load(f)
+        described.append(entry)
+    return described

@@ -36,6 +36,7 @@
     [runtimes.vm]                         # a QEMU micro-VM per pod (shim/handlers/vm.py)
     type = "vm"
     memory = "128MiB"                     # guest RAM; vcpus = 1
+    cache_dir = "/var/cache/corral/vm"    # vmlinux extracted from /boot, initramfs, accelerator
     overhead = { memory = "256MiB", cpu = 0.25 }
 
 A handler whose binary (or QEMU and a guest kernel, for vm) is not on the host
@@ -136,6 +137,7 @@ DEFAULT_RUNTIMES = {
               "overhead": {"memory": "64MiB", "cpu": 0.1}},
     "vm": {"type": "vm", "memory": "128MiB", "overhead": {"memory": "256MiB", "cpu": 0.25}},
 }
+VM_CACHE_DIR = "/var/cache/corral/vm"  # vmlinux, initramfs, the accelerator probe's verdict
 SIZE_UNITS = {"": 1, "k": 1000, "m": 1000 ** 2, "g": 1000 ** 3,
               "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30}
 
@@ -199,6 +201,8 @@ def _runtimes(table, where: str, values: dict) -> dict[str, HandlerSpec]:
         if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
             raise ConfigError(f"{where}: runtimes.{name}.runtime_flags must be a list of strings")
         options = {k: v for k, v in spec.items() if k not in ("type", "path", "overhead")}
+        if kind == "vm":  # the guest kernel and initramfs, made once per host (setup does)
+            options.setdefault("cache_dir", VM_CACHE_DIR)
         if "memory" in options:
             options["memory"] = _size(options["memory"], f"{where}: runtimes.{name}.memory")
         handlers[name] = HandlerSpec(name, kind, path, options,

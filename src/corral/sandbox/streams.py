@@ -291,8 +291,13 @@ def connect_in_pod(ctx, pod_id: str, port: int) -> socket.socket:
     if pod.state != "ready":
         raise FailedPrecondition(f"pod sandbox {pod.id[:12]} is not ready")
     path = pod.pinned.get("net", "")
+    targets = ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1"))
+    if not ctx.config.handler(pod.handler).features.local_port_forward:
+        # A VM's or gVisor's network stack is its own: what listens there is reached at the
+        # pod's IP, from this namespace (inside the pod's, the IP is the host side's, local).
+        path, targets = "", ((socket.AF_INET6 if ":" in pod.ip else socket.AF_INET, pod.ip),)
     errors = []
-    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+    for family, host in targets:
         try:
             if path:
                 with netns.entered(path):  # the socket stays in the pod's namespace

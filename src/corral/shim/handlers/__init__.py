@@ -27,16 +27,19 @@ class Features:
     """What a handler can do.  The first two are CRI's RuntimeHandlerFeatures."""
 
     __slots__ = ("recursive_read_only_mounts", "user_namespaces", "tty", "host_namespaces",
-                 "pod_init", "host_cgroups")
+                 "pod_init", "host_cgroups", "local_port_forward")
 
     def __init__(self, *, tty: bool = True, host_namespaces: bool = True, pod_init: bool = True,
-                 host_cgroups: bool = True):
+                 host_cgroups: bool = True, local_port_forward: bool = True):
         self.recursive_read_only_mounts = False
         self.user_namespaces = False
         self.tty = tty                          # process.terminal, for containers and exec
         self.host_namespaces = host_namespaces  # NODE network/PID/IPC modes
         self.pod_init = pod_init                # the shim's init for a shared PID namespace
         self.host_cgroups = host_cgroups        # the container's cgroup is on this host, ours
+        # a pod's localhost is its network namespace's; else port-forward dials the pod IP
+        # (a VM's or gVisor's own stack answers there, not the pod netns's loopback)
+        self.local_port_forward = local_port_forward
 
     def to_dict(self) -> dict:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -47,8 +50,10 @@ FEATURES = {
     "oci": Features(tty=False, host_cgroups=False),
     # gVisor shares the pod's network namespace but no host PID/IPC namespace, and its
     # containers share the sandbox's PID namespace only as gVisor arranges it
-    "runsc": Features(tty=False, host_namespaces=False, pod_init=False, host_cgroups=False),
-    "vm": Features(tty=False, host_namespaces=False, pod_init=False, host_cgroups=False),
+    "runsc": Features(tty=False, host_namespaces=False, pod_init=False, host_cgroups=False,
+                      local_port_forward=False),
+    "vm": Features(tty=False, host_namespaces=False, pod_init=False, host_cgroups=False,
+                   local_port_forward=False),
 }
 
 
