@@ -43,6 +43,7 @@ SUBNET = "10.231.0.0/24"
 GATEWAY = "10.231.0.1"
 SUBNET6 = "fd00:231::/64"
 GATEWAY6 = "fd00:231::1"
+MTU = 1450  # not the default: the tap and the guest must take eth0's
 BIN_DIRS = ["/usr/lib/cni"]
 BUSYBOX = "/bin/busybox"
 QEMU = "qemu-system-x86_64"
@@ -96,7 +97,7 @@ def conflist(data_dir: str) -> dict:
         "cniVersion": "1.0.0",
         "name": "cvmnet",
         "plugins": [
-            {"type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": False,
+            {"type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": False, "mtu": MTU,
              "ipam": {"type": "host-local", "dataDir": data_dir,
                       "ranges": [[{"subnet": SUBNET}], [{"subnet": SUBNET6}]],
                       "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}},
@@ -371,7 +372,7 @@ def test_connect_tap_describes_eth0_and_wires_it_to_the_tap(pod):
     (nic,) = guest["interfaces"]
     assert set(nic) == {"mac", "addresses", "mtu"}
     assert nic["mac"] == eth0["address"]
-    assert nic["mtu"] == eth0["mtu"]
+    assert nic["mtu"] == eth0["mtu"] == MTU
     v4 = f"{pod.result.ip}/24"
     assert nic["addresses"][0] == v4
     (v6,) = [a for a in nic["addresses"] if ":" in a]
@@ -438,6 +439,17 @@ def test_bulk_tcp_both_ways_through_the_tap(vm_pod):
     assert checksum == hashlib.md5(received).hexdigest()
     print(f"\nTCP host->guest {BULK / sent / 1e6:.0f} MB/s, "
           f"guest->host {BULK / got / 1e6:.0f} MB/s")
+
+
+def test_a_pod_on_the_bridge_reaches_the_guest(vm_pod, pod):
+    """Pod to pod on one L2 segment: the other pod ARPs for the pod IP, the guest answers."""
+    vm, _, guest = vm_pod
+    assert reply_from(vm.result.ip, netns=pod.netns) == f"guest-hello {guest.token} {guest.mac}"
+    done = in_netns(pod.netns, BUSYBOX, "ping", "-c", "2", "-W", "3", vm.result.ip)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (neighbour,) = [n for n in ip_json(pod.netns, "neigh", "show", "dev", "eth0")
+                    if n["dst"] == vm.result.ip]
+    assert neighbour["lladdr"] == guest.mac
 
 
 def test_host_port_reaches_the_guest(vm_pod):
