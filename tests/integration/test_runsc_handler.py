@@ -233,10 +233,12 @@ class Pod:
         bundle.linux["cgroupsPath"] = os.path.join(self.cgroup_parent, container_id)
         bundle.write()
         output = Output()
+        began = time.monotonic()
         container = self.handler.create(container_id, str(bundle.path), output.stdio)
         output.handed_over(self.loop)
         if start:
             container.start()
+        self.took = time.monotonic() - began  # create and start, without the bundle's copy
         return container, output
 
     def exited(self, container) -> tuple[int, str]:
@@ -298,10 +300,9 @@ def test_a_pod_is_one_sandbox_with_its_containers_inside(make_pod, make_bundle):
     pod_ready = time.monotonic() - began
     sandbox = pod.handler.sandbox_pid
     assert sandbox and os.path.exists(f"/proc/{sandbox}")
-    began = time.monotonic()
     first, out1 = pod.run(make_bundle, ["sh", "-c", "echo one out; echo one err >&2; "
                                                     "ip addr; hostname; sleep 1000"])
-    container_ready = time.monotonic() - began
+    container_ready = pod.took
     second, out2 = pod.run(make_bundle, ["sh", "-c", "uname -r; echo two; sleep 1000"])
     pod.loop.until(lambda: "one out" in out1.text() and "two" in out2.text(),
                    what="both containers' output")
@@ -514,3 +515,72 @@ def test_port_forward_reaches_the_sandboxs_localhost(make_pod, make_bundle):
     assert pod.exited(server) == (0, "")
     pod.loop.until(lambda: not output.open, what="the server's output")
     assert output.text() == "served\n"
+
+
+def test_a_cri_shaped_spec_runs_and_shares_the_pods_files(make_pod, make_bundle, tmp_path):
+    """What corrald writes: host namespace paths, a cgroup namespace, the pod's hosts and
+    resolv.conf as file binds, its /dev/shm as a directory bind."""
+    pod = make_pod()
+    pod.start()
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    hosts, resolv = tmp_path / "hosts", tmp_path / "resolv.conf"
+    hosts.write_text("10.211.0.9 the-pods-host\n")
+    resolv.write_text("nameserver 10.211.0.53\n")
+    bundle = make_bundle(["sh", "-c", "cat /etc/hosts /etc/resolv.conf; echo hi > /dev/shm/x; "
+                                      "cat /dev/shm/from-host; hostname"])
+    bundle.config["hostname"] = "not-the-pods"  # gVisor gives it the sandbox's
+    bundle.config["mounts"] = [m for m in bundle.config["mounts"]
+                               if m["destination"] != "/dev/shm"] + [
+        {"destination": "/dev/shm", "type": "bind", "source": str(shm),
+         "options": ["rbind", "rw", "nosuid", "nodev", "noexec"]},
+        {"destination": "/etc/hosts", "type": "bind", "source": str(hosts),
+         "options": ["rbind", "rprivate", "rw"]},
+        {"destination": "/etc/resolv.conf", "type": "bind", "source": str(resolv),
+         "options": ["rbind", "rprivate", "ro"]}]
+    bundle.linux["namespaces"] = [
+        {"type": "mount"}, {"type": "pid", "path": "/proc/self/ns/pid"},
+        {"type": "network", "path": pod.namespaces["net"]},
+        {"type": "ipc", "path": "/proc/self/ns/ipc"}, {"type": "uts", "path": "/proc/self/ns/uts"},
+        {"type": "cgroup"}]
+    bundle.linux["cgroupsPath"] = os.path.join(pod.cgroup_parent, "cri")
+    bundle.write()
+    (shm / "from-host").write_text("shared\n")
+    output = Output()
+    container = pod.handler.create("cri", str(bundle.path), output.stdio)
+    output.handed_over(pod.loop)
+    container.start()
+    assert pod.exited(container) == (0, "")
+    pod.loop.until(lambda: not output.open, what="its output")
+    assert output.text() == ("10.211.0.9 the-pods-host\nnameserver 10.211.0.53\nshared\n"
+                             f"pod{pod.n}\n"), output.text("stderr")
+    assert (shm / "x").read_text() == "hi\n"
+    # corrald's config.json is left as corrald wrote it
+    assert "io.kubernetes.cri.sandbox-id" not in json.loads(
+        (bundle.path / "config.json").read_text()).get("annotations", {})
+    container.delete()
+
+
+def test_containers_share_the_sandboxs_network_and_stdin_reaches_a_container(
+        make_pod, make_bundle):
+    pod = make_pod()
+    pod.start()
+    server, served = pod.run(make_bundle, ["sh", "-c", "nc -l -p 7000"])
+    # the client's stdin is a pipe the test writes to after start, as attach does
+    bundle = make_bundle(["sh", "-c", "read line; until echo $line | nc 127.0.0.1 7000; "
+                                      "do sleep 0.1; done; echo sent"])
+    stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
+    output = Output()
+    os.close(output.null)
+    output.null = stdin_r
+    client = pod.handler.create("client", str(bundle.path), output.stdio)
+    output.handed_over(pod.loop)
+    client.start()
+    time.sleep(0.3)
+    os.write(stdin_w, b"over-loopback\n")
+    os.close(stdin_w)
+    assert pod.exited(client) == (0, "")
+    assert pod.exited(server) == (0, "")
+    pod.loop.until(lambda: "over-loopback" in served.text(), what="the server's output")
+    assert served.text() == "over-loopback\n"
+    assert "sent" in output.text()
