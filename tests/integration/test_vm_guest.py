@@ -14,7 +14,11 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import signal
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -22,6 +26,7 @@ import uuid
 import pytest
 
 from corral.images.busybox import build_bundle, build_rootfs
+from corral.shim.protocol import ShimClient, ShimError
 from corral.vm.client import AgentClient
 from corral.vm.errors import AgentError, AgentGone
 from corral.vm.pod import PodVm
@@ -296,3 +301,193 @@ def test_boot_to_ping_median_of_five(workdir, cache_dir, base_rootfs):
     print(f"\nboot to agent ping, 5 boots: median {statistics.median(times):.2f}s "
           f"({', '.join(f'{t:.2f}' for t in times)})")
     assert statistics.median(times) < 30
+
+
+# --- the vm runtime handler, through a real shim process ------------------------------------
+class ShimPod:
+    """A shim (python -m corral.shim) whose pod runs under the vm handler, in a netns of
+    its own wired to the host by a veth (the pod side named eth0, as CNI names it)."""
+
+    SUBNET = "10.233.71"
+
+    def __init__(self, workdir: str, cache_dir: str, base_rootfs: str):
+        suffix = uuid.uuid4().hex[:6]
+        self.pod_id = f"cvmg{suffix}"
+        self.dir = os.path.join(workdir, self.pod_id)
+        self.containers = os.path.join(self.dir, "containers")
+        self.base_rootfs = base_rootfs
+        self.netns_name = f"cvmg-{suffix}"
+        self.netns = f"/run/netns/{self.netns_name}"
+        self.veth = f"cvmgh{suffix[:4]}"
+        self.shim_pid = 0
+        self.qemu_pid = 0
+        os.makedirs(self.containers)
+        with open(os.path.join(self.dir, "hosts"), "w") as f:
+            f.write(f"127.0.0.1 localhost\n{self.SUBNET}.2 vmpod\n")
+        for argv in (["ip", "netns", "add", self.netns_name],
+                     ["ip", "link", "add", self.veth, "type", "veth", "peer", "name", "eth0",
+                      "netns", self.netns_name],
+                     ["ip", "addr", "add", f"{self.SUBNET}.1/24", "dev", self.veth],
+                     ["ip", "link", "set", self.veth, "up"],
+                     ["ip", "-n", self.netns_name, "addr", "add", f"{self.SUBNET}.2/24", "dev",
+                      "eth0"],
+                     ["ip", "-n", self.netns_name, "link", "set", "eth0", "up"],
+                     ["ip", "-n", self.netns_name, "route", "add", "default", "via",
+                      f"{self.SUBNET}.1"]):
+            subprocess.run(argv, check=True, capture_output=True)
+        shim = subprocess.run([sys.executable, "-m", "corral.shim", "--id", self.pod_id,
+                               "--dir", os.path.join(self.dir, "shim"),
+                               "--socket", os.path.join(self.dir, "s.sock")],
+                              capture_output=True, text=True, timeout=30)
+        assert shim.stdout.startswith("ready "), shim.stderr
+        self.shim_pid = int(shim.stdout.split()[1])
+        self.socket = os.path.join(self.dir, "s.sock")
+        reply = self.call("start_pod", runtime={"type": "vm", "name": "vm",
+                                                "options": {"cache_dir": cache_dir}},
+                          pod={"namespaces": {"net": self.netns}, "containers": self.containers,
+                               "hostname": "vmpod"}, io_timeout=120)
+        self.vm = reply["vm"]
+        self.qemu_pid = self.vm["pid"]
+
+    def call(self, op: str, io_timeout: float = 60, **arguments) -> dict:
+        with ShimClient(self.socket, timeout=io_timeout) as client:
+            return client.call(op, **arguments)
+
+    def bundle(self, args: list[str]) -> tuple[str, str]:
+        """A bundle as corrald writes one: the pod's namespaces joined by path (the
+        handler gives the guest's instead), its /etc/hosts bind-mounted."""
+        cid = f"c{uuid.uuid4().hex[:10]}"
+        path = os.path.join(self.containers, cid)
+
+        def cri_like(config):
+            for ns in config["linux"]["namespaces"]:
+                if ns["type"] == "network":
+                    ns["path"] = self.netns
+                elif ns["type"] in ("ipc", "uts"):
+                    ns["path"] = f"/proc/1/ns/{ns['type']}"  # stands for the pod's pins
+            config["mounts"].append({"destination": "/etc/hosts", "type": "bind",
+                                     "source": os.path.join(self.dir, "hosts"),
+                                     "options": ["rbind", "rprivate", "ro"]})
+
+        build_bundle(path, args, terminal=False, rootfs_from=self.base_rootfs, edit=cri_like)
+        return cid, path
+
+    def run(self, args: list[str]) -> tuple[str, str]:
+        cid, path = self.bundle(args)
+        log = os.path.join(self.dir, f"{cid}.log")
+        self.call("create", id=cid, bundle=path, log_path=log)
+        self.call("start", id=cid)
+        return cid, log
+
+    def stop(self) -> None:
+        if self.shim_pid and _alive(self.shim_pid):
+            try:
+                self.call("shutdown", force=True, io_timeout=30)
+            except (ShimError, OSError):
+                pass
+            _wait_gone(self.shim_pid, 10)
+        for pid in (self.qemu_pid, self.shim_pid):
+            if pid and _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+                _wait_gone(pid, 10)
+        subprocess.run(["ip", "link", "del", self.veth], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.netns_name], capture_output=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _log_lines(path: str) -> list[tuple[str, str]]:
+    with open(path) as f:
+        return [(line.split(" ", 3)[1], line.split(" ", 3)[3].rstrip("\n")) for line in f]
+
+
+@pytest.fixture
+def shim_pod(workdir, cache_dir, base_rootfs):
+    pods = []
+
+    def start() -> ShimPod:
+        pods.append(ShimPod.__new__(ShimPod))
+        try:
+            ShimPod.__init__(pods[-1], workdir, cache_dir, base_rootfs)
+        except BaseException:
+            pods[-1].stop()
+            raise
+        return pods[-1]
+
+    yield start
+    for p in pods:
+        p.stop()
+        assert not _alive(p.qemu_pid) and not _alive(p.shim_pid)
+    assert not os.path.exists(f"/run/netns/{p.netns_name}")
+
+
+def test_the_vm_handler_runs_a_pod_through_the_shim(shim_pod):
+    pod = shim_pod()
+    assert pod.vm["kernel"] != os.uname().release and pod.vm["boot_seconds"] > 0
+    cid, log = pod.run(["sh", "-c", "uname -r; hostname; cat /etc/hosts; echo oops >&2; "
+                                    "exit 7"])
+    reply = pod.call("wait", id=cid, timeout=60, io_timeout=90)
+    assert reply["exited"] and reply["exit_code"] == 7
+    lines = _log_lines(log)
+    assert ("stdout", pod.vm["kernel"]) in lines and ("stdout", "vmpod") in lines
+    assert ("stdout", f"{ShimPod.SUBNET}.2 vmpod") in lines  # the copied bind source
+    assert ("stderr", "oops") in lines
+    pod.call("delete", id=cid)
+
+    cid, _ = pod.run(["sleep", "600"])
+    done = pod.call("exec_sync", id=cid, timeout=30, io_timeout=90,
+                    process={"args": ["sh", "-c", "ip -4 addr show eth0; echo err >&2; exit 4"],
+                             "cwd": "/", "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}})
+    assert done["exit_code"] == 4
+    assert f"inet {ShimPod.SUBNET}.2/24" in base64.b64decode(done["stdout_base64"]).decode()
+    assert base64.b64decode(done["stderr_base64"]) == b"err\n"
+    stats = pod.call("stats", id=cid)["stats"]
+    assert stats["pids"]["current"] >= 1
+    pod.call("kill", id=cid, signal=9)
+    assert pod.call("wait", id=cid, timeout=30, io_timeout=60)["exit_code"] == 137
+    pod.call("delete", id=cid)
+
+
+def test_the_vm_pod_has_the_pod_ip_on_the_host_network(shim_pod):
+    pod = shim_pod()
+    ping = subprocess.run(["/bin/busybox", "ping", "-c", "1", "-W", "5", f"{ShimPod.SUBNET}.2"],
+                          capture_output=True, text=True)
+    assert ping.returncode == 0, ping.stdout + ping.stderr  # the guest answers for the pod IP
+    cid, log = pod.run(["sh", "-c", "echo hello-from-the-vm | nc -l -p 8080"])
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection((f"{ShimPod.SUBNET}.2", 8080), timeout=5) as conn:
+                assert conn.recv(100) == b"hello-from-the-vm\n"
+                break
+        except ConnectionRefusedError:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    assert pod.call("wait", id=cid, timeout=30, io_timeout=60)["exit_code"] == 0
+    pod.call("delete", id=cid)
+
+
+def test_qemu_killed_ends_every_container_of_the_pod(shim_pod):
+    pod = shim_pod()
+    first, _ = pod.run(["sleep", "600"])
+    second, _ = pod.run(["sleep", "600"])
+    os.kill(pod.qemu_pid, signal.SIGKILL)
+    for cid in (first, second):
+        reply = pod.call("wait", id=cid, timeout=30, io_timeout=60)
+        assert reply["exited"] and reply["exit_code"] == 137 and reply["reason"] == "VMExited"
+    with pytest.raises(ShimError):
+        pod.run(["true"])
+    for cid in (first, second):
+        pod.call("delete", id=cid)
