@@ -584,3 +584,35 @@ def test_containers_share_the_sandboxs_network_and_stdin_reaches_a_container(
     pod.loop.until(lambda: "over-loopback" in served.text(), what="the server's output")
     assert served.text() == "over-loopback\n"
     assert "sent" in output.text()
+
+
+def test_options_reach_runsc(make_pod, make_bundle, tmp_path):
+    logs = tmp_path / "debug"
+    logs.mkdir()
+    pod = make_pod({"debug_log": str(logs), "runtime_flags": ["--num-network-channels=2"],
+                    "network": "sandbox"})
+    assert "--platform=ptrace" in pod.handler.runtime.global_flags
+    pod.start()
+    container, output = pod.run(make_bundle, ["echo", "logged"])
+    assert pod.exited(container) == (0, "")
+    names = os.listdir(logs)
+    assert any(".boot." in n for n in names) and any(".start." in n for n in names), names
+    boot = next(n for n in names if ".boot." in n)
+    assert "NumNetworkChannels" in (logs / boot).read_text() or \
+        "--num-network-channels=2" in (logs / boot).read_text()
+    with pytest.raises(ShimError) as bad:
+        RunscHandler({"type": "runsc", "path": RUNSC, "options": {"network": "host"}},
+                     pod.loop)
+    assert bad.value.kind == "invalid"
+
+
+def test_network_none_gives_a_sandbox_only_loopback(make_pod, make_bundle):
+    pod = make_pod({"network": "none"})
+    pod.start()
+    container, output = pod.run(make_bundle, ["ip", "-o", "addr"])
+    assert pod.exited(container) == (0, "")
+    pod.loop.until(lambda: not output.open, what="its output")
+    assert " lo " in output.text() and pod.ip not in output.text()
+    addresses = subprocess.run(["ip", "-n", pod.netns, "-4", "addr", "show", pod.pod_if],
+                               capture_output=True, text=True).stdout
+    assert pod.ip in addresses  # the pod's netns was not touched
