@@ -405,7 +405,7 @@ def test_stats_come_from_runsc_events(make_pod, make_bundle):
 
 
 def test_a_container_over_its_memory_ooms_the_sandbox_and_is_reported(make_pod, make_bundle):
-    pod = make_pod({"overhead": 48 << 20})
+    pod = make_pod({"memory_overhead": 48 << 20})
     pod.start()
     quiet, _ = pod.run(make_bundle, ["sleep", "1000"], memory=32 << 20)
     hog, _ = pod.run(make_bundle, ["sh", "-c", "tail /dev/zero"], memory=32 << 20)

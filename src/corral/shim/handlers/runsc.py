@@ -26,14 +26,15 @@ measured while writing this module:
   `runsc start` of the root therefore runs in a mount namespace of its own with
   an empty tmpfs over /proc/sys/net (it needs /proc/sys/vm, so not all of
   /proc/sys), and this module does the guard's job: the pod's netns must not be
-  the shim's.  Since the netns no longer holds the pod IP, port-forward cannot
-  dial 127.0.0.1 inside it; it must dial the pod IP from the host.
+  the shim's.  Since the netns no longer holds the pod IP and gVisor has its own
+  loopback, port-forward cannot dial 127.0.0.1 in the netns: `port_forward`
+  relays through busybox's nc exec'd in the root container.
 - cgroups: cgroupsPath works on hybrid hosts (no --ignore-cgroups): runsc makes
   the directories in each v1 hierarchy and puts the sandbox, gofers and the
   ptrace stubs there.  A subcontainer's cgroupsPath gets a "compat" cgroup
   holding only its gofer: gVisor enforces no per-container limit, everything
   is charged to the sandbox.  So the sandbox's cgroup (`<cgroup parent>/sandbox`)
-  is given the sum of its containers' memory limits plus `options.overhead`
+  is given the sum of its containers' memory limits plus the pod overhead
   when every container has one, and a container that needs more makes the host
   OOM-kill the whole sandbox: every container ends, reported OOMKilled.
   Deleting the root while a subcontainer exists fails after ~6 s on the
@@ -57,7 +58,10 @@ measured while writing this module:
   pids are the whole sandbox's (the same numbers for every container).  OOM is
   not an event: the sandbox's cgroup counts the kill (memory.oom_control).
 - No `update` subcommand in this version; PID namespace paths in a
-  subcontainer's spec are ignored (every container has its own PID namespace).
+  subcontainer's spec are ignored (every container has its own PID namespace);
+  a subcontainer's hostname is the sandbox's (the pod's, as CRI wants),
+  whatever its spec says.  `exec --detach` without `--pid-file` loses the
+  container ID in the re-exec'd child ("a container-id is required").
 - Timings here (ptrace): root create 0.12 s + start 0.09 s (network on);
   subcontainer create 0.04 s + start 0.15 s; exec 0.05 s; delete 0.03 s.
 """
@@ -264,8 +268,8 @@ class RunscContainer(OciContainer):
 class RunscHandler(OciHandler):
     """options: platform ("ptrace"), network ("sandbox" | "none"), debug_log (a directory
     for runsc's debug logs), runtime_flags (more global flags), pause (the pause binary),
-    relay (a static busybox for port-forward, "" for none), overhead (bytes added to the
-    sum of the containers' memory limits)."""
+    relay (a static busybox for port-forward, "" for none), memory_overhead (bytes added
+    to the sum of the containers' memory limits, when the spec has no overhead)."""
 
     def __init__(self, spec: dict, services):
         Handler.__init__(self, spec, services)  # not OciHandler's: another runtime and root
@@ -499,12 +503,19 @@ class RunscHandler(OciHandler):
         from corral.runtime.cgroups import CgroupError
 
         limits = [c.memory_limit for c in self.containers.values()]
-        limit = sum(limits) + int(self.options.get("overhead", OVERHEAD)) \
-            if limits and all(limits) else -1
+        limit = sum(limits) + self.memory_overhead() if limits and all(limits) else -1
         try:
             self.sandbox_cgroup.apply({"memory": {"limit": limit, "swap": limit}})
         except CgroupError as e:
             raise ShimError("failed", f"runsc: the sandbox's memory limit: {e}") from None
+
+    def memory_overhead(self) -> int:
+        """The sandbox's own memory: the RuntimeClass's declared pod overhead (Kubernetes
+        adds it to the pod's limits for the same reason) if the spec carries it, else
+        options.memory_overhead, else OVERHEAD."""
+        declared = (self.spec.get("overhead") or {}).get("memory")
+        value = declared if declared else self.options.get("memory_overhead", OVERHEAD)
+        return int(value)
 
     def forget(self, container: RunscContainer) -> None:
         if self.containers.get(container.id) is container:
