@@ -219,6 +219,7 @@ def test_guest_panic_ends_only_its_pod(corrald, pod):
     if handler != "vm":
         return  # only a VM has a kernel of its own to panic
     config = corrald.pod_config("panics")
+    config.linux.security_context.privileged = True
     pod_id = corrald.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(
         config=config, runtime_handler="vm")).pod_sandbox_id
     panic = corrald.container_config("panic", ["sh", "-c", "sleep 1; echo c > /proc/sysrq-trigger"
