@@ -438,8 +438,15 @@ def test_deleting_a_running_container_reports_its_end(make_pod, make_bundle):
     assert created.status() == "created"
     running.delete()
     assert pod.loop.exits[running.id] == (137, "")  # known before delete returned
+    never_started, _ = pod.run(make_bundle, ["true"], start=False)
+    never_started.delete()
+    assert never_started.id not in pod.loop.exits  # it never ran: the shim records that
+    # runsc cannot signal a created container; the handler ends it as runc's init would
+    created.kill(signal.SIGTERM)
+    assert pod.loop.exits[created.id] == (143, "") and created.status() == "stopped"
+    with pytest.raises(RuntimeFailure):
+        created.kill(signal.SIGKILL)
     created.delete()
-    assert created.id not in pod.loop.exits  # it never ran: the shim records that
     assert set(_listed(pod)) == {pod.id}
     assert not _cgroup_dirs(running.id) and not _cgroup_dirs(
         os.path.join(pod.cgroup_parent, running.id))

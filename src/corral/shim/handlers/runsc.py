@@ -181,7 +181,7 @@ def hide_proc_sys_net() -> None:
 class RunscContainer(OciContainer):
     """A CRI container in the pod's sandbox.  `pid` is 0: the host PID runsc reports is
     the sandbox's, so its end comes from a `runsc wait` child (`RunscHandler.reaped`).
-    kill and stats are the oci handler's (`runsc kill`, `runsc events --stats`)."""
+    stats are the oci handler's (`runsc events --stats`)."""
 
     def __init__(self, handler: RunscHandler, container_id: str, stdio: tuple[int, int, int],
                  memory_limit: int):
@@ -215,6 +215,18 @@ class RunscContainer(OciContainer):
             self._close_stdio()
         self.handler.spawn_waiter(self)
 
+    def kill(self, signum: int, all_processes: bool = False) -> None:
+        """runsc cannot signal a created container (it has no process yet): as runc's
+        waiting init would, it ends, killed by the signal; runsc forgets it."""
+        try:
+            super().kill(signum, all_processes)
+        except RuntimeFailure:
+            if self.ended or self.status() != "created":
+                raise
+            self._remove()
+            self.ended = True
+            self.handler.services.container_exited(self.id, 128 + signum, "")
+
     def exec(self, process: dict, stdio: tuple[int, int, int],
              console_socket: str | None = None) -> int:
         from corral.shim.handlers.native import _parsed
@@ -247,7 +259,7 @@ class RunscContainer(OciContainer):
         raise Unsupported("runsc cannot change a container's resources (no `runsc update`; "
                           "gVisor charges everything to the pod's sandbox)")
 
-    def delete(self) -> None:
+    def _remove(self) -> None:
         self._close_stdio()
         try:
             self.runtime.run_reaping("delete", "--force", self.id, reap=self.runtime.helpers())
@@ -256,6 +268,9 @@ class RunscContainer(OciContainer):
                 raise
         finally:
             self.handler.note_reaped()
+
+    def delete(self) -> None:
+        self._remove()
         # its waiter has the end now (delete --force killed it): reported before the
         # shim forgets the container, rather than as "deleted"
         self.handler.collect_waiter(self, timeout=2.0)
