@@ -230,6 +230,8 @@ def test_guest_panic_ends_only_its_pod(corrald, pod):
     corrald.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=container_id))
     status = corrald.wait_exited(container_id, timeout=60)
     assert status.exit_code != 0
+    assert corrald.runtime.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(
+        pod_sandbox_id=pod_id)).status.state == api_pb2.SANDBOX_NOTREADY
     # the other vm pod and the host are untouched
     assert exec_sync(corrald, pod[3], ["echo", "alive"]).stdout == b"alive\n"
     corrald.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod_id))

@@ -98,7 +98,7 @@ class Pods:
         unasked (its shim recorded the exit): its PID namespace, and every process in it,
         is gone, as a dead pause container's sandbox is for containerd.  For a ready pod: a
         lock query (shim/liveness.py) and, with an init, one stat; no shim call."""
-        from corral.shim.server import POD_INIT_EXIT, recorded_exit
+        from corral.shim.server import POD_INIT_EXIT, SANDBOX_EXIT, recorded_exit
 
         if record.state != "ready":
             return record
@@ -106,11 +106,15 @@ class Pods:
         if lost is not None:
             self.shim_gone(record.id, lost)
             return self.store.pod(record.id)
-        if "pid" not in record.pinned:
+        shim_dir = self.paths(record.id).shim
+        if "pid" in record.pinned and recorded_exit(shim_dir, POD_INIT_EXIT) is not None:
+            log.warning("pod %s: its init has ended: it is not ready", record.id[:12])
+        elif _has_sandbox(self.ctx.config, record.handler) and \
+                (ended := recorded_exit(shim_dir, SANDBOX_EXIT)) is not None:
+            log.warning("pod %s: its sandbox has ended (%s): it is not ready", record.id[:12],
+                        ended.get("reason", ""))
+        else:
             return record
-        if recorded_exit(self.paths(record.id).shim, POD_INIT_EXIT) is None:
-            return record
-        log.warning("pod %s: its init has ended: it is not ready", record.id[:12])
         self.store.update_pod(record.id, state="notready")
         return self.store.pod(record.id)
 
@@ -341,6 +345,11 @@ class Pods:
         netns.unpin_namespaces(paths.ns)
         self.ctx.remove_pod_cgroup(self.store.pod(pod_id))
         shutil.rmtree(paths.dir, ignore_errors=True)
+
+
+def _has_sandbox(config, handler_name: str) -> bool:
+    handler = config.runtimes.get(handler_name)  # a pod may outlive its handler's config
+    return handler is not None and handler.features.sandbox
 
 
 def _check_handler(handler, config) -> None:

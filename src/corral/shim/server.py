@@ -54,6 +54,7 @@ from corral.shim.streams import ContainerIO, StreamExec, StreamOps
 OUTPUT_LIMIT = 16 << 20  # per stream of an exec_sync, as the CRI's ExecSync allows
 POD_INIT_GRACE = 5.0     # for the pod's init to end on SIGTERM, before SIGKILL
 POD_INIT_EXIT = "pod-init"  # the init's exit record, exits/pod-init.json (no container ID)
+SANDBOX_EXIT = "pod-sandbox"  # a handler's sandbox (a VM, gVisor's) ended unasked
 _READ = 1 << 16
 
 
@@ -130,6 +131,7 @@ class Shim(StreamOps):
         self.execs: dict[int, ExecJob] = {}
         self.pod_init_pid = 0  # the pod's init (podinit.py), while it runs
         self.handler: Handler | None = None  # chosen by start_pod (or the first create)
+        self.sandbox_stopping = False  # stop_pod asked: the sandbox's end is no failure
         self.running = True
         os.makedirs(self.exits_dir, exist_ok=True)
         self._life_lock = liveness.hold(directory)  # held until this process ends
@@ -403,6 +405,15 @@ class Shim(StreamOps):
         if managed is not None and managed.exit is None:
             self._record_exit(managed, code, reason)
 
+    def sandbox_ended(self, code: int, reason: str) -> None:
+        if self.sandbox_stopping:
+            return
+        # corrald reads the record and reports the pod NOTREADY, as a dead pause container
+        write_json_atomically(self._exit_path(SANDBOX_EXIT),
+                              {"exit_code": code, "reason": reason,
+                               "finished_at": time.time_ns()})
+        print(f"pod {self.pod_id}: its sandbox ended: {reason}", file=sys.stderr, flush=True)
+
     def exec_exited(self, key: int, code: int) -> None:
         job = self.execs.pop(key, None)
         if job is not None:
@@ -433,10 +444,21 @@ class Shim(StreamOps):
             raise ShimError("exists", f"pod {self.pod_id} has started")
         handler = self._handler(request["runtime"])
         try:
+            os.unlink(self._exit_path(SANDBOX_EXIT))
+        except FileNotFoundError:
+            pass
+        try:
             return handler.start_pod(request.get("pod") or {})
         except BaseException:
             self.handler = None
             raise
+
+    def op_stop_pod(self, conn, request) -> dict:
+        """End the sandbox (StopPodSandbox): its containers are stopped, their records kept."""
+        if self.handler is not None:
+            self.sandbox_stopping = True
+            self.handler.stop_pod()
+        return {}
 
     def op_create(self, conn, request) -> dict:
         container_id, bundle = request["id"], request["bundle"]
@@ -646,6 +668,7 @@ class Shim(StreamOps):
             self.op_delete(conn, {"id": container_id, "force": True})
         self._stop_init()
         if self.handler is not None:
+            self.sandbox_stopping = True
             self.handler.stop_pod()
         self.running = False
         return {}

@@ -27,10 +27,11 @@ class Features:
     """What a handler can do.  The first two are CRI's RuntimeHandlerFeatures."""
 
     __slots__ = ("recursive_read_only_mounts", "user_namespaces", "tty", "host_namespaces",
-                 "pod_init", "host_cgroups", "local_port_forward")
+                 "pod_init", "host_cgroups", "local_port_forward", "sandbox")
 
     def __init__(self, *, tty: bool = True, host_namespaces: bool = True, pod_init: bool = True,
-                 host_cgroups: bool = True, local_port_forward: bool = True):
+                 host_cgroups: bool = True, local_port_forward: bool = True,
+                 sandbox: bool = False):
         self.recursive_read_only_mounts = False
         self.user_namespaces = False
         self.tty = tty                          # process.terminal, for containers and exec
@@ -40,6 +41,7 @@ class Features:
         # a pod's localhost is its network namespace's; else port-forward dials the pod IP
         # (a VM's or gVisor's own stack answers there, not the pod netns's loopback)
         self.local_port_forward = local_port_forward
+        self.sandbox = sandbox  # a sandbox of its own per pod, whose end ends the pod
 
     def to_dict(self) -> dict:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -51,9 +53,9 @@ FEATURES = {
     # gVisor shares the pod's network namespace but no host PID/IPC namespace, and its
     # containers share the sandbox's PID namespace only as gVisor arranges it
     "runsc": Features(tty=False, host_namespaces=False, pod_init=False, host_cgroups=False,
-                      local_port_forward=False),
+                      local_port_forward=False, sandbox=True),
     "vm": Features(tty=False, host_namespaces=False, pod_init=False, host_cgroups=False,
-                   local_port_forward=False),
+                   local_port_forward=False, sandbox=True),
 }
 
 
@@ -78,7 +80,7 @@ class HandlerSpec:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "type": self.type, "path": self.path,
-                "options": self.options}
+                "options": self.options, "overhead": self.overhead}
 
     def unavailable(self) -> str:
         """Why this handler cannot run on this host ("" if it can)."""

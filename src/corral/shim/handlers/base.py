@@ -53,6 +53,9 @@ class ShimServices(Protocol):
     def exec_exited(self, key: int, code: int) -> None:
         """An exec'd process, known by the key `exec` returned, ended (in a VM)."""
 
+    def sandbox_ended(self, code: int, reason: str) -> None:
+        """The pod's sandbox (a VM, gVisor's) ended unasked: the pod is not ready."""
+
 
 class HandledContainer:
     """One container of a handler.  `pid` is its init's PID on the host (0 if it has

@@ -353,11 +353,12 @@ class VmHandler(Handler):
         return True
 
     def _vm_ended(self) -> None:
-        """QEMU is gone: so is everything that ran in it."""
+        """QEMU is gone: so is everything that ran in it, and the pod is not ready."""
         for proc, _key in list(self.procs.values()):
             if proc.exit is None:
                 proc.exit = (EXITED_WITH_VM, VM_EXITED)
         self.flushed()
+        self.services.sandbox_ended(EXITED_WITH_VM, VM_EXITED)
 
     # --- containers ----------------------------------------------------------------------------
     def create(self, container_id: str, bundle: str, stdio: tuple[int, int, int],
