@@ -58,14 +58,15 @@ def base_rootfs(workdir):
 class Pod:
     """A booted VM with its bundle directory, and helpers to run containers in it."""
 
-    def __init__(self, workdir: str, cache_dir: str, base_rootfs: str, name: str):
+    def __init__(self, workdir: str, cache_dir: str, base_rootfs: str, name: str,
+                 fstype: str = "9p"):
         self.dir = os.path.join(workdir, name)
         self.bundles = os.path.join(self.dir, "bundles")
         os.makedirs(self.bundles)
         self.base_rootfs = base_rootfs
         self.vm = PodVm(cache_dir=cache_dir, vm_dir=os.path.join(self.dir, "vm"),
                         agent_socket=os.path.join(self.dir, "agent.sock"),
-                        bundles_dir=self.bundles)
+                        bundles_dir=self.bundles, fstype=fstype)
         self.ping = self.vm.boot()
 
     @property
@@ -129,19 +130,22 @@ def pod(workdir, cache_dir, base_rootfs):
 def own_pod(workdir, cache_dir, base_rootfs):
     pods = []
 
-    def boot(name: str) -> Pod:
-        pods.append(Pod(workdir, cache_dir, base_rootfs, f"{name}-{uuid.uuid4().hex[:6]}"))
+    def boot(name: str, fstype: str = "9p") -> Pod:
+        pods.append(Pod(workdir, cache_dir, base_rootfs, f"{name}-{uuid.uuid4().hex[:6]}",
+                        fstype))
         return pods[-1]
 
     yield boot
     for p in pods:
         p.stop()
         assert p.vm.vm.poll() is not None
+        assert not p.vm.vm._daemons  # virtiofsd stopped with its VM
 
 
 def test_the_agent_answers_from_the_guest_kernel(pod):
     assert pod.ping["ok"] and pod.ping["pid"] == 1  # the agent is the guest's PID 1
     assert pod.ping["kernel"].startswith(GUEST_KERNEL_PREFIX)
+    pod.agent.call("ping")  # after the agent's warm-up (its imports once idle)
     started = time.monotonic()
     for _ in range(20):
         pod.agent.call("ping")
@@ -260,6 +264,28 @@ def test_idle_vm_pss(pod):
     pss = pod.vm.vm.pss_kib()
     print(f"\nidle VM PSS (QEMU, smaps_rollup): {pss / 1024:.0f} MiB")
     assert pss < 400 << 10
+
+
+def test_virtiofs_shares(own_pod):
+    pod = own_pod("vfs", "virtiofs")
+    started = time.monotonic()
+    code, out, _, _ = pod.run(["sh", "-c", "echo written > /tmp/x && cat /tmp/x; "
+                                           "grep -c virtiofs /proc/mounts"],
+                              lambda c: c.update(root={"path": "rootfs", "readonly": False}))
+    print(f"\nvirtiofs: boot to ping {pod.vm.boot_seconds:.2f}s, a container's run "
+          f"{time.monotonic() - started:.2f}s")
+    assert code == 0 and out.splitlines()[0] == "written"
+    with open("/proc/self/mounts") as f:
+        assert "virtiofs" not in f.read()
+    code, out, _, _ = pod.run(["cat", "/proc/1/mounts"], _without_pid_namespace)
+    fstypes = {line.split()[1]: line.split()[2] for line in out.splitlines()}
+    assert fstypes["/usr"] == "virtiofs" and fstypes[pod.bundles] == "virtiofs"
+    assert len([p for p in pod.vm.vm._daemons if p.poll() is None]) == 3
+
+
+def _without_pid_namespace(config):  # the guest's PID namespace: its /proc/1 is the agent
+    config["linux"]["namespaces"] = [ns for ns in config["linux"]["namespaces"]
+                                     if ns["type"] != "pid"]
 
 
 def test_a_kernel_panic_ends_the_vm(own_pod):
@@ -491,3 +517,11 @@ def test_qemu_killed_ends_every_container_of_the_pod(shim_pod):
         pod.run(["true"])
     for cid in (first, second):
         pod.call("delete", id=cid)
+
+
+def test_a_killed_shim_takes_its_vm_with_it(shim_pod):
+    pod = shim_pod()
+    pod.run(["sleep", "600"])
+    os.kill(pod.shim_pid, signal.SIGKILL)
+    _wait_gone(pod.qemu_pid, 10)
+    assert not _alive(pod.qemu_pid)  # PR_SET_PDEATHSIG: no VM outlives its pod's shim

@@ -32,7 +32,6 @@ import signal
 import sys
 import time
 
-from corral.runtime.container import Container
 from corral.runtime.errors import (
     ConfigInvalid,
     ContainerExists,
@@ -42,6 +41,13 @@ from corral.runtime.errors import (
     RuntimeFailure,
 )
 from corral.shim.protocol import MAX_FRAME, ShimError, decode_frames, encode
+
+# What a container's create and start import, loaded once the agent is idle after its
+# first answer (the host's ping waits less; the first create no longer pays for it).
+WARM_UP = ("corral.runtime.container", "corral.runtime.process.spawn",
+           "corral.runtime.process.init", "corral.runtime.process.enter",
+           "corral.runtime.validate", "corral.runtime.hooks", "corral.runtime.cgroups",
+           "corral.runtime.cgroups.v2", "corral.runtime.cgroups.stats", "corral.spec.runtime")
 
 RUNTIME_ROOT = "/run/corral-agent/runtime"
 BUNDLES = "/run/corral-agent/bundles"  # guest-side bundles for a create with its own config
@@ -198,7 +204,7 @@ class Proc:
 
 
 class Guest:
-    def __init__(self, container: Container, init: Proc, kill_all_on_exit: bool,
+    def __init__(self, container, init: Proc, kill_all_on_exit: bool,
                  own_bundle: str | None):
         self.container = container
         self.init = init
@@ -215,6 +221,7 @@ class Agent:
         self.exec_ids: dict[tuple[str, str], Proc] = {}
         self.output_paused = False
         self.running = True
+        self.answered = False  # a first request was answered: warm up when idle
         self.busybox = os.environ.get("CORRAL_BUSYBOX", "/usr/bin/busybox")
         os.makedirs(RUNTIME_ROOT, mode=0o711, exist_ok=True)
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -226,12 +233,18 @@ class Agent:
 
     # --- the loop ------------------------------------------------------------------------------
     def serve(self) -> None:
+        warm = False
         while self.running:
-            timeout = None
+            timeout = None if warm or not self.answered else 0.0
             if self.port.retry_at is not None:
-                timeout = max(0.0, self.port.retry_at - time.monotonic())
-            for key, mask in self.selector.select(timeout):
+                timeout = max(0.0, min(self.port.retry_at - time.monotonic(),
+                                       timeout if timeout is not None else 1e9))
+            ready = self.selector.select(timeout)
+            for key, mask in ready:
                 key.data(mask)
+            if not ready and not warm and self.answered:
+                warm = True
+                _warm_up()
             self.port.retry(time.monotonic())
             self._reap()
             self._throttle()
@@ -264,6 +277,7 @@ class Agent:
             reply = {"ok": False, "kind": "invalid", "error": f"{op}: {e}"}
         except OSError as e:
             reply = {"ok": False, "kind": "failed", "error": f"{op}: {e}"}
+        self.answered = True
         if "id" in request:
             self.port.send({"id": request["id"], **reply})
         elif not reply["ok"]:
@@ -511,6 +525,8 @@ class Agent:
             own_bundle = os.path.join(BUNDLES, container_id)
             os.makedirs(own_bundle, mode=0o711)
             _write(os.path.join(own_bundle, "config.json"), json.dumps(config))
+        from corral.runtime.container import Container
+
         init = Proc(container_id)
         stdio = self._pipes(init, bool(request.get("stdin")))
         try:
@@ -670,6 +686,16 @@ class Agent:
 
 
 # --- helpers -----------------------------------------------------------------------------------
+def _warm_up() -> None:
+    import importlib
+
+    for name in WARM_UP:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:  # the create that needs it will say so
+            print(f"corral-agent: warm-up: {e}", file=sys.stderr, flush=True)
+
+
 def _exit_code(status: int) -> int:
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)
@@ -683,7 +709,7 @@ def _signal(pid: int, signum: int) -> None:
         pass
 
 
-def _oom_killed(container: Container) -> bool:
+def _oom_killed(container) -> bool:
     saved = container.state.cgroup
     if not saved:
         return False

@@ -240,9 +240,11 @@ class Vm:
         if self.spec.netns:
             argv = ["nsenter", f"--net={self.spec.netns}", "--", *argv]  # execs: same PID
         log = open(os.path.join(self.spec.vm_dir, "qemu.log"), "ab")
+        parent = os.getpid()
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    start_new_session=True, close_fds=True)
+                                    start_new_session=True, close_fds=True,
+                                    preexec_fn=lambda: _die_with(parent))
         except OSError as e:
             self._stop_daemons()
             raise VmBootFailed(f"cannot start QEMU: {e}") from None
@@ -309,6 +311,12 @@ class Vm:
                     daemon.kill()
                     daemon.wait()
         self._daemons = []
+        for share in self.spec.shares:
+            if share.fstype == "virtiofs":
+                try:
+                    os.unlink(self.spec.virtiofs_socket(share))
+                except FileNotFoundError:
+                    pass
 
 
 def _start_virtiofsd(spec: VmSpec, share: Share) -> subprocess.Popen:
@@ -321,8 +329,9 @@ def _start_virtiofsd(spec: VmSpec, share: Share) -> subprocess.Popen:
             "-o", "cache=always" if share.readonly else "cache=auto", "-o", "sandbox=chroot"]
     log = open(os.path.join(spec.vm_dir, f"virtiofsd-{share.tag}.log"), "ab")
     try:
+        parent = os.getpid()
         daemon = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                  start_new_session=True)
+                                  start_new_session=True, preexec_fn=lambda: _die_with(parent))
     finally:
         log.close()
     deadline = time.monotonic() + 5.0
@@ -334,6 +343,19 @@ def _start_virtiofsd(spec: VmSpec, share: Share) -> subprocess.Popen:
                                f"(see {spec.vm_dir}/virtiofsd-{share.tag}.log)")
         time.sleep(0.005)
     return daemon
+
+
+def _die_with(parent: int) -> None:
+    """In the child before exec: a VM outlives no shim (its pod is lost with the shim).
+
+    PR_SET_PDEATHSIG fires when the forking *thread* ends: callers fork from their main
+    thread (the shim has no other)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # it died before the prctl
+        os._exit(1)
 
 
 def _signal(pid: int, signum: int) -> None:
