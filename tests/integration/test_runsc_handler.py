@@ -27,7 +27,7 @@ import pytest
 
 from corral.runtime.errors import RuntimeFailure
 from corral.shim.handlers.base import Unsupported
-from corral.shim.handlers.runsc import RunscHandler
+from corral.shim.handlers.runsc import RunscHandler, end_without_shim
 from corral.shim.protocol import ShimError
 from corral.shim.server import in_helper
 
@@ -623,3 +623,30 @@ def test_network_none_gives_a_sandbox_only_loopback(make_pod, make_bundle):
     addresses = subprocess.run(["ip", "-n", pod.netns, "-4", "addr", "show", pod.pod_if],
                                capture_output=True, text=True).stdout
     assert pod.ip in addresses  # the pod's netns was not touched
+
+
+def test_end_without_shim_ends_an_orphaned_sandbox(make_pod, make_bundle):
+    """corrald's part when a runsc pod's shim is gone (killed): its sandbox would live on."""
+    pod = make_pod()
+    pod.start()
+    pod.run(make_bundle, ["sleep", "1000"])
+    pod.run(make_bundle, ["sh", "-c", "sleep 1000 & sleep 1000"])
+    sandbox = pod.handler.sandbox_pid
+    assert _pids_below(pod.cgroup_parent)
+    # corrald is not the sandbox's parent: run it in a child while this process (the
+    # "shim" the sandbox was orphaned to) reaps, as init would
+    child = os.fork()
+    if child == 0:
+        try:
+            end_without_shim(pod.dir, pod.id, pod.cgroup_parent, binary=RUNSC)
+            os._exit(0)
+        except BaseException:  # noqa: BLE001 - the status is the verdict
+            os._exit(1)
+    pod.loop.until(lambda: child in pod.loop.exec_exits, timeout=20, what="end_without_shim")
+    assert pod.loop.exec_exits[child] == 0  # (the loop files unknown children there)
+    pod.loop.until(lambda: pod.handler.sandbox_pid == 0, timeout=5, what="the sandbox reaped")
+    assert not os.path.exists(f"/proc/{sandbox}/cmdline") or not open(
+        f"/proc/{sandbox}/cmdline").read()
+    assert not _cgroup_dirs(pod.cgroup_parent + "/sandbox")
+    assert not _listed(pod)
+    end_without_shim(pod.dir, pod.id, pod.cgroup_parent, binary=RUNSC)  # again: nothing to do

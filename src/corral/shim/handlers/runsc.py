@@ -351,9 +351,7 @@ class RunscHandler(OciHandler):
         relay = self.options.get("relay", RELAY)
         if relay and os.path.isfile(relay):
             _install(relay, os.path.join(rootfs, "busybox"))
-        parent = pod.get("cgroup_parent") or ""
-        cgroups_path = os.path.join(parent, SANDBOX_CGROUP) if parent else \
-            f"/corral-runsc/{self.sandbox_id}"
+        cgroups_path = sandbox_cgroups_path(pod.get("cgroup_parent") or "", self.sandbox_id)
         self.sandbox_cgroup = open_manager(cgroups_path, self.sandbox_id)
         namespaces = [{"type": kind} for kind in ("pid", "ipc", "uts", "mount")]
         namespaces.append({"type": "network", **({"path": netns} if netns else {})})
@@ -620,6 +618,56 @@ class RunscHandler(OciHandler):
         if self.sandbox_oom_killed():
             return 137, "OOMKilled"
         return 255, f"sandbox ended: {_last_line(output) or 'runsc wait failed'}"
+
+
+def sandbox_cgroups_path(cgroup_parent: str, pod_id: str) -> str:
+    """The sandbox's cgroupsPath: below the pod's cgroup parent, beside its containers'."""
+    if cgroup_parent:
+        return os.path.join(cgroup_parent, SANDBOX_CGROUP)
+    return f"/corral-runsc/{pod_id}"
+
+
+def end_without_shim(shim_dir: str, pod_id: str, cgroup_parent: str,
+                     binary: str = "/usr/bin/runsc", timeout: float = 10.0) -> None:
+    """For corrald, when a runsc pod's shim is gone: the sandbox, its gofers and its
+    ptrace stubs outlive the shim (orphaned to init), so everything in the sandbox's
+    cgroup is SIGKILLed; then runsc forgets the pod's containers, subcontainers
+    first, and the sandbox's cgroups are removed.  Idempotent."""
+    from corral.runtime.cgroups import CgroupError, open_manager
+
+    manager = open_manager(sandbox_cgroups_path(cgroup_parent, pod_id), pod_id)
+    deadline = time.monotonic() + timeout
+    while manager.exists():
+        try:
+            pids = manager.pids()
+        except CgroupError:
+            break
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if time.monotonic() > deadline:
+            raise RuntimeFailure(f"runsc sandbox of pod {pod_id[:12]}: processes {pids} "
+                                 "did not end")
+        time.sleep(0.01)
+    root = os.path.join(shim_dir, "runsc")
+    if os.path.isdir(root):
+        runtime = RunscRuntime(binary, root, ())
+        ids = sorted((name.split("_sandbox:")[0] for name in os.listdir(root)
+                      if name.endswith(".state")), key=lambda cid: cid == pod_id)
+        for container_id in ids:
+            try:
+                runtime.run("delete", "--force", container_id, timeout=30)
+            except RuntimeFailure:
+                pass  # its state is removed with the shim's directory
+    if manager.exists():
+        try:
+            manager.destroy()
+        except CgroupError as e:
+            raise RuntimeFailure(f"runsc sandbox of pod {pod_id[:12]}: {e}") from None
 
 
 def _install(binary: str, target: str) -> None:
