@@ -12,6 +12,7 @@ Numbers (boot to ping, first output, idle PSS) are printed: run with -s.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import signal
@@ -347,6 +348,7 @@ class ShimPod:
         self.veth = f"cvmgh{suffix[:4]}"
         self.shim_pid = 0
         self.qemu_pid = 0
+        self.mounts: list[str] = []
         os.makedirs(self.containers)
         with open(os.path.join(self.dir, "hosts"), "w") as f:
             f.write(f"127.0.0.1 localhost\n{self.SUBNET}.2 vmpod\n")
@@ -398,6 +400,24 @@ class ShimPod:
         build_bundle(path, args, terminal=False, rootfs_from=self.base_rootfs, edit=cri_like)
         return cid, path
 
+    def overlay_bundle(self, args: list[str]) -> tuple[str, str, str]:
+        """As corrald makes one: rootfs/ an overlay mounted on the host (its upper dir)."""
+        cid, path = self.bundle(args)
+        shutil.rmtree(os.path.join(path, "rootfs"))
+        upper, work = os.path.join(self.dir, f"{cid}-upper"), os.path.join(self.dir, f"{cid}-w")
+        for d in (upper, work, os.path.join(path, "rootfs")):
+            os.makedirs(d)
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                        f"lowerdir={self.base_rootfs},upperdir={upper},workdir={work}",
+                        os.path.join(path, "rootfs")], check=True)
+        self.mounts.append(os.path.join(path, "rootfs"))
+        with open(os.path.join(path, "config.json")) as f:
+            config = json.load(f)
+        config["root"]["readonly"] = False
+        with open(os.path.join(path, "config.json"), "w") as f:
+            json.dump(config, f)
+        return cid, path, upper
+
     def run(self, args: list[str]) -> tuple[str, str]:
         cid, path = self.bundle(args)
         log = os.path.join(self.dir, f"{cid}.log")
@@ -416,6 +436,8 @@ class ShimPod:
             if pid and _alive(pid):
                 os.kill(pid, signal.SIGKILL)
                 _wait_gone(pid, 10)
+        for mount in self.mounts:
+            subprocess.run(["umount", "-l", mount], capture_output=True)
         subprocess.run(["ip", "link", "del", self.veth], capture_output=True)
         subprocess.run(["ip", "netns", "del", self.netns_name], capture_output=True)
 
@@ -525,3 +547,19 @@ def test_a_killed_shim_takes_its_vm_with_it(shim_pod):
     os.kill(pod.shim_pid, signal.SIGKILL)
     _wait_gone(pod.qemu_pid, 10)
     assert not _alive(pod.qemu_pid)  # PR_SET_PDEATHSIG: no VM outlives its pod's shim
+
+
+def test_a_rootfs_overlay_mounted_on_the_host_is_the_containers_root(shim_pod):
+    pod = shim_pod()
+    cid, path, upper = pod.overlay_bundle(["sh", "-c", "echo from-the-guest > /made-here; "
+                                           "rm /bin/true; ls /bin/true; cat /made-here"])
+    log = os.path.join(pod.dir, f"{cid}.log")
+    pod.call("create", id=cid, bundle=path, log_path=log)
+    pod.call("start", id=cid)
+    assert pod.call("wait", id=cid, timeout=60, io_timeout=90)["exit_code"] == 0
+    assert ("stdout", "from-the-guest") in _log_lines(log)
+    with open(os.path.join(upper, "made-here")) as f:  # written through 9p into the upper dir
+        assert f.read() == "from-the-guest\n"
+    assert not os.path.exists(os.path.join(path, "rootfs", "bin", "true"))  # a whiteout
+    assert os.path.exists(os.path.join(pod.base_rootfs, "bin", "true"))
+    pod.call("delete", id=cid)
