@@ -242,7 +242,7 @@ class VmContainer(HandledContainer):
 
 class VmHandler(Handler):
     """Options (the config's [runtimes.<name>.options]): cache_dir (vmlinux, initramfs,
-    the accelerator's probe; corrald gives <root>/vm), memory_mib, cpus, kernel
+    the accelerator's probe; corrald gives one), memory (bytes) or memory_mib, cpus, kernel
     (a version under /boot), fstype (9p | virtiofs), boot_timeout."""
 
     def __init__(self, spec: dict, services):
@@ -288,7 +288,7 @@ class VmHandler(Handler):
             self.pod_vm = PodVm(
                 cache_dir=options.get("cache_dir") or DEFAULT_CACHE_DIR, vm_dir=vm_dir,
                 agent_socket=self._socket_path(vm_dir), bundles_dir=self.bundles_dir,
-                memory_mib=int(options.get("memory_mib") or 128),
+                memory_mib=_memory_mib(options),
                 cpus=int(options.get("cpus") or 1), tap=network.TAP,
                 mac=guest["interfaces"][0]["mac"] if guest["interfaces"] else None,
                 netns=netns, fstype=options.get("fstype") or "9p",
@@ -567,6 +567,13 @@ class VmHandler(Handler):
         os.makedirs(short, mode=0o700, exist_ok=True)
         digest = hashlib.sha256(vm_dir.encode()).hexdigest()[:20]
         return os.path.join(short, f"{digest}.sock")
+
+
+def _memory_mib(options: dict) -> int:
+    """The guest's RAM: `memory` in bytes (the config's "128MiB"), or `memory_mib`."""
+    if options.get("memory"):
+        return max(1, int(options["memory"]) >> 20)
+    return int(options.get("memory_mib") or 128)
 
 
 def _b64(data: bytes) -> str:
