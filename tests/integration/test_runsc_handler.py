@@ -448,6 +448,7 @@ def test_deleting_a_running_container_reports_its_end(make_pod, make_bundle):
         created.kill(signal.SIGKILL)
     created.delete()
     assert set(_listed(pod)) == {pod.id}
+    assert os.listdir(os.path.join(pod.handler.runtime.root, "bundles")) == []
     assert not _cgroup_dirs(running.id) and not _cgroup_dirs(
         os.path.join(pod.cgroup_parent, running.id))
 

@@ -241,7 +241,11 @@ class RunscContainer(OciContainer):
             self.runtime.run("exec", "--detach", "--pid-file", pid_file, "--internal-pid-file",
                              inner_file, *console, "--process", spec, self.id, stdio=stdio)
             pid = _read_pid(pid_file)
-            self.exec_pids[pid] = _read_pid(inner_file)
+            inner = _read_pid(inner_file)
+        # the ended ones' (their `runsc exec` reaped: no /proc entry) are dropped here
+        self.exec_pids = {key: value for key, value in self.exec_pids.items()
+                          if os.path.exists(f"/proc/{key}")}
+        self.exec_pids[pid] = inner
         return pid
 
     def kill_exec(self, key: int, signum: int) -> None:
@@ -533,6 +537,8 @@ class RunscHandler(OciHandler):
     def forget(self, container: RunscContainer) -> None:
         if self.containers.get(container.id) is container:
             del self.containers[container.id]
+            shutil.rmtree(os.path.join(self.runtime.root, "bundles", container.id),
+                          ignore_errors=True)
             try:
                 self.size_sandbox()
             except ShimError:
