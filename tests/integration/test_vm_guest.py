@@ -28,6 +28,7 @@ import pytest
 
 from corral.images.busybox import build_bundle, build_rootfs
 from corral.shim.protocol import ShimClient, ShimError
+from corral.vm import initramfs, kernel, qemu
 from corral.vm.client import AgentClient
 from corral.vm.errors import AgentError, AgentGone
 from corral.vm.pod import PodVm
@@ -141,6 +142,39 @@ def own_pod(workdir, cache_dir, base_rootfs):
         p.stop()
         assert p.vm.vm.poll() is not None
         assert not p.vm.vm._daemons  # virtiofsd stopped with its VM
+
+
+def test_the_guest_images_are_made_once_and_atomically(tmp_path):
+    guest = kernel.find_kernel()
+    path = kernel.vmlinux(guest, str(tmp_path))
+    with open(path, "rb") as f:
+        assert f.read(4) == b"\x7fELF"
+    made = os.stat(path).st_mtime_ns
+    assert kernel.vmlinux(guest, str(tmp_path)) == path and os.stat(path).st_mtime_ns == made
+    assert path.endswith(guest.version)  # keyed by the kernel's version
+    initrd = initramfs.initramfs(guest, str(tmp_path))
+    assert initramfs.initramfs(guest, str(tmp_path)) == initrd
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]  # no temp files left
+    listing = subprocess.run(["/bin/busybox", "cpio", "-t"], stdin=open(initrd, "rb"),
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert {"init", "busybox", "dev/console", "modules/base.list", "modules/9p.ko",
+            "modules/virtio_console.ko", "modules/virtio_net.ko"} <= set(listing)
+    # only what the guest needs: no module beyond the groups and their dependencies
+    assert len([n for n in listing if n.endswith(".ko")]) < 20
+
+
+def test_the_accelerator_is_decided_by_a_probe_boot(tmp_path, cache_dir, pod):
+    if not os.path.exists("/dev/kvm"):
+        pytest.skip("no /dev/kvm: TCG without a probe")
+    started = time.monotonic()
+    first = qemu.choose_accelerator(str(tmp_path), pod.vm.spec.kernel, pod.vm.spec.initrd)
+    probe_seconds = time.monotonic() - started
+    started = time.monotonic()
+    again = qemu.choose_accelerator(str(tmp_path), pod.vm.spec.kernel, pod.vm.spec.initrd)
+    assert time.monotonic() - started < 0.5 and again.to_json() == first.to_json()  # cached
+    print(f"\naccelerator: {first.name} (probe {probe_seconds:.2f}s) {first.warning}")
+    if os.path.exists("/sys/module/kvm_pvm"):  # this host: KVM_CREATE_VM works, boots do not
+        assert first.name == "tcg" and "PVM" in first.warning
 
 
 def test_the_agent_answers_from_the_guest_kernel(pod):

@@ -391,12 +391,13 @@ def choose_accelerator(cache_dir: str, kernel: str, initrd: str,
     except (OSError, ValueError, KeyError):
         pass
     why = "PVM" if pvm else "no vmx/svm"
-    if probe_boot(cache_dir, kernel, initrd, probe_timeout):
+    failure = probe_boot(cache_dir, kernel, initrd, probe_timeout)
+    if not failure:
         result = Accelerator("kvm")
     else:
         result = Accelerator("tcg", f"/dev/kvm ({why}) cannot boot the guest kernel "
-                                    f"(probe boot failed within {probe_timeout:g}s): pod VMs "
-                                    f"run under TCG emulation (slow)")
+                                    f"(probe boot: {failure}): pod VMs run under TCG "
+                                    f"emulation (slow)")
     os.makedirs(cache_dir, mode=0o700, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".accel-", dir=cache_dir)
     with os.fdopen(fd, "w") as f:
@@ -405,23 +406,31 @@ def choose_accelerator(cache_dir: str, kernel: str, initrd: str,
     return result
 
 
-def probe_boot(cache_dir: str, kernel: str, initrd: str, timeout: float) -> bool:
-    """Boot the guest under KVM to its first userspace line, within `timeout`."""
+def probe_boot(cache_dir: str, kernel: str, initrd: str, timeout: float) -> str:
+    """Boot the guest under KVM to its first userspace line: "" if it got there within
+    `timeout`, else why not."""
+    os.makedirs(cache_dir, mode=0o700, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="probe-", dir=cache_dir) as tmp:
         spec = VmSpec(vm_dir=tmp, kernel=kernel, initrd=initrd, agent_socket="", shares=[],
                       python="", python_path="", accelerator=Accelerator("kvm"))
-        proc = subprocess.Popen(command_line(spec, probe=True), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True, cwd=tmp)  # a core dump goes with tmp
+        log_path = os.path.join(tmp, "qemu.log")
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(command_line(spec, probe=True), stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=log, start_new_session=True,
+                                    cwd=tmp)  # a core dump goes with tmp
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:
                 if PROBE_MARKER in Vm(spec).console():
-                    return True
+                    return ""
                 if proc.poll() is not None:
-                    return PROBE_MARKER in Vm(spec).console()
+                    if PROBE_MARKER in Vm(spec).console():
+                        return ""
+                    with open(log_path, errors="replace") as f:
+                        said = [line.strip() for line in f if line.strip()]
+                    return f"QEMU exited {proc.returncode}" + (f": {said[0]}" if said else "")
                 time.sleep(0.05)
-            return False
+            return f"no userspace within {timeout:g}s"
         finally:
             if proc.poll() is None:
                 proc.kill()
