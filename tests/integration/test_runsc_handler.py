@@ -70,6 +70,7 @@ class Loop:
         self.selector = selectors.DefaultSelector()
         self.exits: dict[str, tuple[int, str]] = {}
         self.exec_exits: dict[int, int] = {}  # reaped here: runsc exec's own status
+        self.sandbox_end: tuple[int, str] | None = None
         self.handler: RunscHandler | None = None
 
     def in_helper(self, work):
@@ -89,6 +90,9 @@ class Loop:
 
     def exec_exited(self, key: int, code: int) -> None:
         self.exec_exits[key] = code
+
+    def sandbox_ended(self, code: int, reason: str) -> None:
+        self.sandbox_end = (code, reason)
 
     def turn(self, timeout: float = 0.02) -> None:
         while True:
@@ -416,6 +420,8 @@ def test_a_container_over_its_memory_ooms_the_sandbox_and_is_reported(make_pod, 
     # the whole sandbox went: every container is reported, OOMKilled too
     assert pod.exited(quiet) == (137, "OOMKilled")
     assert hog.oom_killed()
+    assert pod.loop.until(lambda: pod.loop.sandbox_end, what="the sandbox's end") == (
+        137, "OOMKilled")
 
 
 def test_a_dead_sandbox_ends_its_containers(make_pod, make_bundle):
@@ -425,6 +431,8 @@ def test_a_dead_sandbox_ends_its_containers(make_pod, make_bundle):
     os.kill(pod.handler.sandbox_pid, signal.SIGKILL)
     code, reason = pod.exited(victim)
     assert code == 255 and reason.startswith("sandbox ended")
+    assert pod.loop.until(lambda: pod.loop.sandbox_end, what="the sandbox's end") == (
+        137, "the gVisor sandbox ended (status 137)")
     assert pod.handler.sandbox_pid == 0  # reaped, and known to be the sandbox
     with pytest.raises(ShimError):
         pod.run(make_bundle, ["true"])
@@ -464,6 +472,7 @@ def test_stop_pod_leaves_nothing_even_with_containers_running(make_pod, make_bun
                    what="the sandbox's processes to end")
     assert not _cgroup_dirs(pod.cgroup_parent + "/sandbox")
     assert not _listed(pod)
+    assert pod.loop.sandbox_end is None  # asked for: not news
     # pod.close() (the fixture) asserts the same again, after a second stop_pod
 
 

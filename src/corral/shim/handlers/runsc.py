@@ -300,6 +300,7 @@ class RunscHandler(OciHandler):
                                     os.path.join(services.dir, "runsc"), self.global_flags())
         self.sandbox_id = services.pod_id
         self.sandbox_pid = 0
+        self.stopping = False  # stop_pod ends the sandbox: no news for the shim
         self.sandbox_cgroup = None  # a corral.runtime.cgroups Manager, once the pod starts
         self.containers: dict[str, RunscContainer] = {}
         self.waiters: dict[int, tuple[RunscContainer, int]] = {}  # PID → (container, pipe)
@@ -378,6 +379,7 @@ class RunscHandler(OciHandler):
         return bundle
 
     def stop_pod(self) -> None:
+        self.stopping = True
         for container in list(self.containers.values()):  # the root's cgroup must go last
             try:
                 container.delete()
@@ -590,6 +592,10 @@ class RunscHandler(OciHandler):
             return True
         if pid == self.sandbox_pid:
             self.sandbox_pid = 0  # its containers' waiters fail, and report them
+            if not self.stopping:  # the pod is not ready any more (OOM, a crash, a kill)
+                reason = "OOMKilled" if self.sandbox_oom_killed() else \
+                    f"the gVisor sandbox ended (status {code})"
+                self.services.sandbox_ended(code, reason)
             return True
         return False
 
