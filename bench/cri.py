@@ -388,14 +388,15 @@ def container_config(args: list[str]) -> api_pb2.ContainerConfig:
                                    command=args[:1], args=args[1:], log_path="c.log")
 
 
-def run_pod(daemon, name: str, args: list[str]) -> tuple[str, str, dict[str, float]]:
+def run_pod(daemon, name: str, args: list[str],
+            runtime_handler: str = "") -> tuple[str, str, dict[str, float]]:
     """RunPodSandbox, CreateContainer, StartContainer: (pod ID, container ID, ms per step)."""
     rt = daemon.runtime
     times: dict[str, float] = {}
     mark = time.perf_counter()
     config = pod_config(daemon, name)
-    pod_id = rt.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=config),
-                              timeout=RPC_TIMEOUT).pod_sandbox_id
+    pod_id = rt.RunPodSandbox(api_pb2.RunPodSandboxRequest(
+        config=config, runtime_handler=runtime_handler), timeout=RPC_TIMEOUT).pod_sandbox_id
     times["run_pod"], mark = lap(mark)
     container_id = rt.CreateContainer(api_pb2.CreateContainerRequest(
         pod_sandbox_id=pod_id, config=container_config(args), sandbox_config=config),
@@ -542,6 +543,43 @@ def tool_version(command: list[str]) -> str:
     return out.splitlines()[0].strip() if out else "?"
 
 
+# ---------------------------------------------------------------- both daemons (also sandboxes.py)
+
+
+def start_side_by_side(corrald: BenchCorrald,
+                       containerd: Containerd) -> tuple[dict[str, str], dict[str, Exception]]:
+    """Import busybox into both (and containerd's pause image), start both daemons.
+    Returns (version by daemon name, the error of each daemon that did not start)."""
+    corrald.import_busybox()  # builds busybox.tar in corrald's base: containerd gets it too
+    pause = str(containerd.base / "pause.tar")
+    write_archive(build_image(str(corrald.base / "busybox-rootfs"), PAUSE, cmd=PAUSE_ARGS),
+                  pause)
+    versions: dict[str, str] = {}
+    failures: dict[str, Exception] = {}
+    for daemon, start in ((corrald, lambda: corrald.start()),
+                          (containerd, lambda: containerd.start(
+                              [str(corrald.base / "busybox.tar"), pause]))):
+        try:
+            start()
+            versions[daemon.name] = daemon.version()
+        except (BenchError, grpc.RpcError, OSError) as e:
+            failures[daemon.name] = e
+    if "containerd" in versions:
+        versions["containerd"] += f" + {tool_version(['runc', '--version'])}"
+    return versions, failures
+
+
+def stop_daemons(daemons) -> dict[str, list[str]]:
+    """Stop each daemon with everything of it, and its portmap rules: what each left behind."""
+    leftovers = {}
+    for daemon in daemons:
+        leftovers[daemon.name] = daemon.stop()
+        remove_portmap_rules(daemon.network())
+        if portmap_rules(daemon.network()):
+            leftovers[daemon.name].append(f"iptables rules of {daemon.network()}")
+    return leftovers
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -582,22 +620,12 @@ def main(argv: list[str] | None = None) -> int:
         daemons.append(corrald)
         containerd = Containerd(short_base(), "corralb1", "10.99.51.0/24")
         daemons.append(containerd)
-        corrald.import_busybox()  # builds busybox.tar in corrald's base: containerd gets it too
-        pause = str(containerd.base / "pause.tar")
-        write_archive(build_image(str(corrald.base / "busybox-rootfs"), PAUSE, cmd=PAUSE_ARGS),
-                      pause)
-        for daemon, start in ((corrald, lambda: corrald.start()),
-                              (containerd, lambda: containerd.start(
-                                  [str(corrald.base / "busybox.tar"), pause]))):
-            try:
-                start()
-                versions[daemon.name] = daemon.version()
-                daemons_alive.append(daemon)
-            except (BenchError, grpc.RpcError, OSError) as e:
-                daemons_alive.append(daemon)
-                fail(daemon, e)
-        if "containerd" in versions:
-            versions["containerd"] += f" + {tool_version(['runc', '--version'])}"
+        started, failures = start_side_by_side(corrald, containerd)
+        versions.update(started)
+        for daemon in daemons:
+            daemons_alive.append(daemon)
+            if daemon.name in failures:
+                fail(daemon, failures[daemon.name])
         for daemon in list(daemons_alive):  # warm-up: the first pod pays for unpacking
             try:
                 pod_life(daemon, -1)
@@ -622,11 +650,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not stop cleanup
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for daemon in daemons:
-            leftovers[daemon.name] = daemon.stop()
-            remove_portmap_rules(daemon.network())
-            if portmap_rules(daemon.network()):
-                leftovers[daemon.name].append(f"iptables rules of {daemon.network()}")
+        leftovers.update(stop_daemons(daemons))
         signal.signal(signal.SIGINT, signal.SIG_DFL)
     for name, left in leftovers.items():
         if left:
