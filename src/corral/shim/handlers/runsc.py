@@ -145,8 +145,9 @@ class RunscRuntime(OciRuntime):
                 for pid in list(pending):
                     try:
                         reaped, _ = os.waitpid(pid, os.WNOHANG)
-                    except ChildProcessError:
-                        reaped = pid  # not the shim's child, or reaped already
+                    except ChildProcessError:  # not the shim's child (any more)
+                        pending.discard(pid)
+                        continue
                     if reaped:
                         pending.discard(pid)
                         self.reaped.add(pid)
