@@ -660,3 +660,23 @@ def test_end_without_shim_ends_an_orphaned_sandbox(make_pod, make_bundle):
     assert not _cgroup_dirs(pod.cgroup_parent + "/sandbox")
     assert not _listed(pod)
     end_without_shim(pod.dir, pod.id, pod.cgroup_parent, binary=RUNSC)  # again: nothing to do
+
+
+def test_a_containers_seccomp_profile_applies_inside_the_sandbox(make_pod, make_bundle):
+    pod = make_pod()
+    pod.start()
+    bundle = make_bundle(["sh", "-c", "mkdir /tmp/d; echo mkdir=$?"])
+    bundle.config["root"]["readonly"] = False
+    bundle.linux["seccomp"] = {
+        "defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO",
+                      "errnoRet": 1}]}
+    bundle.write()
+    output = Output()
+    container = pod.handler.create("seccomp", str(bundle.path), output.stdio)
+    output.handed_over(pod.loop)
+    container.start()
+    assert pod.exited(container) == (0, "")
+    pod.loop.until(lambda: not output.open, what="its output")
+    assert "mkdir=1" in output.text(), output.text() + output.text("stderr")
+    assert "Operation not permitted" in output.text("stderr")

@@ -302,7 +302,9 @@ class RunscHandler(OciHandler):
     """options: platform ("ptrace"), network ("sandbox" | "none"), debug_log (a directory
     for runsc's debug logs), runtime_flags (more global flags), pause (the pause binary),
     relay (a static busybox for port-forward, "" for none), memory_overhead (bytes added
-    to the sum of the containers' memory limits, when the spec has no overhead)."""
+    to the sum of the containers' memory limits, when the spec has no overhead),
+    oci_seccomp (true: the spec's seccomp profile is enforced inside the sandbox; runsc
+    ignores it by default)."""
 
     def __init__(self, spec: dict, services):
         Handler.__init__(self, spec, services)  # not OciHandler's: another runtime and root
@@ -322,6 +324,8 @@ class RunscHandler(OciHandler):
     def global_flags(self) -> tuple[str, ...]:
         options = self.options
         flags = [f"--platform={options.get('platform', 'ptrace')}", f"--network={self.network}"]
+        if options.get("oci_seccomp", True):  # CRI's seccomp profiles, applied by the Sentry
+            flags.append("--oci-seccomp")
         if options.get("debug_log"):
             flags += ["--debug", f"--debug-log={str(options['debug_log']).rstrip('/')}/"]
         extra = options.get("runtime_flags") or []
