@@ -680,3 +680,30 @@ def test_a_containers_seccomp_profile_applies_inside_the_sandbox(make_pod, make_
     pod.loop.until(lambda: not output.open, what="its output")
     assert "mkdir=1" in output.text(), output.text() + output.text("stderr")
     assert "Operation not permitted" in output.text("stderr")
+
+
+def test_capabilities_newer_than_runsc_are_dropped(make_pod, make_bundle):
+    """A privileged container's spec names every capability the host knows; this runsc
+    refuses CAP_PERFMON, CAP_BPF and CAP_CHECKPOINT_RESTORE ("unknown capability")."""
+    pod = make_pod()
+    pod.start()
+    every = [f"CAP_{name}" for name in (
+        "CHOWN", "DAC_OVERRIDE", "FOWNER", "KILL", "SETUID", "SETGID", "NET_BIND_SERVICE",
+        "SYS_ADMIN", "PERFMON", "BPF", "CHECKPOINT_RESTORE")]
+    bundle = make_bundle(["sh", "-c", "grep CapEff /proc/self/status; sleep 1000"])
+    bundle.config["process"]["capabilities"] = {kind: list(every) for kind in (
+        "bounding", "effective", "permitted", "ambient", "inheritable")}
+    bundle.write()
+    output = Output()
+    container = pod.handler.create("privileged", str(bundle.path), output.stdio)
+    output.handed_over(pod.loop)
+    container.start()
+    pod.loop.until(lambda: "CapEff" in output.text(), what="its capabilities")
+    exec_output = Output()
+    key = container.exec({"args": ["true"], "cwd": "/", "env": ["PATH=/bin"],
+                          "user": {"uid": 0, "gid": 0},
+                          "capabilities": {"bounding": every, "effective": every,
+                                           "permitted": every}}, exec_output.stdio)
+    exec_output.handed_over(pod.loop)
+    pod.loop.until(lambda: key in pod.loop.exec_exits, what="the exec")
+    assert pod.loop.exec_exits[key] == 0, exec_output.text("stderr")

@@ -111,6 +111,9 @@ SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
 OVERHEAD = 64 << 20  # the sandbox's own memory (Sentry, gofers): ~30 MiB idle here
 SANDBOX_CGROUP = "sandbox"  # below the pod's cgroup parent
 NETWORKS = ("sandbox", "none")
+# Capabilities newer than this runsc (it knows up to CAP_AUDIT_READ, 37): a spec naming one
+# fails "creating capabilities: unknown capability" (a privileged container's has all)
+UNKNOWN_CAPABILITIES = frozenset({"CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE"})
 _READ = 1 << 16
 
 
@@ -246,6 +249,7 @@ class RunscContainer(OciContainer):
         from corral.shim.handlers.native import _parsed
 
         _parsed(process)  # runsc reads the JSON itself: refuse what corral would
+        process = without_unknown_capabilities(process)
         with tempfile.TemporaryDirectory(dir=self.runtime.root, prefix=".exec-") as scratch:
             spec, pid_file, inner_file = (os.path.join(scratch, name)
                                           for name in ("process.json", "pid", "inner"))
@@ -524,11 +528,14 @@ class RunscHandler(OciHandler):
           (corrald's config.json stays as corrald wrote it);
         - namespace paths dropped: they name host namespaces, meaningless inside
           gVisor, whose containers share the sandbox's network and have PID, IPC,
-          UTS and mount namespaces of their own in its kernel."""
+          UTS and mount namespaces of their own in its kernel;
+        - capabilities this runsc does not know dropped (UNKNOWN_CAPABILITIES)."""
         config.setdefault("annotations", {}).update(
             {CONTAINER_TYPE: "container", SANDBOX_ID: self.sandbox_id})
         root = config.setdefault("root", {})
         root["path"] = os.path.join(bundle, root.get("path") or "rootfs")
+        if isinstance(config.get("process"), dict):
+            config["process"] = without_unknown_capabilities(config["process"])
         linux = config.setdefault("linux", {})
         linux["namespaces"] = [{"type": ns["type"]} for ns in linux.get("namespaces") or []]
         limit = ((linux.get("resources") or {}).get("memory") or {}).get("limit") or 0
@@ -648,6 +655,16 @@ class RunscHandler(OciHandler):
         if self.sandbox_oom_killed():
             return 137, "OOMKilled"
         return 255, f"sandbox ended: {_last_line(output) or 'runsc wait failed'}"
+
+
+def without_unknown_capabilities(process: dict) -> dict:
+    """The OCI process with UNKNOWN_CAPABILITIES left out of every set."""
+    capabilities = process.get("capabilities")
+    if not isinstance(capabilities, dict):
+        return process
+    kept = {kind: [c for c in names if c not in UNKNOWN_CAPABILITIES]
+            if isinstance(names, list) else names for kind, names in capabilities.items()}
+    return {**process, "capabilities": kept}
 
 
 def sandbox_cgroups_path(cgroup_parent: str, pod_id: str) -> str:
