@@ -12,44 +12,13 @@ may carry many requests in turn.
 
 from __future__ import annotations
 
-import json
 import socket
-import struct
 
-MAX_FRAME = 64 << 20  # exec_sync output is bounded below this
-_HEADER = struct.Struct(">I")
+from corral.spec.frames import MAX_FRAME, ProtocolError, decode_frames, encode
 
+__all__ = ["MAX_FRAME", "ShimClient", "ShimError", "decode_frames", "encode"]
 
-class ShimError(Exception):
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind = kind
-
-
-def encode(message: dict) -> bytes:
-    body = json.dumps(message, separators=(",", ":")).encode()
-    return _HEADER.pack(len(body)) + body
-
-
-def decode_frames(buffer: bytearray) -> list[dict]:
-    """Complete frames taken off the front of `buffer`."""
-    messages = []
-    while len(buffer) >= 4:
-        (length,) = _HEADER.unpack_from(buffer)
-        if length > MAX_FRAME:
-            raise ShimError("invalid", f"frame of {length} bytes is over the limit")
-        if len(buffer) < 4 + length:
-            break
-        body = bytes(buffer[4:4 + length])
-        del buffer[:4 + length]
-        try:
-            message = json.loads(body)
-        except ValueError:
-            raise ShimError("invalid", "frame is not JSON") from None
-        if not isinstance(message, dict):
-            raise ShimError("invalid", "frame is not a JSON object")
-        messages.append(message)
-    return messages
+ShimError = ProtocolError  # the shim's name for it: what a reply's "kind" and "error" carry
 
 
 class ShimClient:

@@ -21,7 +21,7 @@ import select
 import socket
 import time
 
-from corral.shim.protocol import ShimError, decode_frames, encode
+from corral.spec.frames import ProtocolError, decode_frames, encode
 from corral.vm.errors import AgentError, AgentGone, VmBootFailed
 
 DISCONNECTED = {"event": "disconnected"}
@@ -147,7 +147,7 @@ class AgentClient:
             self.inbox += data
             try:
                 frames = decode_frames(self.inbox)
-            except ShimError:
+            except ProtocolError:
                 self._disconnected()
                 return
             for frame in frames:
