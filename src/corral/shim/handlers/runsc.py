@@ -52,7 +52,13 @@ measured while writing this module:
   process "not a tty" for it, so the handler offers no tty).
 - When a subcontainer exits, the sandbox and the others keep running; `state`
   says "stopped", `kill` fails with "no such process"; a created one cannot be
-  signalled at all ("cannot signal container in state created").
+  signalled at all ("cannot signal container in state created").  But a
+  subcontainer's end (as `kill --all`) pauses gVisor's whole kernel ("Gofer
+  socket disconnected, killing container" in its log), which interrupts every
+  blocking syscall of every container, and this version's netstack returns
+  EINTR from such an accept() instead of restarting it: a server that takes
+  EINTR for fatal dies when a neighbour ends (busybox `nc -l` does; httpd,
+  nginx, Go and Python servers retry).  Nothing in the spec avoids it.
 - The sandbox and the gofers are orphaned to the shim (a subreaper) when runsc
   exits, and runsc's `delete` waits for them to be gone: a zombie is not gone,
   so the handler reaps them while `delete` runs.  If the shim dies, they live
