@@ -263,21 +263,28 @@ def sweep(daemons) -> tuple[dict[int, str], set[str]]:
     return processes, sockets
 
 
-def finish_sweep(processes: dict[int, str], sockets: set[str]) -> list[str]:
+def finish_sweep(processes: dict[int, str], sockets: set[str]) -> tuple[list[str], list[str]]:
     """Kill what of `processes` outlived the daemons' cleanup (same PID, same command
-    line), remove the sockets; what was left."""
-    table = process_table()
-    survivors = {pid for pid, cmdline in processes.items()
-                 if pid in table and table[pid][1] == cmdline}
-    kill_pids(survivors)
-    left = [f"process {pid} ({processes[pid][:60]})" for pid in sorted(survivors)]
+    line), remove the sockets: (what the sweep removed, what is still there)."""
+    def survivors() -> set[int]:
+        table = process_table()
+        return {pid for pid, cmdline in processes.items()
+                if pid in table and table[pid][1] == cmdline}
+
+    found = survivors()
+    kill_pids(found)
+    deadline = time.monotonic() + 5
+    while survivors() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = survivors()
+    removed = [f"process {pid} ({processes[pid][:60]})" for pid in sorted(found - left)]
     for path in sockets:
         try:
             os.unlink(path)
-            left.append(f"socket {path}")
+            removed.append(f"socket {path}")
         except FileNotFoundError:
             pass
-    return left
+    return removed, [f"process {pid} ({processes[pid][:60]})" for pid in sorted(left)]
 
 
 # ---------------------------------------------------------------- reporting
@@ -440,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     versions: dict[str, str] = {}
     notes: list[str] = []
     leftovers: dict[str, list[str]] = {}
+    swept: list[str] = []
     interrupted = False
     try:
         corrald = BenchCorrald(short_base(), "corralb4", "10.99.54.0/24")
@@ -484,8 +492,11 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         processes, sockets = sweep(daemons)
         leftovers.update(stop_daemons(daemons))
-        leftovers["sweep"] = finish_sweep(processes, sockets)
+        swept, leftovers["sweep"] = finish_sweep(processes, sockets)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if swept:
+        print(f"sandboxes.py: removed after the daemons' own cleanup: {', '.join(swept)}",
+              file=sys.stderr)
     for name, left in leftovers.items():
         if left:
             print(f"sandboxes.py: {name} left behind: {', '.join(left)}", file=sys.stderr)
