@@ -66,7 +66,7 @@ class Pod:
         os.makedirs(self.bundles)
         self.base_rootfs = base_rootfs
         self.vm = PodVm(cache_dir=cache_dir, vm_dir=os.path.join(self.dir, "vm"),
-                        agent_socket=os.path.join(self.dir, "agent.sock"),
+                        agent_socket=qemu.socket_path(self.dir, "agent.sock"),
                         bundles_dir=self.bundles, fstype=fstype)
         self.ping = self.vm.boot()
 
@@ -160,6 +160,23 @@ def test_the_guest_images_are_made_once_and_atomically(tmp_path):
             "modules/virtio_console.ko", "modules/virtio_net.ko"} <= set(listing)
     # only what the guest needs: no module beyond the groups and their dependencies
     assert len([n for n in listing if n.endswith(".ko")]) < 20
+    # the modules' signatures are left out (the guest's kernel would check them, emulated)
+    with open(os.path.join(guest.modules_dir, "kernel/fs/9p/9p.ko"), "rb") as f:
+        signed = f.read().endswith(initramfs.SIGNATURE_MAGIC)
+    with open(initrd, "rb") as f:
+        image = f.read()
+    assert initramfs.SIGNATURE_MAGIC not in image
+    if signed:  # Debian's are
+        assert initramfs.without_signature(open(os.path.join(
+            guest.modules_dir, "kernel/fs/9p/9p.ko"), "rb").read()) in image
+
+
+def test_sockets_of_a_long_vm_directory_stay_within_sun_path():
+    deep = "/var/lib/corral/state/pods/" + "a" * 64 + "/shim/vm"
+    paths = {qemu.socket_path(deep, name) for name in ("agent.sock", "vfs-usr.sock")}
+    assert len(paths) == 2 and all(len(p) <= qemu.SOCKET_MAX for p in paths)
+    assert all(p.startswith(qemu.SHORT_SOCKET_DIR + "/") for p in paths)
+    assert qemu.socket_path("/tmp/vm", "agent.sock") == "/tmp/vm/agent.sock"
 
 
 def test_the_accelerator_is_decided_by_a_probe_boot(tmp_path, cache_dir, pod):
@@ -301,7 +318,8 @@ def test_idle_vm_pss(pod):
 
 
 def test_virtiofs_shares(own_pod):
-    pod = own_pod("vfs", "virtiofs")
+    # a directory as long as corrald's pods' (virtiofsd's sockets go elsewhere then)
+    pod = own_pod("vfs-" + "d" * 90, "virtiofs")
     started = time.monotonic()
     code, out, _, _ = pod.run(["sh", "-c", "echo written > /tmp/x && cat /tmp/x; "
                                            "grep -c virtiofs /proc/mounts"],

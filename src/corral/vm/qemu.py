@@ -30,6 +30,8 @@ from corral.vm.initramfs import PROBE_MARKER
 
 QEMU = "qemu-system-x86_64"
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
+SHORT_SOCKET_DIR = "/run/corral-vm"
+SOCKET_MAX = 100  # sun_path holds 108 bytes
 DEFAULT_MEMORY_MIB = 128  # Debian's kernel does not boot in 64 MiB; 96 MiB does
 DEFAULT_CPUS = 1
 MACHINE = "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on"  # keep the RTC: without it
@@ -100,7 +102,18 @@ class VmSpec:
         return os.path.join(self.vm_dir, "console.log")
 
     def virtiofs_socket(self, share: Share) -> str:
-        return os.path.join(self.vm_dir, f"vfs-{share.tag}.sock")
+        return socket_path(self.vm_dir, f"vfs-{share.tag}.sock")
+
+
+def socket_path(vm_dir: str, name: str) -> str:
+    """A Unix socket of the VM's: in its directory, unless that path is over what sun_path
+    holds (a pod's directory under corrald's state is long); then in SHORT_SOCKET_DIR."""
+    path = os.path.join(vm_dir, name)
+    if len(path) <= SOCKET_MAX:
+        return path
+    os.makedirs(SHORT_SOCKET_DIR, mode=0o700, exist_ok=True)
+    digest = hashlib.sha256(path.encode()).hexdigest()[:20]
+    return os.path.join(SHORT_SOCKET_DIR, f"{digest}.sock")
 
 
 def qemu_binary() -> str:
@@ -339,10 +352,20 @@ def _start_virtiofsd(spec: VmSpec, share: Share) -> subprocess.Popen:
         if daemon.poll() is not None or time.monotonic() > deadline:
             daemon.kill()
             daemon.wait()
-            raise VmBootFailed(f"virtiofsd for {share.path} did not start "
-                               f"(see {spec.vm_dir}/virtiofsd-{share.tag}.log)")
+            log_path = os.path.join(spec.vm_dir, f"virtiofsd-{share.tag}.log")
+            raise VmBootFailed(f"virtiofsd for {share.path} did not start: "
+                               f"{_last_line(log_path) or f'exit status {daemon.returncode}'}")
         time.sleep(0.005)
     return daemon
+
+
+def _last_line(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            lines = f.read()[-4096:].decode(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1].strip() if lines else ""
 
 
 def _die_with(parent: int) -> None:

@@ -20,7 +20,6 @@ is shared read-write at the same path.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -35,7 +34,6 @@ VM_EXITED = "VMExited"
 COPY_LIMIT = 16 << 20        # a bind-mounted directory copied into the guest, at most
 GUEST_FILES = ".corral-guest"  # in a bundle: the copies of its bind sources
 DEFAULT_CACHE_DIR = "/var/lib/corral/vm"
-_SOCKET_MAX = 100
 _READ = 1 << 16
 
 
@@ -266,6 +264,7 @@ class VmHandler(Handler):
         from corral.vm import network
         from corral.vm.errors import VmError
         from corral.vm.pod import PodVm
+        from corral.vm.qemu import socket_path
 
         netns = (pod.get("namespaces") or {}).get("net")
         if not netns:
@@ -287,7 +286,7 @@ class VmHandler(Handler):
         try:
             self.pod_vm = PodVm(
                 cache_dir=options.get("cache_dir") or DEFAULT_CACHE_DIR, vm_dir=vm_dir,
-                agent_socket=self._socket_path(vm_dir), bundles_dir=self.bundles_dir,
+                agent_socket=socket_path(vm_dir, "agent.sock"), bundles_dir=self.bundles_dir,
                 memory_mib=_memory_mib(options),
                 cpus=int(options.get("cpus") or 1), tap=network.TAP,
                 mac=guest["interfaces"][0]["mac"] if guest["interfaces"] else None,
@@ -557,16 +556,6 @@ class VmHandler(Handler):
                 if container is not None:
                     container.execs.pop(key, None)
                 self.services.exec_exited(key, code)
-
-    def _socket_path(self, vm_dir: str) -> str:
-        """The agent socket: in the VM's directory, unless that path is over the limit."""
-        path = os.path.join(vm_dir, "agent.sock")
-        if len(path) <= _SOCKET_MAX:
-            return path
-        short = "/run/corral-vm"
-        os.makedirs(short, mode=0o700, exist_ok=True)
-        digest = hashlib.sha256(vm_dir.encode()).hexdigest()[:20]
-        return os.path.join(short, f"{digest}.sock")
 
 
 def _memory_mib(options: dict) -> int:
