@@ -87,6 +87,9 @@ class Corrald:
         self.config.write_text(f'pod_cgroup_parent = "{self.pod_cgroup_parent}"\n'
                                f'certs_dir = "{base / "certs.d"}"\n'
                                f'[cni]\nconf_dir = "{self.cni_dir}"\nbin_dirs = {CNI_BIN_DIRS!r}\n'
+                               # VM templates of its own (each holds a guest's RAM)
+                               f'[runtimes.vm]\ntype = "vm"\n'
+                               f'template_dir = "{base / "vm-templates"}"\n'
                                .replace("'", '"'))
 
     def import_busybox(self) -> str:

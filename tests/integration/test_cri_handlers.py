@@ -241,6 +241,50 @@ def test_guest_panic_ends_only_its_pod(corrald, pod):
     corrald.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
 
 
+def test_vm_pods_from_one_template_are_each_their_own(corrald, pod):
+    """Two pods restored from one saved VM: the clock, the random numbers, the hostname
+    and the IP are each pod's own (a clone resumes with the template's)."""
+    if pod[0] != "vm":
+        return
+    probe = ("date +%s; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; "
+             "hostname; ip -4 -o addr show eth0 | awk '{print $4}'")
+    seen = []
+    for name in ("clone-a", "clone-b"):
+        config = corrald.pod_config(name)
+        pod_id = corrald.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(
+            config=config, runtime_handler="vm")).pod_sandbox_id
+        container_id = corrald.create_container(pod_id, config, "probe", ["sleep", "1000"])
+        corrald.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=container_id))
+        now = time.time()
+        reply = exec_sync(corrald, container_id, ["sh", "-c", probe])
+        clock, random, hostname, address = reply.stdout.decode().split()
+        assert abs(int(clock) - now) < 5  # not the snapshot's time
+        seen.append((random, hostname, address, _qemu_of(pod_id)))
+    (random_a, host_a, ip_a, qemu_a), (random_b, host_b, ip_b, qemu_b) = seen
+    assert random_a != random_b and (host_a, host_b) == ("clone-a", "clone-b") and ip_a != ip_b
+    # both restored (-incoming), from the same RAM file, mapped privately
+    template_ram = {arg for arg in qemu_a.split(",") if arg.startswith("mem-path=")}
+    assert "-incoming" in qemu_a and "-incoming" in qemu_b and "share=off" in qemu_a
+    assert template_ram and template_ram == {a for a in qemu_b.split(",")
+                                             if a.startswith("mem-path=")}
+    for pod_id in [p.id for p in corrald.runtime.ListPodSandbox(
+            api_pb2.ListPodSandboxRequest()).items if p.metadata.name.startswith("clone-")]:
+        corrald.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+        corrald.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+
+
+def _qemu_of(pod_id: str) -> str:
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "qemu-system" in cmdline and pod_id in cmdline:
+            return cmdline
+    raise AssertionError(f"no QEMU for pod {pod_id[:12]}")
+
+
 def test_corrald_sigkill_and_recovery(corrald, pod):
     """Last: corrald dies; its pods live on in their shims and it finds them again."""
     _, pod_id, _, container_id = pod

@@ -460,6 +460,40 @@ class Agent:
             uptime = float(f.read().split()[0])
         return {"pid": os.getpid(), "kernel": os.uname().release, "uptime": uptime}
 
+    # --- templates (vm/template.py) ---------------------------------------------------------
+    def op_prepare_template(self, request: dict) -> dict:
+        """Before the host saves this VM as a template: what every pod's first create would
+        import is imported now, so that its clones have it in their (shared) memory."""
+        _warm_up()
+        import fcntl  # noqa: F401 - adopt's
+        import socket  # noqa: F401
+        import struct  # noqa: F401
+
+        from corral.runtime import syscalls  # noqa: F401
+        os.sync()
+        return {}
+
+    def op_adopt(self, request: dict) -> dict:
+        """A template's clone becomes its pod's: every clone resumes with the template's
+        clock, entropy pool, identity and MAC, and without the pod's shares."""
+        if isinstance(request.get("time_ns"), int):  # clones resume at the snapshot's time
+            time.clock_settime_ns(time.CLOCK_REALTIME, request["time_ns"])
+        seed = binascii.unhexlify(request.get("entropy") or "")
+        if seed:
+            _reseed(seed)
+            _write("/etc/machine-id", seed[:16].hex() + "\n")  # boot_id itself is the kernel's
+        if request.get("mac"):
+            _set_mac(_the_nic(), request["mac"])
+        for share in request.get("mounts") or []:  # syscalls, not busybox: no fork here
+            from corral.runtime.syscalls import LinuxSyscalls
+
+            os.makedirs(share["path"], exist_ok=True)
+            LinuxSyscalls().mount(share["tag"], share["path"], "9p", 0,
+                                  f"trans=virtio,version=9p2000.L,cache=mmap,"
+                                  f"msize={int(share['msize'])}")
+        with open("/proc/uptime") as f:
+            return {"uptime": float(f.read().split()[0])}
+
     def op_network(self, request: dict) -> dict:
         self._ip("link", "set", "lo", "up")
         name = ""
@@ -725,6 +759,46 @@ def _shares_pid_namespace(config: dict) -> bool:
     namespaces = (config.get("linux") or {}).get("namespaces") or []
     pid = next((ns for ns in namespaces if ns.get("type") == "pid"), None)
     return pid is None or bool(pid.get("path"))
+
+
+def _the_nic() -> str:
+    links = [n for n in _listdir("/sys/class/net") if n != "lo"]
+    if len(links) != 1:
+        raise AgentRequestError("failed", f"expected one network interface, found {links}")
+    return links[0]
+
+
+RNDADDENTROPY = 0x40085203  # _IOW('R', 0x03, int[2])
+RNDRESEEDCRNG = 0x5207      # _IO('R', 0x07)
+
+
+SIOCSIFHWADDR = 0x8924
+ARPHRD_ETHER = 1
+
+
+def _set_mac(link: str, mac: str) -> None:
+    """The interface's MAC, by ioctl (virtio-net takes it while up)."""
+    import fcntl
+    import socket
+    import struct
+
+    address = bytes(int(part, 16) for part in mac.split(":"))
+    if len(address) != 6:
+        raise AgentRequestError("invalid", f"MAC {mac!r}")
+    request = struct.pack("16sH6s8x", link.encode(), ARPHRD_ETHER, address)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        fcntl.ioctl(sock.fileno(), SIOCSIFHWADDR, request)
+
+
+def _reseed(seed: bytes) -> None:
+    """Mix the host's bytes into the pool, credited, and reseed the CRNG from it now: two
+    clones of one template must not draw the same numbers."""
+    import fcntl
+    import struct
+
+    with open("/dev/urandom", "wb") as f:
+        fcntl.ioctl(f.fileno(), RNDADDENTROPY, struct.pack("ii", len(seed) * 8, len(seed)) + seed)
+        fcntl.ioctl(f.fileno(), RNDRESEEDCRNG)
 
 
 def _link_by_mac(mac: str) -> str:

@@ -31,7 +31,8 @@ BUSYBOX = "/bin/busybox"
 MODULE_GROUPS = (("base", ("virtio_mmio", "virtio_console", "9pnet_virtio", "9p",
                           "virtio_balloon")),
                  ("net", ("virtio_net",)),
-                 ("virtiofs", ("virtiofs",)))
+                 ("virtiofs", ("virtiofs",)),
+                 ("image", ("virtio_blk", "crc32c_generic", "ext4")))
 AGENT_MODULE = "corral.vm.agent"
 AGENT_PORT = "corral.agent"  # the virtio-serial port's name (/sys/class/virtio-ports/*/name)
 PROBE_MARKER = "corral-probe: userspace reached"  # the accelerator probe's boot prints it
@@ -45,6 +46,8 @@ INIT = r"""#!/busybox sh
 #   corral_python  the interpreter that runs the agent (under /usr)
 #   corral_path    PYTHONPATH: the directory holding the corral package
 #   corral_net     set: the VM has a NIC (virtio-net)
+#   corral_image   set: /usr and corral's source come from the ext4 image on /dev/vda
+#                  (guestimage.py), not from shares
 B=/busybox
 fail() { echo "corral-init: $*" > /dev/console; $B sync; $B reboot -f; exit 1; }
 $B mount -t proc proc /proc
@@ -55,6 +58,7 @@ load() { for m in $($B cat /modules/$1.list); do $B insmod /modules/$m || fail "
 load base
 [ -n "$corral_net" ] && load net
 case ",$corral_shares" in *,virtiofs:*) load virtiofs;; esac
+[ -n "$corral_image" ] && load image
 r=/newroot
 $B mount -t tmpfs -o mode=755 root $r || fail "tmpfs root"
 cd $r || fail "cd $r"
@@ -84,6 +88,13 @@ for share in $corral_shares; do
   fi
 done
 unset IFS
+if [ -n "$corral_image" ]; then
+  i=$r/.corral/image
+  $B mkdir -p $i "$r$corral_path"
+  $B mount -t ext4 -o ro /dev/vda $i || fail "the guest image on /dev/vda"
+  $B mount --bind $i/usr $r/usr || fail "/usr from the guest image"
+  $B mount --bind "$i$corral_path" "$r$corral_path" || fail "$corral_path from the guest image"
+fi
 [ -x "$r$corral_python" ] || fail "no $corral_python in the guest"
 busybox=/usr/bin/busybox
 [ -x "$r$busybox" ] || { busybox=/.corral/busybox; $B cp /busybox "$r$busybox"; }

@@ -1,7 +1,9 @@
 """One pod's VM from start to end: images, accelerator, QEMU, the agent's channel.
 
-    boot:  vmlinux + initramfs (cached in `cache_dir`) → accelerator (cached)
-           → listen on the agent socket → QEMU → accept → ping answered
+    boot:     vmlinux + initramfs (cached in `cache_dir`) → accelerator (cached)
+              → listen on the agent socket → QEMU → accept → ping answered
+    restore:  the template (template.py; built at first use) → QEMU -incoming → QMP
+              restore → accept → ping → adopt (clock, entropy, MAC, the bundles share)
     stop:  the agent's `shutdown` (the guest reboots: QEMU exits), else SIGTERM/SIGKILL
 """
 
@@ -10,9 +12,9 @@ from __future__ import annotations
 import os
 import time
 
-from corral.vm import initramfs, kernel, qemu
+from corral.vm import guestimage, initramfs, kernel, qemu, template
 from corral.vm.client import AgentClient
-from corral.vm.errors import AgentError, AgentGone, VmBootFailed
+from corral.vm.errors import AgentError, AgentGone, VmBootFailed, VmError
 
 BOOT_TIMEOUT = 60.0  # TCG: ~2-3 s on an idle host, much more on a loaded one
 
@@ -22,7 +24,8 @@ class PodVm:
                  bundles_dir: str | None = None, memory_mib: int = qemu.DEFAULT_MEMORY_MIB,
                  cpus: int = qemu.DEFAULT_CPUS, tap: str | None = None,
                  mac: str | None = None, netns: str | None = None, fstype: str = "9p",
-                 kernel_version: str | None = None, accelerator: qemu.Accelerator | None = None):
+                 kernel_version: str | None = None, accelerator: qemu.Accelerator | None = None,
+                 template_dir: str | None = None, tenant: str = ""):
         precompile(qemu.corral_source_dir())
         guest = kernel.find_kernel(kernel_version)
         vmlinux = kernel.vmlinux(guest, cache_dir)
@@ -37,10 +40,67 @@ class PodVm:
         self.vm = qemu.Vm(self.spec)
         self.client: AgentClient | None = None
         self.boot_seconds = 0.0
+        self.template_dir = template_dir  # None: boot cold
+        self.tenant = tenant
+        self.template: template.Template | None = None  # the one this VM was restored from
+        self.fallback = ""  # why a template was not used, when it was asked for
+        self.cache_dir = cache_dir
 
     @property
     def warning(self) -> str:
         return self.accelerator.warning
+
+    def start(self, timeout: float = BOOT_TIMEOUT) -> dict:
+        """Restored from a template when asked and possible, else booted: the agent's
+        answer to a ping.  A template that fails to restore is discarded (the next pod
+        builds it again) and this pod boots cold."""
+        if self.template_dir is None:
+            return self.boot(timeout)
+        try:
+            return self.restore(timeout)
+        except VmError as e:
+            self.fallback = str(e).splitlines()[0]
+            if self.template is not None:
+                template.discard(self.template_dir, self.template)
+                self.template = None
+            self.vm = qemu.Vm(self.spec)
+            return self.boot(timeout)
+
+    def restore(self, timeout: float = BOOT_TIMEOUT) -> dict:
+        """A clone of this configuration's template (built first if there is none)."""
+        base = qemu.VmSpec(**{**vars(self.spec), "image": guestimage.guest_image(
+            self.cache_dir, self.spec.python, self.spec.python_path)})
+        self.template = template.ensure_template(self.template_dir, base, self.tenant)
+        bundles = next((s.path for s in self.spec.shares if s.tag == template.BUNDLES_TAG),
+                       None) or os.path.join(self.spec.vm_dir, "bundles")
+        os.makedirs(bundles, exist_ok=True)
+        spec = template.template_spec(base, vm_dir=self.spec.vm_dir,
+                                      agent_socket=self.spec.agent_socket, bundles_dir=bundles,
+                                      memory_file=self.template.ram, clone=True,
+                                      tap=self.spec.tap, netns=self.spec.netns)
+        os.makedirs(spec.vm_dir, mode=0o700, exist_ok=True)
+        started = time.monotonic()
+        self.vm = qemu.Vm(spec)
+        self.client = AgentClient(spec.agent_socket)
+        try:
+            self.vm.start()
+            template.restore(self.vm, self.template)
+            self.client.accept(10.0, alive=lambda: self.vm.poll() is None)
+            reply = self.client.call("ping", timeout=timeout)
+            adopted = self.client.call(
+                "adopt", timeout=timeout, time_ns=time.time_ns(),
+                entropy=os.urandom(64).hex(), mac=self.spec.mac or "",
+                mounts=[{"tag": template.BUNDLES_TAG, "path": bundles,
+                         "msize": initramfs.NINEP_MSIZE}])
+        except (AgentError, AgentGone, VmError) as e:
+            console = self.vm.console()[-2000:]
+            self.stop()
+            raise VmBootFailed(f"the pod VM did not restore: {e}; console:\n{console}") from None
+        except BaseException:
+            self.stop()
+            raise
+        self.boot_seconds = time.monotonic() - started
+        return {**reply, "uptime": adopted.get("uptime"), "template": self.template.key}
 
     def boot(self, timeout: float = BOOT_TIMEOUT) -> dict:
         """Start the VM and wait for the agent's answer to a ping; that answer."""

@@ -46,7 +46,8 @@ HZ = 250              # Debian's CONFIG_HZ: lpj = loops (TSC cycles) per jiffy
 class Share:
     """A host directory the guest mounts at the same path."""
 
-    def __init__(self, tag: str, path: str, readonly: bool = True, fstype: str = "9p"):
+    def __init__(self, tag: str, path: str, readonly: bool = True, fstype: str = "9p",
+                 at_boot: bool = True):
         if fstype not in ("9p", "virtiofs"):
             raise VmError(f"share {tag}: unknown fstype {fstype!r}")
         for value in (tag, path):
@@ -58,6 +59,9 @@ class Share:
         self.path = path
         self.readonly = readonly
         self.fstype = fstype
+        # False: the device is there, the agent mounts it when asked (a template's clone
+        # mounts its pod's bundles after the restore: a mounted 9p share cannot be saved)
+        self.at_boot = at_boot
 
     def kernel_form(self) -> str:
         return f"{self.fstype}:{self.tag}:{'ro' if self.readonly else 'rw'}:{self.path}"
@@ -80,7 +84,10 @@ class VmSpec:
                  accelerator: Accelerator, memory_mib: int = DEFAULT_MEMORY_MIB,
                  cpus: int = DEFAULT_CPUS, tap: str | None = None, mac: str | None = None,
                  netns: str | None = None, qemu: str | None = None,
-                 extra_cmdline: str = ""):
+                 extra_cmdline: str = "", image: str | None = None,
+                 memory_file: str | None = None, memory_shared: bool = False,
+                 incoming: bool = False, qmp_socket: str | None = None,
+                 nic: bool = False):
         self.vm_dir = vm_dir
         self.kernel = kernel
         self.initrd = initrd
@@ -96,6 +103,12 @@ class VmSpec:
         self.netns = netns
         self.qemu = qemu or qemu_binary()
         self.extra_cmdline = extra_cmdline
+        self.image = image                  # guestimage.py's ext4: /usr and corral, no shares
+        self.memory_file = memory_file      # guest RAM in this file (a template's)
+        self.memory_shared = memory_shared  # True while a template runs; False: a clone's CoW
+        self.incoming = incoming            # a clone: no kernel, the state comes over QMP
+        self.qmp_socket = qmp_socket
+        self.nic = nic or bool(tap)         # a template has the NIC, on a hub port, no tap
 
     @property
     def console_log(self) -> str:
@@ -176,10 +189,12 @@ def kernel_cmdline(spec: VmSpec, probe: bool = False) -> str:
     if probe:
         parts.append("corral_probe=1")
     else:
-        parts += [f"corral_shares={','.join(s.kernel_form() for s in spec.shares)}",
+        parts += [f"corral_shares={','.join(s.kernel_form() for s in spec.shares if s.at_boot)}",
                   f"corral_python={spec.python}", f"corral_path={spec.python_path}"]
-        if spec.tap:
+        if spec.nic:
             parts.append("corral_net=1")
+        if spec.image:
+            parts.append("corral_image=1")
     if spec.extra_cmdline:
         parts.append(spec.extra_cmdline)
     return " ".join(parts)
@@ -193,11 +208,18 @@ def command_line(spec: VmSpec, probe: bool = False) -> list[str]:
             "-accel", "kvm" if accel == "kvm" else f"tcg,tb-size={TB_SIZE_MIB}",
             "-cpu", "host" if accel == "kvm" else "max",
             "-m", f"{spec.memory_mib}M", "-smp", str(spec.cpus),
-            "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-monitor", "none",
-            "-kernel", spec.kernel, "-initrd", spec.initrd,
-            "-append", kernel_cmdline(spec, probe),
-            "-chardev", f"file,id=console,path={spec.console_log}",
-            "-serial", "chardev:console"]
+            "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-monitor", "none"]
+    if not spec.incoming or probe:  # a restored VM's kernel is in its RAM already
+        args += ["-kernel", spec.kernel, "-initrd", spec.initrd,
+                 "-append", kernel_cmdline(spec, probe)]
+    args += ["-chardev", f"file,id=console,path={spec.console_log}", "-serial", "chardev:console"]
+    if spec.memory_file and not probe:
+        if virtiofs:
+            raise VmError("virtiofs shares cannot be saved in a template (vhost-user-fs)")
+        args[2] = f"{machine},memory-backend=mem"
+        args += ["-object", f"memory-backend-file,id=mem,size={spec.memory_mib}M,"
+                            f"mem-path={spec.memory_file},"
+                            f"share={'on' if spec.memory_shared else 'off'}"]
     if virtiofs:
         # vhost-user needs guest memory the daemon can map; virtio-mmio must be modern.
         args[2] = f"{machine},memory-backend=mem"
@@ -213,6 +235,9 @@ def command_line(spec: VmSpec, probe: bool = False) -> list[str]:
              "-device", "virtserialport,chardev=agent,name=corral.agent",
              # The guest hands back the pages it frees (boot leaves tens of MiB free).
              "-device", "virtio-balloon-device,free-page-reporting=on"]
+    if spec.image:
+        args += ["-drive", f"file={spec.image},if=none,id=image,format=raw,readonly=on",
+                 "-device", "virtio-blk-device,drive=image"]
     for share in spec.shares:
         if share.fstype == "virtiofs":
             args += ["-chardev", f"socket,id=vfs-{share.tag},path={spec.virtiofs_socket(share)}",
@@ -223,10 +248,15 @@ def command_line(spec: VmSpec, probe: bool = False) -> list[str]:
             args += ["-fsdev", f"local,id=fs-{share.tag},path={share.path},"
                                f"security_model={model},multidevs=remap{ro}",
                      "-device", f"virtio-9p-device,fsdev=fs-{share.tag},mount_tag={share.tag}"]
-    if spec.tap:
+    if spec.nic:
         mac = f",mac={spec.mac}" if spec.mac else ""
-        args += ["-netdev", f"tap,id=net0,ifname={spec.tap},script=no,downscript=no,vhost=off",
-                 "-device", f"virtio-net-device,netdev=net0{mac}"]
+        backend = (f"tap,id=net0,ifname={spec.tap},script=no,downscript=no,vhost=off"
+                   if spec.tap else "hubport,id=net0,hubid=0")  # a template's, unconnected
+        args += ["-netdev", backend, "-device", f"virtio-net-device,netdev=net0{mac}"]
+    if spec.qmp_socket:
+        args += ["-qmp", f"unix:{spec.qmp_socket},server=on,wait=off"]
+    if spec.incoming:
+        args += ["-incoming", "defer"]
     return args
 
 

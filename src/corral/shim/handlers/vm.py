@@ -25,6 +25,7 @@ import os
 import shutil
 import signal
 import stat
+import sys
 
 from corral.shim.handlers.base import HandledContainer, Handler, Unsupported
 from corral.shim.protocol import ShimError
@@ -34,6 +35,7 @@ VM_EXITED = "VMExited"
 COPY_LIMIT = 16 << 20        # a bind-mounted directory copied into the guest, at most
 GUEST_FILES = ".corral-guest"  # in a bundle: the copies of its bind sources
 DEFAULT_CACHE_DIR = "/var/lib/corral/vm"
+TEMPLATE_DIR = "/run/corral/vm-templates"  # tmpfs: template RAM files (vm/template.py)
 _READ = 1 << 16
 
 
@@ -291,8 +293,13 @@ class VmHandler(Handler):
                 cpus=int(options.get("cpus") or 1), tap=network.TAP,
                 mac=guest["interfaces"][0]["mac"] if guest["interfaces"] else None,
                 netns=netns, fstype=options.get("fstype") or "9p",
-                kernel_version=options.get("kernel") or None)
-            ping = self.pod_vm.boot(float(options.get("boot_timeout") or 60))
+                kernel_version=options.get("kernel") or None,
+                template_dir=(options.get("template_dir") or TEMPLATE_DIR)
+                if options.get("templates", True) else None)
+            ping = self.pod_vm.start(float(options.get("boot_timeout") or 60))
+            if self.pod_vm.fallback:
+                print(f"pod {self.services.pod_id}: booted cold, the VM template failed: "
+                      f"{self.pod_vm.fallback}", file=sys.stderr, flush=True)
             self.client = self.pod_vm.client
             self.running = True
             self.call("network", interfaces=guest["interfaces"], routes=guest["routes"],
@@ -312,6 +319,7 @@ class VmHandler(Handler):
         self.services.watch(self._client_fd, self._on_readable)
         self._want_writable()
         return {"vm": {"pid": self.pod_vm.vm.pid, "kernel": ping.get("kernel"),
+                       "template": ping.get("template", ""),
                        "boot_seconds": round(self.pod_vm.boot_seconds, 3),
                        "accelerator": self.pod_vm.accelerator.name,
                        "warning": self.pod_vm.warning}}
