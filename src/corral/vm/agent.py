@@ -470,6 +470,7 @@ class Agent:
         import struct  # noqa: F401
 
         from corral.runtime import syscalls  # noqa: F401
+        from corral.vm import netconf  # noqa: F401
         os.sync()
         return {}
 
@@ -495,28 +496,39 @@ class Agent:
             return {"uptime": float(f.read().split()[0])}
 
     def op_network(self, request: dict) -> dict:
-        self._ip("link", "set", "lo", "up")
+        """The pod's interfaces and routes: IPv4 by ioctl (vm/netconf.py: no fork), what
+        ioctls cannot do (IPv6, renames, a second IPv4 address) by busybox `ip`."""
+        from corral.vm import netconf
+
+        netconf.link_up("lo")
         name = ""
+        later: list[tuple[str, ...]] = []
         for iface in request.get("interfaces") or []:
             name = _link_by_mac(iface["mac"])
             wanted = iface.get("name") or name
             if wanted != name:
-                self._ip("link", "set", "dev", name, "name", wanted)
+                self._ip_all([("link", "set", "dev", name, "name", wanted)])
                 name = wanted
             if iface.get("mtu"):
-                self._ip("link", "set", "dev", name, "mtu", str(int(iface["mtu"])))
-            for address in iface.get("addresses") or []:
-                self._ip("addr", "add", address, "dev", name)
-            self._ip("link", "set", "dev", name, "up")
+                netconf.set_mtu(name, int(iface["mtu"]))
+            ipv4 = [a for a in iface.get("addresses") or [] if netconf.is_ipv4(a)]
+            if ipv4:
+                netconf.add_address(name, ipv4[0])  # SIOCSIFADDR sets one, the primary
+            later += [("addr", "add", a, "dev", name) for a in iface.get("addresses") or []
+                      if a not in ipv4[:1]]
+            netconf.link_up(name)
         for route in request.get("routes") or []:
-            dst = route.get("dst") or "default"
+            dst, gateway = route.get("dst") or "default", route.get("gw") or ""
+            ipv6 = ":" in dst or ":" in gateway
             dst = "default" if dst in ("0.0.0.0/0", "::/0") else dst
-            argv = ["route", "add", dst]
-            if route.get("gw"):
-                argv += ["via", route["gw"]]
-            if route.get("dev") or name:  # a route without a gateway is on the link
-                argv += ["dev", route.get("dev") or name]
-            self._ip(*argv)
+            dev = route.get("dev") or name  # a route without a gateway is on the link
+            if not ipv6 and dev:
+                netconf.add_route(dst, gateway, dev)
+                continue
+            argv = ["route", "add", dst, *(["via", gateway] if gateway else []),
+                    *(["dev", dev] if dev else [])]
+            later.append(tuple(argv))
+        self._ip_all(later)
         if request.get("hostname"):
             import socket
 
@@ -532,14 +544,20 @@ class Agent:
             _write("/etc/resolv.conf", "\n".join(lines) + "\n")
         return {}
 
-    def _ip(self, *argv: str) -> None:
+    def _ip_all(self, commands: list[tuple[str, ...]]) -> None:
+        """`ip` commands in one busybox shell, in order, stopping at the first failure: one
+        fork of this (large) process instead of one each, which under TCG is most of
+        the network's setup."""
+        if not commands:
+            return
         import subprocess
 
-        done = subprocess.run([self.busybox, "ip", *argv], stdin=subprocess.DEVNULL,
+        script = "set -e\n" + "".join(
+            " ".join(_quoted(a) for a in (self.busybox, "ip", *argv)) + "\n" for argv in commands)
+        done = subprocess.run([self.busybox, "sh", "-c", script], stdin=subprocess.DEVNULL,
                               capture_output=True, text=True)
         if done.returncode:
-            raise AgentRequestError("failed", f"ip {' '.join(argv)}: "
-                                    f"{(done.stderr or done.stdout).strip()}")
+            raise AgentRequestError("failed", f"ip: {(done.stderr or done.stdout).strip()}")
 
     def op_create(self, request: dict) -> dict:
         container_id, bundle = request["container"], request["bundle"]
@@ -759,6 +777,10 @@ def _shares_pid_namespace(config: dict) -> bool:
     namespaces = (config.get("linux") or {}).get("namespaces") or []
     pid = next((ns for ns in namespaces if ns.get("type") == "pid"), None)
     return pid is None or bool(pid.get("path"))
+
+
+def _quoted(word: str) -> str:
+    return "'" + word.replace("'", "'\\''") + "'"
 
 
 def _the_nic() -> str:

@@ -9,8 +9,8 @@ Python and the stdlib, the libraries its extension modules link, python3-seccomp
 corral's source), each at its host path below the image's root.  Disks migrate:
 clones open the same file read-only.
 
-The image is keyed by the list of files with their sizes and mtimes, so a
-change to corral (or a Python upgrade) makes a new one.
+The image is keyed by `fingerprint`: corral's files and the directories of the
+rest, so a change to corral (or a Python or library upgrade) makes a new one.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ MKFS = "/usr/sbin/mkfs.ext4"
 STDLIB_LEFT_OUT = ("config-3", "idlelib", "tkinter", "turtledemo", "lib2to3", "ensurepip",
                    "pydoc_data", "site-packages", "dist-packages", "distutils", "venv")
 SECCOMP_BINDINGS = "/usr/lib/python3/dist-packages/seccomp*.so"
+LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib")
+FORMAT = 1  # what image_files takes; a change makes every image new
 _SLACK = 1.3  # ext4's metadata over the files' sizes
 
 
@@ -55,16 +57,11 @@ def image_files(python: str, source_dir: str) -> list[str]:
 
 def guest_image(cache_dir: str, python: str, source_dir: str) -> str:
     """The image's path in `cache_dir`, made if it is not there (atomically)."""
-    files = image_files(python, source_dir)
-    digest = hashlib.sha256()
-    size = 0
-    for path in files:
-        st = os.lstat(path)
-        digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        size += st.st_size
-    path = os.path.join(cache_dir, f"guest-{digest.hexdigest()[:16]}.ext4")
+    path = os.path.join(cache_dir, f"guest-{fingerprint(python, source_dir)}.ext4")
     if os.path.isfile(path):
         return path
+    files = image_files(python, source_dir)
+    size = sum(os.lstat(f).st_size for f in files)
     if not os.access(MKFS, os.X_OK):
         raise GuestImageError(f"{MKFS} not found: install e2fsprogs")
     os.makedirs(cache_dir, mode=0o700, exist_ok=True)
@@ -86,11 +83,41 @@ def guest_image(cache_dir: str, python: str, source_dir: str) -> str:
             raise GuestImageError(f"mkfs.ext4 -d: {done.stderr.strip() or done.returncode}")
         os.chmod(tmp, 0o444)
         os.rename(tmp, path)
+        _prune(cache_dir, keep=path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _prune(cache_dir: str, keep: str, age: float = 86400.0) -> None:
+    """Images made for other sources over a day ago (a VM using one keeps its open file)."""
+    import time
+
+    for other in glob.glob(os.path.join(cache_dir, "guest-*.ext4")):
+        try:
+            if other != keep and time.time() - os.stat(other).st_mtime > age:
+                os.unlink(other)
+        except FileNotFoundError:
+            pass
+
+
+def fingerprint(python: str, source_dir: str) -> str:
+    """What the image's content depends on, cheaply (every pod's VM asks): corral's files
+    one by one, and for the rest the directories a package upgrade writes to (dpkg
+    renames files into them), not the thousand files nor an ldd of each library."""
+    real_python = os.path.realpath(python)
+    stdlib = _stdlib_dir(real_python)
+    watched = [real_python, stdlib, os.path.join(stdlib, "lib-dynload"),
+               *glob.glob(SECCOMP_BINDINGS), *(d for d in LIBRARY_DIRS if os.path.isdir(d))]
+    for root, _dirs, names in os.walk(os.path.join(source_dir, "corral")):
+        watched.extend(os.path.join(root, n) for n in names)
+    digest = hashlib.sha256(f"{FORMAT}\0{python}\0{source_dir}\n".encode())
+    for item in sorted(watched):
+        st = os.lstat(item)
+        digest.update(f"{item}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def _stdlib_dir(python: str) -> str:
