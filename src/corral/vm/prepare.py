@@ -1,7 +1,8 @@
 """Make what the vm handler boots, once per host: `python -m corral.vm.prepare CACHE_DIR`.
 
 The guest kernel as an uncompressed vmlinux (taken out of /boot/vmlinuz), the
-initramfs, and the accelerator's verdict (a probe boot, when /dev/kvm is there):
+initramfs, the accelerator's verdict (a probe boot, when /dev/kvm is there) and
+the guest image VM templates boot from (guestimage.py):
 all cached in CACHE_DIR, so the first vm pod does not pay for them.  Prints the
 accelerator and exits 0; without QEMU or a kernel it says why and exits 0 too,
 since the vm handler is then simply not offered.
@@ -13,7 +14,7 @@ import sys
 
 
 def main(argv: list[str]) -> int:
-    from corral.vm import initramfs, kernel, qemu
+    from corral.vm import guestimage, initramfs, kernel, qemu
     from corral.vm.errors import VmError
 
     if len(argv) != 1:
@@ -25,6 +26,7 @@ def main(argv: list[str]) -> int:
         vmlinux = kernel.vmlinux(guest, cache_dir)
         initrd = initramfs.initramfs(guest, cache_dir)
         accelerator = qemu.choose_accelerator(cache_dir, vmlinux, initrd)
+        guestimage.guest_image(cache_dir, qemu.host_python(), qemu.corral_source_dir())
     except VmError as e:
         print(f"vm handler not prepared: {e}")
         return 0
