@@ -522,8 +522,8 @@ class Agent:
             ipv6 = ":" in dst or ":" in gateway
             dst = "default" if dst in ("0.0.0.0/0", "::/0") else dst
             dev = route.get("dev") or name  # a route without a gateway is on the link
-            if not ipv6 and dev:
-                netconf.add_route(dst, gateway, dev)
+            if not ipv6 and gateway:
+                netconf.add_route(dst, gateway)
                 continue
             argv = ["route", "add", dst, *(["via", gateway] if gateway else []),
                     *(["dev", dev] if dev else [])]
