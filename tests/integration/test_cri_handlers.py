@@ -285,6 +285,20 @@ def _qemu_of(pod_id: str) -> str:
     raise AssertionError(f"no QEMU for pod {pod_id[:12]}")
 
 
+def test_corrald_removes_its_vm_templates_when_it_stops(corrald, pod):
+    """Each template holds a guest's RAM on tmpfs: they go with corrald (SIGTERM), while
+    the pods restored from them keep running."""
+    handler, _, _, container_id = pod
+    if handler != "vm":
+        return
+    templates = corrald.base / "vm-templates"
+    assert [n for n in os.listdir(templates) if not n.startswith(".")]
+    corrald.kill(signal.SIGTERM)
+    assert not templates.exists()
+    corrald.start()
+    assert exec_sync(corrald, container_id, ["echo", "still"]).stdout == b"still\n"
+
+
 def test_corrald_sigkill_and_recovery(corrald, pod):
     """Last: corrald dies; its pods live on in their shims and it finds them again."""
     _, pod_id, _, container_id = pod

@@ -37,6 +37,8 @@
     type = "vm"
     memory = "128MiB"                     # guest RAM; vcpus = 1
     cache_dir = "/var/cache/corral/vm"    # vmlinux extracted from /boot, initramfs, accelerator
+    templates = true                      # pods restored from a saved VM (vm/template.py)
+    template_dir = "/run/corral/vm-templates"  # tmpfs; removed when corrald stops
     overhead = { memory = "256MiB", cpu = 0.25 }
 
 A handler whose binary (or QEMU and a guest kernel, for vm) is not on the host
@@ -50,7 +52,7 @@ from __future__ import annotations
 import os
 import tomllib
 
-from corral.shim.handlers import TYPES, HandlerSpec, UnknownHandler
+from corral.shim.handlers import TYPES, VM_CACHE_DIR, VM_TEMPLATE_DIR, HandlerSpec, UnknownHandler
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -137,7 +139,6 @@ DEFAULT_RUNTIMES = {
               "overhead": {"memory": "64MiB", "cpu": 0.1}},
     "vm": {"type": "vm", "memory": "128MiB", "overhead": {"memory": "256MiB", "cpu": 0.25}},
 }
-VM_CACHE_DIR = "/var/cache/corral/vm"  # vmlinux, initramfs, the accelerator probe's verdict
 SIZE_UNITS = {"": 1, "k": 1000, "m": 1000 ** 2, "g": 1000 ** 3,
               "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30}
 
@@ -203,6 +204,7 @@ def _runtimes(table, where: str, values: dict) -> dict[str, HandlerSpec]:
         options = {k: v for k, v in spec.items() if k not in ("type", "path", "overhead")}
         if kind == "vm":  # the guest kernel and initramfs, made once per host (setup does)
             options.setdefault("cache_dir", VM_CACHE_DIR)
+            options.setdefault("template_dir", VM_TEMPLATE_DIR)
         if "memory" in options:
             options["memory"] = _size(options["memory"], f"{where}: runtimes.{name}.memory")
         handlers[name] = HandlerSpec(name, kind, path, options,

@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     server.stop(grace=5).wait()
     ctx.streaming.stop()
     ctx.close()
+    _remove_vm_templates(config)
     try:
         os.unlink(socket_path)  # ours: the socket's lock is held until we exit
     except FileNotFoundError:
@@ -117,6 +118,17 @@ def main(argv: list[str] | None = None) -> int:
     for fd in locks:
         os.close(fd)
     return 0
+
+
+def _remove_vm_templates(config) -> None:
+    """VM templates are this corrald's: gone with it (each holds a guest's RAM on tmpfs).
+    Running pods keep what they map; the next corrald builds them again."""
+    from corral.vm.template import remove_all
+
+    for spec in config.runtimes.values():
+        if spec.type == "vm" and spec.options.get("templates", True) and \
+                spec.options.get("template_dir"):
+            remove_all(spec.options["template_dir"])
 
 
 def _streaming_server(ctx, config):

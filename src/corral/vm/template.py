@@ -37,7 +37,6 @@ from corral.vm.client import AgentClient
 from corral.vm.errors import AgentError, AgentGone, VmBootFailed, VmError
 from corral.vm.qmp import Qmp, QmpError
 
-TEMPLATE_DIR = "/run/corral/vm-templates"  # tmpfs: guest RAM files, mapped by every clone
 BUNDLES_TAG = "bundles"
 FORMAT = 1  # what a template directory holds; a change makes every key new
 BUILD_TIMEOUT = 120.0
@@ -123,6 +122,24 @@ def discard(root: str, template: Template) -> None:
     with open(os.path.join(root, ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         shutil.rmtree(template.dir, ignore_errors=True)
+
+
+def remove_all(root: str) -> None:
+    """Every template (and leftover build) in `root`, and `root` if that empties it;
+    nothing else there is touched."""
+    try:
+        names = os.listdir(root)
+    except FileNotFoundError:
+        return
+    for name in names:
+        path = os.path.join(root, name)
+        if name.startswith(".build-") or Template(path).complete():
+            shutil.rmtree(path, ignore_errors=True)
+    try:
+        os.unlink(os.path.join(root, ".lock"))
+        os.rmdir(root)
+    except OSError:
+        pass
 
 
 def _build(directory: str, base: qemu.VmSpec, key: str, tenant: str) -> None:

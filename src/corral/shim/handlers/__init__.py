@@ -16,6 +16,8 @@ import os
 import shutil
 
 TYPES = ("native", "oci", "runsc", "vm")
+VM_CACHE_DIR = "/var/cache/corral/vm"  # vmlinux, initramfs, guest image, accelerator verdict
+VM_TEMPLATE_DIR = "/run/corral/vm-templates"  # tmpfs: VM templates' RAM (vm/template.py)
 QEMU = "qemu-system-x86_64"
 
 

@@ -27,6 +27,7 @@ import signal
 import stat
 import sys
 
+from corral.shim.handlers import VM_CACHE_DIR, VM_TEMPLATE_DIR
 from corral.shim.handlers.base import HandledContainer, Handler, Unsupported
 from corral.shim.protocol import ShimError
 
@@ -34,8 +35,6 @@ EXITED_WITH_VM = 137
 VM_EXITED = "VMExited"
 COPY_LIMIT = 16 << 20        # a bind-mounted directory copied into the guest, at most
 GUEST_FILES = ".corral-guest"  # in a bundle: the copies of its bind sources
-DEFAULT_CACHE_DIR = "/var/lib/corral/vm"
-TEMPLATE_DIR = "/run/corral/vm-templates"  # tmpfs: template RAM files (vm/template.py)
 _READ = 1 << 16
 
 
@@ -287,14 +286,14 @@ class VmHandler(Handler):
         self.netns = netns
         try:
             self.pod_vm = PodVm(
-                cache_dir=options.get("cache_dir") or DEFAULT_CACHE_DIR, vm_dir=vm_dir,
+                cache_dir=options.get("cache_dir") or VM_CACHE_DIR, vm_dir=vm_dir,
                 agent_socket=socket_path(vm_dir, "agent.sock"), bundles_dir=self.bundles_dir,
                 memory_mib=_memory_mib(options),
                 cpus=int(options.get("cpus") or 1), tap=network.TAP,
                 mac=guest["interfaces"][0]["mac"] if guest["interfaces"] else None,
                 netns=netns, fstype=options.get("fstype") or "9p",
                 kernel_version=options.get("kernel") or None,
-                template_dir=(options.get("template_dir") or TEMPLATE_DIR)
+                template_dir=(options.get("template_dir") or VM_TEMPLATE_DIR)
                 if options.get("templates", True) else None)
             ping = self.pod_vm.start(float(options.get("boot_timeout") or 60))
             if self.pod_vm.fallback:
