@@ -408,7 +408,9 @@ class ShimPod:
         self.shim_pid = int(shim.stdout.split()[1])
         self.socket = os.path.join(self.dir, "s.sock")
         reply = self.call("start_pod", runtime={"type": "vm", "name": "vm",
-                                                "options": {"cache_dir": cache_dir}},
+                                                "options": {"cache_dir": cache_dir,
+                                                            "template_dir": os.path.join(
+                                                                workdir, "templates")}},
                           pod={"namespaces": {"net": self.netns}, "containers": self.containers,
                                "hostname": "vmpod"}, io_timeout=120)
         self.vm = reply["vm"]

@@ -360,6 +360,11 @@ class Vm:
                     os.unlink(self.spec.virtiofs_socket(share))
                 except FileNotFoundError:
                     pass
+        if self.spec.qmp_socket:  # QEMU leaves its monitor's socket when it is killed
+            try:
+                os.unlink(self.spec.qmp_socket)
+            except FileNotFoundError:
+                pass
 
 
 def _start_virtiofsd(spec: VmSpec, share: Share) -> subprocess.Popen:
