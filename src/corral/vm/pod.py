@@ -63,7 +63,6 @@ class PodVm:
             if self.template is not None:
                 template.discard(self.template_dir, self.template)
                 self.template = None
-            self.vm = qemu.Vm(self.spec)
             return self.boot(timeout)
 
     def restore(self, timeout: float = BOOT_TIMEOUT) -> dict:
@@ -78,44 +77,44 @@ class PodVm:
                                       agent_socket=self.spec.agent_socket, bundles_dir=bundles,
                                       memory_file=self.template.ram, clone=True,
                                       tap=self.spec.tap, netns=self.spec.netns)
+
+        def adopt() -> dict:  # the clone becomes this pod's (agent.py op_adopt)
+            adopted = self.client.call(
+                "adopt", timeout=timeout, time_ns=time.time_ns(),
+                entropy=os.urandom(64).hex(), mac=self.spec.mac or "",
+                mounts=[{"tag": template.BUNDLES_TAG, "path": bundles,
+                         "msize": initramfs.NINEP_MSIZE}])
+            return {"uptime": adopted.get("uptime"), "template": self.template.key}
+
+        return self._come_up(spec, timeout, "restore",
+                             after_start=lambda: template.restore(self.vm, self.template),
+                             after_ping=adopt)
+
+    def boot(self, timeout: float = BOOT_TIMEOUT) -> dict:
+        """Start the VM and wait for the agent's answer to a ping; that answer."""
+        return self._come_up(self.spec, timeout, "boot")
+
+    def _come_up(self, spec: qemu.VmSpec, timeout: float, verb: str, after_start=None,
+                 after_ping=None) -> dict:
+        """QEMU for `spec` started (`after_start`: a clone's restore), the agent's ping
+        answered (`after_ping`'s fields added to the answer); on failure the VM is gone."""
         os.makedirs(spec.vm_dir, mode=0o700, exist_ok=True)
         started = time.monotonic()
         self.vm = qemu.Vm(spec)
         self.client = AgentClient(spec.agent_socket)
         try:
             self.vm.start()
-            template.restore(self.vm, self.template)
-            self.client.accept(10.0, alive=lambda: self.vm.poll() is None)
-            reply = self.client.call("ping", timeout=timeout)
-            adopted = self.client.call(
-                "adopt", timeout=timeout, time_ns=time.time_ns(),
-                entropy=os.urandom(64).hex(), mac=self.spec.mac or "",
-                mounts=[{"tag": template.BUNDLES_TAG, "path": bundles,
-                         "msize": initramfs.NINEP_MSIZE}])
-        except (AgentError, AgentGone, VmError) as e:
-            console = self.vm.console()[-2000:]
-            self.stop()
-            raise VmBootFailed(f"the pod VM did not restore: {e}; console:\n{console}") from None
-        except BaseException:
-            self.stop()
-            raise
-        self.boot_seconds = time.monotonic() - started
-        return {**reply, "uptime": adopted.get("uptime"), "template": self.template.key}
-
-    def boot(self, timeout: float = BOOT_TIMEOUT) -> dict:
-        """Start the VM and wait for the agent's answer to a ping; that answer."""
-        os.makedirs(self.spec.vm_dir, mode=0o700, exist_ok=True)
-        started = time.monotonic()
-        self.client = AgentClient(self.spec.agent_socket)
-        try:
-            self.vm.start()
+            if after_start is not None:
+                after_start()
             self.client.accept(10.0, alive=lambda: self.vm.poll() is None)
             # The ping waits in QEMU until the agent opens its port.
             reply = self.client.call("ping", timeout=timeout)
-        except (AgentError, AgentGone, VmBootFailed) as e:
+            if after_ping is not None:
+                reply = {**reply, **after_ping()}
+        except (AgentError, AgentGone, VmError) as e:
             console = self.vm.console()[-3000:]
             self.stop()
-            raise VmBootFailed(f"the pod VM did not boot: {e}; console:\n{console}") from None
+            raise VmBootFailed(f"the pod VM did not {verb}: {e}; console:\n{console}") from None
         except BaseException:
             self.stop()
             raise
