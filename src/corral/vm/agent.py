@@ -519,7 +519,7 @@ class Agent:
             netconf.link_up(name)
         for route in request.get("routes") or []:
             dst, gateway = route.get("dst") or "default", route.get("gw") or ""
-            ipv6 = ":" in dst or ":" in gateway
+            ipv6 = not (netconf.is_ipv4(dst) and netconf.is_ipv4(gateway))
             dst = "default" if dst in ("0.0.0.0/0", "::/0") else dst
             dev = route.get("dev") or name  # a route without a gateway is on the link
             if not ipv6 and gateway:

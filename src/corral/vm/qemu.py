@@ -438,8 +438,8 @@ def choose_accelerator(cache_dir: str, kernel: str, initrd: str,
     pvm = os.path.exists("/sys/module/kvm_pvm")
     if flags & {"vmx", "svm"} and not pvm:
         return Accelerator("kvm")
-    key = hashlib.sha256(json.dumps([os.uname().release, kernel, _file_id(kernel),
-                                     _file_id(qemu_binary()), sorted(flags & {"vmx", "svm"}),
+    key = hashlib.sha256(json.dumps([os.uname().release, kernel, file_id(kernel),
+                                     file_id(qemu_binary()), sorted(flags & {"vmx", "svm"}),
                                      pvm]).encode()).hexdigest()[:16]
     cached = os.path.join(cache_dir, f"accel-{key}.json")
     try:
@@ -503,6 +503,7 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-def _file_id(path: str) -> list:
+def file_id(path: str) -> list:
+    """What a cache key needs of a file: its path, size and mtime."""
     st = os.stat(path)
     return [path, st.st_size, st.st_mtime_ns]

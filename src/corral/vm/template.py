@@ -67,8 +67,9 @@ class Template:
 
 
 def template_key(spec: qemu.VmSpec, tenant: str = "") -> str:
-    parts = [FORMAT, _file_id(spec.kernel), _file_id(spec.initrd), _file_id(spec.image or ""),
-             spec.memory_mib, spec.cpus, spec.accelerator.name, _file_id(spec.qemu),
+    parts = [FORMAT, qemu.file_id(spec.kernel), qemu.file_id(spec.initrd),
+             qemu.file_id(spec.image) if spec.image else [],
+             spec.memory_mib, spec.cpus, spec.accelerator.name, qemu.file_id(spec.qemu),
              spec.python, spec.python_path, tenant]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
 
@@ -216,10 +217,3 @@ def _remove_replaced(root: str, kept: Template, base: qemu.VmSpec, tenant: str) 
         if (meta.get("tenant"), meta.get("memory_mib"), meta.get("cpus")) == (
                 tenant, base.memory_mib, base.cpus):
             shutil.rmtree(other.dir, ignore_errors=True)
-
-
-def _file_id(path: str) -> list:
-    if not path:
-        return []
-    st = os.stat(path)
-    return [path, st.st_size, st.st_mtime_ns, st.st_ino]
