@@ -46,6 +46,14 @@ def pytest_collection_modifyitems(config, items):
             items[:] = [item for item in items if item not in v2_only]
 
 
+@pytest.fixture(scope="module")
+def workdir():
+    """A directory of the module's under /tmp, short: VMs' Unix socket paths are under it."""
+    path = tempfile.mkdtemp(prefix="cvm-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def busybox_rootfs(tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("image") / "rootfs")

@@ -19,7 +19,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 
@@ -35,13 +34,6 @@ from corral.vm.pod import PodVm
 pytestmark = pytest.mark.root
 
 GUEST_KERNEL_PREFIX = "6."  # the guest boots Debian's kernel, whatever the host runs
-
-
-@pytest.fixture(scope="module")
-def workdir():
-    path = tempfile.mkdtemp(prefix="cvmg-")  # short: Unix socket paths are under it
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -9,30 +9,15 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import tempfile
 import uuid
 
 import pytest
 
-from corral.images.busybox import build_bundle, build_rootfs
+from corral.images.busybox import build_bundle
 from corral.vm import guestimage, qemu, template
 from corral.vm.pod import PodVm
 
 CACHE = "/var/cache/corral/vm"
-
-
-@pytest.fixture(scope="module")
-def workdir():
-    path = tempfile.mkdtemp(prefix="cvmt-")  # short: Unix socket paths are under it
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def rootfs(workdir):
-    path = os.path.join(workdir, "rootfs")
-    build_rootfs(path)
-    return path
 
 
 @pytest.fixture
@@ -77,7 +62,7 @@ def run(vm: PodVm, rootfs: str, args: list[str]) -> tuple[int, bytes]:
     return exit_event["exit_code"], output
 
 
-def test_a_template_is_built_once_and_its_clones_run_containers(workdir, rootfs, vms):
+def test_a_template_is_built_once_and_its_clones_run_containers(workdir, busybox_rootfs, vms):
     templates = os.path.join(workdir, "t1")
     first = vms(templates)
     assert first.template is not None and not first.fallback
@@ -87,7 +72,7 @@ def test_a_template_is_built_once_and_its_clones_run_containers(workdir, rootfs,
     meta = first.template.meta()
     assert meta["state_bytes"] < 1 << 20  # the RAM is not in the state (x-ignore-shared)
     # its rootfs is in the bundles share, mounted by the clone after the restore
-    assert run(second, rootfs, ["echo", "from-a-clone"]) == (0, b"from-a-clone\n")
+    assert run(second, busybox_rootfs, ["echo", "from-a-clone"]) == (0, b"from-a-clone\n")
 
 
 def test_a_changed_agent_makes_a_new_template_and_the_old_one_goes(workdir, vms):
@@ -107,7 +92,7 @@ def test_a_changed_agent_makes_a_new_template_and_the_old_one_goes(workdir, vms)
     assert not os.path.exists(old.dir)  # replaced: same memory size and tenant
 
 
-def test_a_template_that_cannot_restore_boots_cold_and_is_rebuilt(workdir, rootfs, vms):
+def test_a_template_that_cannot_restore_boots_cold_and_is_rebuilt(workdir, busybox_rootfs, vms):
     templates = os.path.join(workdir, "t3")
     broken = vms(templates).template
     os.chmod(broken.state, 0o600)
@@ -115,7 +100,7 @@ def test_a_template_that_cannot_restore_boots_cold_and_is_rebuilt(workdir, rootf
         f.truncate(100)  # its device state cut short
     vm = vms(templates)
     assert vm.template is None and "restore" in vm.fallback  # booted cold instead
-    code, out = run(vm, rootfs, ["echo", "cold"])
+    code, out = run(vm, busybox_rootfs, ["echo", "cold"])
     assert (code, out) == (0, b"cold\n")
     assert not os.path.exists(broken.dir)  # discarded
     assert vms(templates).template.complete()  # the next pod builds it again
