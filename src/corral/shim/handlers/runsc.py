@@ -72,6 +72,10 @@ measured while writing this module:
 - `events --stats <id>`: cpu.usage.total is the container's own; memory and
   pids are the whole sandbox's (the same numbers for every container).  OOM is
   not an event: the sandbox's cgroup counts the kill (memory.oom_control).
+- `--oci-seccomp` puts a container's own process under its seccomp profile
+  (/proc/self/status says Seccomp 2), but not a process `runsc exec` starts in it
+  (Seccomp 0): ExecSync and streaming exec run under gVisor's own syscall
+  interception only.  Its /proc/PID/status has no NoNewPrivs line.
 - No `update` subcommand in this version; PID namespace paths in a
   subcontainer's spec are ignored (every container has its own PID namespace);
   a subcontainer's hostname is the sandbox's (the pod's, as CRI wants),
