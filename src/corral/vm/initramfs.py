@@ -37,6 +37,7 @@ AGENT_MODULE = "corral.vm.agent"
 AGENT_PORT = "corral.agent"  # the virtio-serial port's name (/sys/class/virtio-ports/*/name)
 PROBE_MARKER = "corral-probe: userspace reached"  # the accelerator probe's boot prints it
 NINEP_MSIZE = 512 * 1024
+FORMAT = 2  # how the image is made; a change makes every key new
 SIGNATURE_MAGIC = b"~Module signature appended~\n"  # how a signed .ko ends
 
 INIT = r"""#!/busybox sh
@@ -116,32 +117,19 @@ def initramfs(kernel: Kernel, cache_dir: str, busybox: str = BUSYBOX,
     """The path of the (uncompressed newc cpio) initramfs in `cache_dir`, made if needed.
 
     Uncompressed: under TCG the kernel's inflate costs more than copying the bytes.
+    Found by a key of what it is made from (busybox, the kernel's module index, the
+    init script, the module list) without reading any of it: each pod VM asks, and
+    reading and hashing the modules cost ~60 ms a pod.  A kernel package that
+    changes a module rewrites modules.dep (depmod), which makes the key new.
     """
     if not os.path.isfile(busybox):
         raise QemuMissing(f"{busybox} not found: install busybox-static")
-    lists: dict[str, list[str]] = {}
-    taken: set[str] = set()
-    for group, names in groups:  # each group's modules after its dependencies, once
-        lists[group] = [m for m in module_files(kernel.modules_dir, names) if m not in taken]
-        taken.update(lists[group])
-    mods = [m for group in lists.values() for m in group]
-    digest = hashlib.sha256()
-    parts: list[tuple[str, bytes]] = [("init", init_script().encode())]
-    with open(busybox, "rb") as f:
-        parts.append(("busybox", f.read()))
-    for rel in mods:
-        with open(os.path.join(kernel.modules_dir, rel), "rb") as f:
-            parts.append((f"modules/{os.path.basename(rel)}", without_signature(f.read())))
-    for group, files in lists.items():
-        listing = "".join(os.path.basename(rel) + "\n" for rel in files)
-        parts.append((f"modules/{group}.list", listing.encode()))
-    for name, data in parts:
-        digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
-    path = os.path.join(cache_dir, f"initramfs-{kernel.version}-{digest.hexdigest()[:16]}.cpio")
+    path = os.path.join(cache_dir, f"initramfs-{kernel.version}-{_key(kernel, busybox, groups)}"
+                                   f".cpio")
     if os.path.isfile(path):
         return path
     os.makedirs(cache_dir, mode=0o700, exist_ok=True)
-    image = _cpio(parts)
+    image = _cpio(_parts(kernel, busybox, groups))
     fd, tmp = tempfile.mkstemp(prefix=".initramfs-", dir=cache_dir)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -157,6 +145,40 @@ def initramfs(kernel: Kernel, cache_dir: str, busybox: str = BUSYBOX,
             pass
         raise
     return path
+
+
+def _key(kernel: Kernel, busybox: str, groups) -> str:
+    def file_id(path: str) -> list:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return [path]
+        return [path, st.st_size, st.st_mtime_ns, st.st_ino]
+
+    parts = [FORMAT, init_script(), file_id(busybox), repr(groups), kernel.version,
+             *(file_id(os.path.join(kernel.modules_dir, name))
+               for name in ("modules.dep", "modules.builtin"))]
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+def _parts(kernel: Kernel, busybox: str, groups) -> list[tuple[str, bytes]]:
+    """The initramfs's files: init, busybox, each group's modules after their
+    dependencies (once, in the first group that needs them) and each group's list."""
+    lists: dict[str, list[str]] = {}
+    taken: set[str] = set()
+    for group, names in groups:
+        lists[group] = [m for m in module_files(kernel.modules_dir, names) if m not in taken]
+        taken.update(lists[group])
+    parts: list[tuple[str, bytes]] = [("init", init_script().encode())]
+    with open(busybox, "rb") as f:
+        parts.append(("busybox", f.read()))
+    for rel in (m for group in lists.values() for m in group):
+        with open(os.path.join(kernel.modules_dir, rel), "rb") as f:
+            parts.append((f"modules/{os.path.basename(rel)}", without_signature(f.read())))
+    for group, files in lists.items():
+        listing = "".join(os.path.basename(rel) + "\n" for rel in files)
+        parts.append((f"modules/{group}.list", listing.encode()))
+    return parts
 
 
 def without_signature(module: bytes) -> bytes:

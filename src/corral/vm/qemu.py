@@ -36,7 +36,7 @@ DEFAULT_MEMORY_MIB = 128  # Debian's kernel does not boot in 64 MiB; 96 MiB does
 DEFAULT_CPUS = 1
 MACHINE = "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on"  # keep the RTC: without it
 #                                         the kernel waits 1 s twice for one
-TB_SIZE_MIB = 32      # TCG translation cache: QEMU 7.2 would grow it to 1 GiB
+TB_SIZE_MIB = 64
 PROBE_TIMEOUT = 8.0   # a KVM boot reaches userspace in well under a second
 STOP_GRACE = 3.0      # SIGTERM → SIGKILL
 _SOCKET_PATH_MAX = 107
