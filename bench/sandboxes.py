@@ -8,14 +8,16 @@ bench adds to corrald's config (`templates = false`), boots each one.
    until RUNNING.  Median, min and max over N pods per handler (-n, --vm-n),
    each pod removed before the next; one unrecorded warm-up pod per handler;
    handlers take turns, the first one rotating each round.
-2. Host PSS per idle pod: K pods (--pods, --vm-pods) running `sleep 3600`,
+2. Host PSS per idle pod: K pods (--pods, --vm-pods; a list such as 1,5,10 measures
+   each count in turn) running `sleep 3600`,
    ContainerStatus RUNNING for each, --settle seconds of rest, then the PSS
    (/proc/PID/smaps_rollup) of every process in the process trees of those
    pods' shims (corrald's shims with runsc's sandbox, gofers, ptrace stubs and
    `runsc wait`s, or QEMU; containerd's runc shims and pause processes), less
    the containers' own `sleep 3600` where they are host processes, over K.
    The daemon's own process tree (corrald and its shim zygote; containerd) is
-   reported separately.
+   reported separately, and so is the share of QEMU's TCG translation cache
+   (emulation only: a KVM host has none).
 3. Burst (--burst, for --burst-handlers): that many pods asked for at once, a client
    thread each; the time until the last one is RUNNING.
 
@@ -28,7 +30,7 @@ removed at the end (also on Ctrl-C or SIGTERM): cri.py's cleanup, then any
 process still carrying a daemon's temp dir in its command line (QEMU, runsc)
 and the VM agent sockets they named.
 
-    .venv/bin/python bench/sandboxes.py [-n 10] [--vm-n 5] [--pods 5] [--vm-pods 3]
+    .venv/bin/python bench/sandboxes.py [-n 10] [--vm-n 5] [--pods 5] [--vm-pods 1,5,10]
                                         [--handlers native,runsc,vm,vm-cold] [--json]
 """
 
@@ -82,14 +84,17 @@ VM_SOCKET = re.compile(r"path=(/run/corral-vm/[0-9a-f]+\.sock)")
 class Subject:
     """One row of the table: a daemon and the runtime handler its pods ask for."""
 
-    def __init__(self, name: str, daemon, handler: str, iterations: int, pods: int):
+    def __init__(self, name: str, daemon, handler: str, iterations: int,
+                 pods: tuple[int, ...]):
         self.name = name
         self.daemon = daemon
         self.handler = handler
         self.iterations = iterations
-        self.pods = pods
+        self.pod_counts = tuple(k for k in pods if k > 0)  # memory measured at each
+        self.pods = self.pod_counts[-1] if self.pod_counts else 0  # the table's row
         self.ready: list[dict[str, float]] = []
         self.memory: dict | None = None
+        self.memory_curve: list[dict] = []  # one memory() per pod count, in order
         self.burst: dict | None = None
         self.error = ""
         self.log_tail = ""
@@ -208,9 +213,26 @@ def accounting(daemon) -> dict[str, set[int]]:
             "strays": strays}
 
 
-def memory(subject: Subject, settle: float) -> dict:
-    """PSS with `subject.pods` idle pods; they are removed afterwards."""
-    daemon, k = subject.daemon, subject.pods
+def tcg_code_kib(pid: int) -> int:
+    """The PSS of a QEMU's TCG translation cache (its one anonymous rwx mapping): what a
+    pod VM costs under emulation that it would not under KVM."""
+    total, in_cache = 0, False
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                fields = line.split()
+                if "-" in fields[0] and not fields[0].endswith(":"):
+                    in_cache = len(fields) == 5 and fields[1] == "rwxp"
+                elif in_cache and fields[0] == "Pss:":
+                    total += int(fields[1])
+    except OSError:
+        pass
+    return total
+
+
+def memory(subject: Subject, settle: float, k: int) -> dict:
+    """PSS with `k` idle pods; they are removed afterwards."""
+    daemon = subject.daemon
     try:
         pods = [pod_ready(subject, f"mem{i}")[0] for i in range(k)]
         time.sleep(settle)  # start-up garbage freed, a VM's freed pages reported back
@@ -222,10 +244,13 @@ def memory(subject: Subject, settle: float) -> dict:
             raise BenchError(f"{len(found['payloads'])} `sleep 3600` processes under the "
                              f"shims, not {k}: the accounting is wrong")
         by_process: dict[str, float] = {}
+        tcg_kib = 0.0
         table = process_table()
         for pid in found["pods"]:
             name = process_name(pid, table)
             by_process[name] = by_process.get(name, 0) + pss_kib(pid) / k
+            if name.startswith("qemu-system"):
+                tcg_kib += tcg_code_kib(pid) / k
         per_pod_kib = sum(by_process.values())
         daemon_kib = sum(pss_kib(pid) for pid in found["daemon"])
         strays_kib = sum(pss_kib(pid) for pid in found["strays"])
@@ -234,6 +259,7 @@ def memory(subject: Subject, settle: float) -> dict:
     finally:
         daemon.remove_all_pods()
     return {"pods": k, "per_pod_kib": per_pod_kib, "daemon_kib": daemon_kib,
+            "tcg_code_kib": tcg_kib,
             "processes_per_pod": len(found["pods"]) / k,
             "per_pod_by_process_kib": dict(sorted(by_process.items(), key=lambda kv: -kv[1])),
             "payloads_excluded": len(found["payloads"]),
@@ -293,11 +319,15 @@ def measure(subjects: list[Subject], opts) -> None:
             except (BenchError, grpc.RpcError) as e:
                 subject.fail(f"pod ready (pod {i + 1})", e)
     for subject in subjects:
-        if subject.alive and subject.pods > 0:
+        for k in subject.pod_counts:
+            if not subject.alive:
+                break
             try:
-                subject.memory = memory(subject, opts.settle)
+                subject.memory_curve.append(memory(subject, opts.settle, k))
             except (BenchError, grpc.RpcError) as e:
-                subject.fail("memory", e)
+                subject.fail(f"memory at {k} pods", e)
+        if subject.memory_curve and subject.alive:
+            subject.memory = subject.memory_curve[-1]
     for subject in subjects:
         if subject.alive and opts.burst and subject.name in opts.burst_handlers:
             try:
@@ -369,6 +399,9 @@ def summarize(subjects: list[Subject], versions: dict[str, str], notes: list[str
                                for k, v in subject.memory.items()}
             entry["memory"]["per_pod_by_process_kib"] = {
                 k: round(v, 1) for k, v in subject.memory["per_pod_by_process_kib"].items()}
+            entry["memory_curve"] = [
+                {"pods": m["pods"], "per_pod_kib": round(m["per_pod_kib"], 1),
+                 "tcg_code_kib": round(m["tcg_code_kib"], 1)} for m in subject.memory_curve]
         report["subjects"][subject.name] = entry
     reference = report["subjects"].get(REFERENCE, {})
     for entry in report["subjects"].values():
@@ -449,6 +482,17 @@ def format_table(report: dict) -> str:
             parts = entry["memory"]["per_pod_by_process_kib"].items()
             lines.append(f"{name:<20}" + ", ".join(f"{comm} {kib / 1024:.1f}"
                                                    for comm, kib in parts))
+    curves = [(n, e["memory_curve"]) for n, e in report["subjects"].items()
+              if len(e.get("memory_curve") or []) > 1 or any(
+                  m["tcg_code_kib"] for m in e.get("memory_curve") or [])]
+    if curves:
+        lines += ["", "PSS per pod (MiB) by the number of idle pods; under TCG, of which "
+                  "QEMU's translation cache (none under KVM)"]
+        lines += [f"{name:<20}" + ", ".join(
+            f"{m['pods']} pods {m['per_pod_kib'] / 1024:.1f}"
+            + (f" (TCG cache {m['tcg_code_kib'] / 1024:.1f}, without it "
+               f"{(m['per_pod_kib'] - m['tcg_code_kib']) / 1024:.1f})"
+               if m["tcg_code_kib"] else "") for m in curve) for name, curve in curves]
     bursts = [(n, e["burst"]) for n, e in report["subjects"].items() if e.get("burst")]
     if bursts:
         lines += ["", "pods asked for at once (a client thread each)"]
@@ -479,16 +523,29 @@ def load_average() -> str:
 # ---------------------------------------------------------------- main
 
 
+def pod_counts(text: str) -> tuple[int, ...]:
+    """'3' or '1,5,10': the pod counts memory is measured at, in that order."""
+    try:
+        counts = tuple(int(word) for word in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a pod count or a list of them: {text!r}") from None
+    if any(k < 0 for k in counts):
+        raise argparse.ArgumentTypeError(f"a negative pod count: {text!r}")
+    return counts
+
+
 def parse(argv: list[str] | None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", "--iterations", type=int, default=10,
                         help="pods timed per handler but vm (default 10)")
     parser.add_argument("--vm-n", dest="vm_iterations", type=int, default=5,
                         help="pods timed for vm (default 5: a TCG boot is seconds)")
-    parser.add_argument("--pods", type=int, default=5,
-                        help="idle pods for the memory measurement but vm (default 5; 0: skip)")
-    parser.add_argument("--vm-pods", type=int, default=3,
-                        help="idle pods for vm's memory measurement (default 3; 0: skip)")
+    parser.add_argument("--pods", type=pod_counts, default=(5,),
+                        help="idle pods for the memory measurement but vm, or a list of "
+                             "counts (default 5; 0: skip)")
+    parser.add_argument("--vm-pods", type=pod_counts, default=(3,),
+                        help="idle pods for vm's memory measurement, or a list of counts, "
+                             "each measured in turn (e.g. 1,5,10; default 3; 0: skip)")
     parser.add_argument("--settle", type=float, default=3.0,
                         help="seconds of rest before PSS is read (default 3)")
     parser.add_argument("--handlers", default=",".join(HANDLERS),
