@@ -340,8 +340,29 @@ def test_corrald_removes_its_vm_templates_when_it_stops(corrald, pod):
     assert [n for n in os.listdir(templates) if not n.startswith(".")]
     corrald.kill(signal.SIGTERM)
     assert not templates.exists()
-    corrald.start()
-    assert exec_sync(corrald, container_id, ["echo", "still"]).stdout == b"still\n"
+    # Started again with template_at_start: the template is built with no pod asking.
+    config = corrald.config.read_text()
+    assert config.rstrip().endswith(f'template_dir = "{templates}"')  # in [runtimes.vm]
+    corrald.config.write_text(config + "template_at_start = true\n")
+    try:
+        corrald.start()
+        assert exec_sync(corrald, container_id, ["echo", "still"]).stdout == b"still\n"
+        deadline = time.monotonic() + 180
+        while not _complete_templates(templates) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _complete_templates(templates), corrald.log()[-3000:]
+        built = _complete_templates(templates)[0]
+        assert f"runtime vm: VM template {built} ready" in corrald.log()
+    finally:
+        corrald.config.write_text(config)
+
+
+def _complete_templates(root) -> list[str]:
+    try:
+        names = os.listdir(root)
+    except FileNotFoundError:
+        return []
+    return [n for n in names if os.path.isfile(os.path.join(root, n, "meta.json"))]
 
 
 def test_corrald_sigkill_and_recovery(corrald, pod):

@@ -39,6 +39,7 @@
     cache_dir = "/var/cache/corral/vm"    # vmlinux extracted from /boot, initramfs, accelerator
     templates = true                      # pods restored from a saved VM (vm/template.py)
     template_dir = "/run/corral/vm-templates"  # tmpfs; removed when corrald stops
+    template_at_start = false             # true: built when corrald starts, not at the first pod
     overhead = { memory = "256MiB", cpu = 0.25 }
 
 A handler whose binary (or QEMU and a guest kernel, for vm) is not on the host

@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("serving CRI on unix://%s (root %s, state %s)", socket_path, config.root,
              config.state)
     _announce_ready(opts.ready_fd)
+    _build_vm_templates(config, log)
     # Waited for in slices: the kernel may deliver SIGTERM to any of the gRPC threads, and
     # then only the main thread's next wake-up runs the handler (a wait without a timeout,
     # blocked in the kernel, would never see it: corrald ignored SIGTERM now and then).
@@ -118,6 +119,36 @@ def main(argv: list[str] | None = None) -> int:
     for fd in locks:
         os.close(fd)
     return 0
+
+
+def _build_vm_templates(config, log) -> None:
+    """For each offered vm handler with `template_at_start`: its VM template built in the
+    background now, so that the first pod restores one instead of waiting for the build
+    (~10 s under TCG).  A pod that comes first waits on the same build (its flock)."""
+    from corral.shim.handlers import vm_memory_mib
+
+    def build(spec) -> None:
+        from corral.vm.errors import VmError
+        from corral.vm.pod import build_template
+
+        options = spec.options
+        try:
+            made = build_template(cache_dir=options["cache_dir"],
+                                  template_dir=options["template_dir"],
+                                  memory_mib=vm_memory_mib(options),
+                                  cpus=int(options.get("cpus") or 1),
+                                  kernel_version=options.get("kernel") or None)
+        except (VmError, OSError) as e:
+            log.warning("runtime %s: the VM template was not built at start: %s", spec.name,
+                        str(e).splitlines()[0])
+            return
+        log.info("runtime %s: VM template %s ready", spec.name, made.key)
+
+    for spec in config.runtimes.values():
+        if spec.type == "vm" and spec.options.get("templates", True) and \
+                spec.options.get("template_at_start") and not spec.unavailable():
+            threading.Thread(target=build, args=(spec,), name=f"template-{spec.name}",
+                             daemon=True).start()
 
 
 def _remove_vm_templates(config) -> None:

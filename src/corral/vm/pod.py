@@ -65,11 +65,17 @@ class PodVm:
                 self.template = None
             return self.boot(timeout)
 
-    def restore(self, timeout: float = BOOT_TIMEOUT) -> dict:
-        """A clone of this configuration's template (built first if there is none)."""
+    def ensure_template(self) -> qemu.VmSpec:
+        """This configuration's template (`self.template`), built if there is none; the
+        spec it was built from."""
         base = qemu.VmSpec(**{**vars(self.spec), "image": guestimage.guest_image(
             self.cache_dir, self.spec.python, self.spec.python_path)})
         self.template = template.ensure_template(self.template_dir, base, self.tenant)
+        return base
+
+    def restore(self, timeout: float = BOOT_TIMEOUT) -> dict:
+        """A clone of this configuration's template (built first if there is none)."""
+        base = self.ensure_template()
         bundles = next((s.path for s in self.spec.shares if s.tag == template.BUNDLES_TAG),
                        None) or os.path.join(self.spec.vm_dir, "bundles")
         os.makedirs(bundles, exist_ok=True)
@@ -133,6 +139,21 @@ class PodVm:
         if self.client is not None:
             self.client.close()
         return code
+
+
+def build_template(*, cache_dir: str, template_dir: str,
+                   memory_mib: int = qemu.DEFAULT_MEMORY_MIB, cpus: int = qemu.DEFAULT_CPUS,
+                   kernel_version: str | None = None, tenant: str = "") -> template.Template:
+    """The template that pod VMs of these settings restore from, built now if there is
+    none (corrald's `template_at_start`: the first pod then does not wait for it).
+    Nothing is started but the build's own VM."""
+    unstarted = os.path.join(template_dir, ".unstarted")  # the PodVm is never started
+    vm = PodVm(cache_dir=cache_dir, vm_dir=unstarted,
+               agent_socket=os.path.join(unstarted, "agent.sock"), memory_mib=memory_mib,
+               cpus=cpus, kernel_version=kernel_version, template_dir=template_dir,
+               tenant=tenant)
+    vm.ensure_template()
+    return vm.template
 
 
 def precompile(source_dir: str) -> None:

@@ -21,6 +21,13 @@ VM_TEMPLATE_DIR = "/run/corral/vm-templates"  # tmpfs: VM templates' RAM (vm/tem
 QEMU = "qemu-system-x86_64"
 
 
+def vm_memory_mib(options: dict) -> int:
+    """A vm handler's guest RAM: `memory` in bytes (the config's "128MiB"), or `memory_mib`."""
+    if options.get("memory"):
+        return max(1, int(options["memory"]) >> 20)
+    return int(options.get("memory_mib") or 128)
+
+
 class UnknownHandler(LookupError):
     """A CRI runtime_handler that no [runtimes.<name>] table declares."""
 

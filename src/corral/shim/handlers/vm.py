@@ -27,7 +27,7 @@ import signal
 import stat
 import sys
 
-from corral.shim.handlers import VM_CACHE_DIR, VM_TEMPLATE_DIR
+from corral.shim.handlers import VM_CACHE_DIR, VM_TEMPLATE_DIR, vm_memory_mib
 from corral.shim.handlers.base import HandledContainer, Handler, Unsupported
 from corral.shim.protocol import ShimError
 
@@ -288,7 +288,7 @@ class VmHandler(Handler):
             self.pod_vm = PodVm(
                 cache_dir=options.get("cache_dir") or VM_CACHE_DIR, vm_dir=vm_dir,
                 agent_socket=socket_path(vm_dir, "agent.sock"), bundles_dir=self.bundles_dir,
-                memory_mib=_memory_mib(options),
+                memory_mib=vm_memory_mib(options),
                 cpus=int(options.get("cpus") or 1), tap=network.TAP,
                 mac=guest["interfaces"][0]["mac"] if guest["interfaces"] else None,
                 netns=netns, fstype=options.get("fstype") or "9p",
@@ -563,13 +563,6 @@ class VmHandler(Handler):
                 if container is not None:
                     container.execs.pop(key, None)
                 self.services.exec_exited(key, code)
-
-
-def _memory_mib(options: dict) -> int:
-    """The guest's RAM: `memory` in bytes (the config's "128MiB"), or `memory_mib`."""
-    if options.get("memory"):
-        return max(1, int(options["memory"]) >> 20)
-    return int(options.get("memory_mib") or 128)
 
 
 def _b64(data: bytes) -> str:
