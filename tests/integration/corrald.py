@@ -214,9 +214,11 @@ class Corrald:
             subprocess.run(["ip", "link", "del", self.bridge], check=False, capture_output=True)
         shutil.rmtree(self.base, ignore_errors=True)
 
-    def shim_pids(self) -> list[int]:
+    def shim_pids(self, pooled: bool = True) -> list[int]:
+        """The pods' shims, and the warm pool's (sandbox/pool.py) unless not `pooled`."""
         pids = []
-        for pid_file in self.state.glob("pods/*/shim/shim.pid"):
+        for pid_file in [*self.state.glob("pods/*/shim/shim.pid"),
+                         *(self.state.glob("pool/*/shim/shim.pid") if pooled else [])]:
             try:
                 pid = int(pid_file.read_text())
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -233,10 +235,11 @@ class Corrald:
         return [p for p in points if p == base or p.startswith(base + "/")]
 
     def leftovers(self) -> dict:
-        """What of this daemon's pods exists outside the daemon: all should be empty."""
+        """What of this daemon's pods exists outside the daemon: all should be empty.  A
+        warm pool's shims and sockets are the daemon's, not a pod's."""
         ipam = self.base / "ipam"
         return {
-            "shims": self.shim_pids(),
+            "shims": self.shim_pids(pooled=False),
             "mounts": self.mounts(),
             "pod_dirs": sorted(p.name for p in (self.state / "pods").glob("*"))
             if (self.state / "pods").exists() else [],
@@ -244,7 +247,8 @@ class Corrald:
                                      if p.is_file() and p.name[0].isdigit())
             if ipam.exists() else [],
             "veths": _veths_on(self.bridge),
-            "sockets": sorted(p.name for p in (self.state / "sockets").glob("*")),
+            "sockets": sorted(p.name for p in (self.state / "sockets").glob("*")
+                              if not p.name.startswith("pool-")),
             "processes": sorted(cgroup_pids(self.pod_cgroup_parent)),
             "cgroups": cgroup_dirs(self.pod_cgroup_parent),
         }

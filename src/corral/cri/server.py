@@ -120,7 +120,7 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
         handlers = [api_pb2.RuntimeHandler(name=h.name, features=api_pb2.RuntimeHandlerFeatures(
             recursive_read_only_mounts=h.features.recursive_read_only_mounts,
             user_namespaces=h.features.user_namespaces)) for h in self.ctx.config.offered()]
-        info = {"runtimeHandlers": json.dumps(_handler_info(self.ctx.config))} \
+        info = {"runtimeHandlers": json.dumps(_handler_info(self.ctx.config, self.ctx.pools))} \
             if request.verbose else {}
         return api_pb2.StatusResponse(status=api_pb2.RuntimeStatus(conditions=conditions),
                                       runtime_handlers=handlers, info=info)
@@ -535,9 +535,10 @@ def _usage(root: str) -> tuple[int, int]:
 __all__ = ["RuntimeService", "ImageService", "pod_config", "container_config"]
 
 
-def _handler_info(config) -> list[dict]:
+def _handler_info(config, pools=None) -> list[dict]:
     """Every configured handler: type, features, the overhead its RuntimeClass should
-    declare, why it is not offered here, and for vm the accelerator (TCG: a warning)."""
+    declare, why it is not offered here, for vm the accelerator (TCG: a warning) and its
+    warm pool (sandbox/pool.py: size, ready now)."""
     import glob
 
     described = []
@@ -550,5 +551,8 @@ def _handler_info(config) -> list[dict]:
             if verdicts:
                 with open(max(verdicts, key=os.path.getmtime)) as f:
                     entry["accelerator"] = json.load(f)
+        pool = pools.get(name) if pools is not None else None
+        if pool is not None:
+            entry["pool"] = {"size": pool.size, "ready": len(pool.ready)}
         described.append(entry)
     return described

@@ -40,6 +40,7 @@
     templates = true                      # pods restored from a saved VM (vm/template.py)
     template_dir = "/run/corral/vm-templates"  # tmpfs; removed when corrald stops
     template_at_start = false             # true: built when corrald starts, not at the first pod
+    pool = 0                              # VMs restored and warmed before pods ask (sandbox/pool.py)
     overhead = { memory = "256MiB", cpu = 0.25 }
 
 A handler whose binary (or QEMU and a guest kernel, for vm) is not on the host
@@ -208,6 +209,11 @@ def _runtimes(table, where: str, values: dict) -> dict[str, HandlerSpec]:
             options.setdefault("template_dir", VM_TEMPLATE_DIR)
         if "memory" in options:
             options["memory"] = _size(options["memory"], f"{where}: runtimes.{name}.memory")
+        if "pool" in options and (kind != "vm" or isinstance(options["pool"], bool) or
+                                  not isinstance(options["pool"], int) or
+                                  not 0 <= options["pool"] <= 64):
+            raise ConfigError(f"{where}: runtimes.{name}.pool must be a number of VMs from 0 "
+                              "to 64 (vm handlers only)")
         handlers[name] = HandlerSpec(name, kind, path, options,
                                      _overhead(spec.get("overhead", {}), f"{where}: runtimes."
                                                f"{name}.overhead"))

@@ -15,6 +15,7 @@ from corral.images.service import ImageService
 from corral.runtime.cgroups.common import procs as cgroup_procs
 from corral.sandbox.containers import Containers
 from corral.sandbox.pods import Pods
+from corral.sandbox.pool import Pools
 from corral.shim.launch import ShimLauncher
 from corral.store.db import Database
 from corral.store.sandboxes import SandboxStore
@@ -44,8 +45,10 @@ class Context:
         self._unpack_lock = threading.Lock()
         self.shims = ShimLauncher(os.path.join(config.state, "zygote.sock"),
                                   os.path.join(config.state, "zygote.log"))
+        self.pools = Pools(self)  # started by main.py once corrald serves
 
     def close(self) -> None:
+        self.pools.close()
         self.shims.close()
         self.images.close()
         self.db.close()

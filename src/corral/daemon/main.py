@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
              config.state)
     _announce_ready(opts.ready_fd)
     _build_vm_templates(config, log)
+    ctx.pools.start()
     # Waited for in slices: the kernel may deliver SIGTERM to any of the gRPC threads, and
     # then only the main thread's next wake-up runs the handler (a wait without a timeout,
     # blocked in the kernel, would never see it: corrald ignored SIGTERM now and then).

@@ -16,6 +16,7 @@
     active snapshot without a record   removed
     layer extraction of a dead process its mount and half-made snapshot removed
     blobs of an interrupted pull       garbage-collected (if no other pull runs)
+    pooled sandboxes (sandbox/pool.py) a killed corrald's: ended, their files removed
 
 Each step is idempotent, so a crash during recovery is recovered by the next start.
 """
@@ -30,6 +31,7 @@ import shutil
 from corral.network.cni import CNIError
 from corral.sandbox.errors import SandboxError
 from corral.sandbox.pods import namespace_mode, pod_config
+from corral.sandbox.pool import remove_leftovers
 from corral.shim.protocol import ShimClient, ShimError
 
 log = logging.getLogger("corrald.recovery")
@@ -45,6 +47,9 @@ def recover(ctx) -> None:
     stale = ctx.images.snapshots.remove_stale_extractions()
     if stale:
         log.info("removed %d layer extraction(s) a crash interrupted", stale)
+    ended = remove_leftovers(ctx.config.state)
+    if ended:
+        log.info("ended %d pooled sandbox(es) a stopped corrald left", ended)
     for container in store.containers():
         if container.state in ("creating", "removing"):
             log.info("container %s was %s: undoing it", container.id[:12], container.state)

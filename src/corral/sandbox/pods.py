@@ -206,7 +206,7 @@ class Pods:
                    hosts_text(hostname, ip))
         write_file(paths.resolv_conf, resolv_conf_text(config.dns_config
                                                        if config.HasField("dns_config") else None))
-        shim_pid = self.ctx.shims.start(pod_id, paths.shim, paths.shim_socket)
+        shim_pid = self._shim(pod_id, handler, paths)
         self._start_sandbox(pod_id, handler, {
             "namespaces": pinned, "cgroup_parent": cgroup_parent, "hostname": hostname,
             "containers": paths.containers, "ip": ip, "hosts": paths.hosts,
@@ -214,6 +214,23 @@ class Pods:
         if shares_pid(config) and handler.features.pod_init:
             pinned["pid"] = self.start_init(pod_id, pinned, init_seccomp)
         return ip, pinned, shim_pid
+
+    def _shim(self, pod_id: str, handler, paths: PodPaths) -> int:
+        """The pod's shim: a pooled one with its sandbox made (pool.py) if the handler has
+        a pool with one ready, else a new one."""
+        from corral.shim.protocol import ShimError
+
+        pool = self.ctx.pools.get(handler.name)
+        slot = pool.take() if pool is not None else None
+        if slot is not None:
+            try:
+                return pool.claim(slot, pod_id, paths)
+            except (OSError, ShimError) as e:
+                if os.path.exists(paths.shim):
+                    raise  # the pod's now: its teardown ends it
+                log.warning("pod %s: the pooled sandbox could not be claimed (%s): starting "
+                            "a shim", pod_id[:12], e)
+        return self.ctx.shims.start(pod_id, paths.shim, paths.shim_socket)
 
     def _start_sandbox(self, pod_id: str, handler, pod: dict) -> None:
         """The pod's runtime handler in its shim, and the sandbox it has (a VM, gVisor's):
@@ -329,7 +346,7 @@ class Pods:
                     shim.call("shutdown", force=True)
             except (OSError, ShimError) as e:
                 log.warning("pod %s: shim shutdown: %s", pod_id[:12], e)
-        _kill_shim(paths.shim)
+        kill_shim(paths.shim)
         try:
             os.unlink(paths.shim_socket)
         except FileNotFoundError:
@@ -407,7 +424,7 @@ def _unmount(path: str) -> None:
         pass
 
 
-def _kill_shim(shim_dir: str, grace: float = 2.0) -> None:
+def kill_shim(shim_dir: str, grace: float = 2.0) -> None:
     """A shim that does not exit by itself (after `shutdown`) is killed by its recorded PID."""
     try:
         with open(os.path.join(shim_dir, "shim.pid")) as f:

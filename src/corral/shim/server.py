@@ -48,6 +48,7 @@ from corral.runtime.errors import (
 from corral.shim import handlers, liveness, podinit
 from corral.shim.handlers.base import HandledContainer, Handler, Unsupported
 from corral.shim.logs import CriLog
+from corral.shim.proctitle import retitle
 from corral.shim.protocol import MAX_FRAME, ShimError, decode_frames, encode
 from corral.shim.streams import ContainerIO, StreamExec, StreamOps
 
@@ -131,6 +132,7 @@ class Shim(StreamOps):
         self.execs: dict[int, ExecJob] = {}
         self.pod_init_pid = 0  # the pod's init (podinit.py), while it runs
         self.handler: Handler | None = None  # chosen by start_pod (or the first create)
+        self.prepared: dict | None = None  # a pooled shim's runtime, until start_pod
         self.sandbox_stopping = False  # stop_pod asked: the sandbox's end is no failure
         self.running = True
         os.makedirs(self.exits_dir, exist_ok=True)
@@ -438,9 +440,38 @@ class Shim(StreamOps):
     def op_ping(self, conn, request) -> dict:
         return {"pid": os.getpid(), "pod": self.pod_id}
 
-    def op_start_pod(self, conn, request) -> dict:
-        """The pod's runtime handler, and its sandbox if it has one (a VM, gVisor's)."""
+    def op_prepare_sandbox(self, conn, request) -> dict:
+        """A shim of corrald's warm pool: its handler's sandbox made before any pod (the
+        `claim` and `start_pod` that follow give it to one)."""
         if self.handler is not None:
+            raise ShimError("exists", f"pod {self.pod_id} has a runtime handler")
+        handler = self._handler(request["runtime"])
+        self.prepared = request["runtime"]
+        try:
+            return handler.prepare_sandbox()
+        except BaseException:
+            self.handler = self.prepared = None
+            raise
+
+    def op_claim(self, conn, request) -> dict:
+        """This pooled shim is now pod `id`'s: corrald has renamed its directory to `dir`
+        and its socket to `socket` (the open files, the lock and the listener follow)."""
+        if self.prepared is None:
+            raise ShimError("invalid", f"shim {self.pod_id} is not a pooled one")
+        old_dir = self.dir
+        self.pod_id = request["id"]
+        self.dir = request["dir"]
+        self.exits_dir = os.path.join(self.dir, "exits")
+        self.socket_path = request["socket"]
+        self.handler.relocate(old_dir, self.dir)
+        retitle(f"corral.shim {self.pod_id}")
+        return {"pid": os.getpid()}
+
+    def op_start_pod(self, conn, request) -> dict:
+        """The pod's runtime handler, and its sandbox if it has one (a VM, gVisor's); a
+        pooled shim's prepared one if the runtime asked is the one it was prepared for."""
+        prepared, self.prepared = self.prepared, None
+        if self.handler is not None and prepared != request["runtime"]:
             raise ShimError("exists", f"pod {self.pod_id} has started")
         handler = self._handler(request["runtime"])
         try:

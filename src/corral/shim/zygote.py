@@ -29,6 +29,7 @@ import socket
 import sys
 import traceback
 
+from corral.shim.proctitle import retitle
 from corral.shim.protocol import decode_frames, encode
 
 
@@ -77,7 +78,7 @@ def _become_shim(pod_id: str, directory: str, socket_path: str, ready_w: int) ->
     os.close(log)
     syscalls.Syscalls().prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    _retitle(f"corral.shim {pod_id}")
+    retitle(f"corral.shim {pod_id}")
     shim = Shim(pod_id, directory, socket_path)
     shim.listen()
     with open(os.path.join(directory, "shim.pid"), "w") as f:
@@ -86,24 +87,6 @@ def _become_shim(pod_id: str, directory: str, socket_path: str, ready_w: int) ->
     os.close(ready_w)
     shim.serve()
     os._exit(0)
-
-
-def _retitle(title: str) -> None:
-    """Name this process in /proc/PID/cmdline (ps, pgrep -f) as what it is: a shim forked
-    here would otherwise show the zygote's command line all its life, and the shims that
-    rightly outlive corrald would pass for zygotes left behind.  The argv area is
-    rewritten in place (what setproctitle does), cut to its size: the title, a NUL, then
-    non-NUL filler, so the kernel reports the title up to that NUL."""
-    with open("/proc/self/stat", "rb") as f:
-        fields = f.read().rsplit(b")", 1)[1].split()
-    start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (stat fields 48, 49)
-    size = end - start
-    if size < 2:
-        return
-    text = title.encode()[:size - 2] + b"\0"
-    with open("/proc/self/mem", "r+b", buffering=0) as mem:
-        mem.seek(start)
-        mem.write(text + b" " * (size - len(text)))
 
 
 def _warm_up() -> None:

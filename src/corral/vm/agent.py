@@ -223,6 +223,7 @@ class Agent:
         self.running = True
         self.answered = False  # a first request was answered: warm up when idle
         self.busybox = os.environ.get("CORRAL_BUSYBOX", "/usr/bin/busybox")
+        self.shares: dict[str, str] = {}  # tag -> where adopt mounted it
         os.makedirs(RUNTIME_ROOT, mode=0o711, exist_ok=True)
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
@@ -486,12 +487,20 @@ class Agent:
         if request.get("mac"):
             _set_mac(_the_nic(), request["mac"])
         for share in request.get("mounts") or []:  # syscalls, not busybox: no fork here
-            from corral.runtime.syscalls import LinuxSyscalls
+            from corral.runtime.syscalls import MS_MOVE, LinuxSyscalls
 
-            os.makedirs(share["path"], exist_ok=True)
-            LinuxSyscalls().mount(share["tag"], share["path"], "9p", 0,
-                                  f"trans=virtio,version=9p2000.L,cache=mmap,"
-                                  f"msize={int(share['msize'])}")
+            tag, path = share["tag"], share["path"]
+            os.makedirs(path, exist_ok=True)
+            mounted = self.shares.get(tag)
+            if mounted == path:
+                continue
+            if mounted:  # a pooled VM's share, mounted for its warm-up: moved to the pod's
+                LinuxSyscalls().mount(mounted, path, None, MS_MOVE, None)
+            else:        # (a 9p tag has one channel: it cannot be mounted twice)
+                LinuxSyscalls().mount(tag, path, "9p", 0,
+                                      f"trans=virtio,version=9p2000.L,cache=mmap,"
+                                      f"msize={int(share['msize'])}")
+            self.shares[tag] = path
         with open("/proc/uptime") as f:
             return {"uptime": float(f.read().split()[0])}
 

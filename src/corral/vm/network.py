@@ -4,6 +4,8 @@
                                        what the guest's NIC must be (GuestNetwork)
     disconnect_tap(netns_path)         filters, qdiscs and tap removed; idempotent
     forward_target(netns_path)         the pod IP a port-forward dials, from the host
+    open_tap(netns_path)               an fd on the tap, for a QEMU outside the netns
+                                       (a pooled VM, started before its pod existed)
 
 corrald runs CNI as for any pod, so the pod's netns on the host keeps the CNI
 result: eth0 with the pod IP, its routes, and whatever the plugins set up
@@ -47,6 +49,9 @@ INTERFACE = "eth0"
 TAP = "tap0"
 COMMAND_TIMEOUT = 30.0
 INGRESS = "ffff:"  # the ingress qdisc's handle
+TUNSETIFF = 0x400454CA
+IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
+CLONE_NEWNET = 0x40000000
 
 
 class NetworkError(Exception):
@@ -132,6 +137,40 @@ def disconnect_tap(netns_path: str, tap: str = TAP, interface: str = INTERFACE) 
         # `ip link del`, not `ip tuntap del`: that one attaches to the tap first and
         # fails (EBUSY) while a QEMU still holds it; this removes it under QEMU too.
         _run(netns_path, ["ip", "link", "del", "dev", tap])
+
+
+def open_tap(netns_path: str, tap: str = TAP) -> int:
+    """An fd attached to `tap` in the netns (close-on-exec), for QEMU's `netdev_add
+    tap,fd=`: the calling process enters the netns for the open and comes back.  Only
+    for a single-threaded caller (the shim): setns(2) moves the calling thread only,
+    and no other thread may see the pod's netns meanwhile."""
+    import fcntl
+    import struct
+
+    from corral.runtime.syscalls import LinuxSyscalls
+
+    calls = LinuxSyscalls()
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        target = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            calls.setns(target, CLONE_NEWNET)
+        finally:
+            os.close(target)
+        try:
+            fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+            try:
+                # what QEMU asks for when it opens a tap by name (vnet_hdr: offloads)
+                fcntl.ioctl(fd, TUNSETIFF, struct.pack(
+                    "16sH22x", tap.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR))
+            except OSError as e:
+                os.close(fd)
+                raise NetworkError(f"attaching to {tap} in {netns_path}: {e}") from None
+        finally:
+            calls.setns(home, CLONE_NEWNET)
+    finally:
+        os.close(home)
+    return fd
 
 
 def forward_target(netns_path: str, interface: str = INTERFACE) -> str:

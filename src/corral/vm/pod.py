@@ -4,6 +4,11 @@
               → listen on the agent socket → QEMU → accept → ping answered
     restore:  the template (template.py; built at first use) → QEMU -incoming → QMP
               restore → accept → ping → adopt (clock, entropy, MAC, the bundles share)
+    pooled:   start_idle: restored with no pod (the NIC on its unconnected hub port, the
+              bundles share a directory of its own, mounted in the guest) → … → claim:
+              that directory renamed to the pod's (QEMU holds it open), the pod's tap
+              passed to QEMU (QMP getfd, netdev_add tap + a hub port joining it to the
+              NIC), adopt again for this pod (the guest moves its mount to the pod's path)
     stop:  the agent's `shutdown` (the guest reboots: QEMU exits), else SIGTERM/SIGKILL
 """
 
@@ -12,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 
-from corral.vm import guestimage, initramfs, kernel, qemu, template
+from corral.vm import guestimage, initramfs, kernel, network, qemu, qmp, template
 from corral.vm.client import AgentClient
 from corral.vm.errors import AgentError, AgentGone, VmBootFailed, VmError
 
@@ -84,17 +89,91 @@ class PodVm:
                                       memory_file=self.template.ram, clone=True,
                                       tap=self.spec.tap, netns=self.spec.netns)
 
-        def adopt() -> dict:  # the clone becomes this pod's (agent.py op_adopt)
-            adopted = self.client.call(
-                "adopt", timeout=timeout, time_ns=time.time_ns(),
-                entropy=os.urandom(64).hex(), mac=self.spec.mac or "",
-                mounts=[{"tag": template.BUNDLES_TAG, "path": bundles,
-                         "msize": initramfs.NINEP_MSIZE}])
-            return {"uptime": adopted.get("uptime"), "template": self.template.key}
-
         return self._come_up(spec, timeout, "restore",
                              after_start=lambda: template.restore(self.vm, self.template),
-                             after_ping=adopt)
+                             after_ping=lambda: self._adopt(timeout, bundles))
+
+    def _adopt(self, timeout: float, bundles: str) -> dict:
+        """The clone becomes this pod's (agent.py op_adopt): clock, entropy, identity, MAC,
+        and the bundles share mounted at `bundles` (moved there, for a pooled VM's)."""
+        mounts = [{"tag": template.BUNDLES_TAG, "path": bundles,
+                   "msize": initramfs.NINEP_MSIZE}]
+        adopted = self.client.call("adopt", timeout=timeout, time_ns=time.time_ns(),
+                                   entropy=os.urandom(64).hex(), mac=self.spec.mac or "",
+                                   mounts=mounts)
+        return {"uptime": adopted.get("uptime"), "template": self.template.key}
+
+    # --- pooled: restored before its pod exists ---------------------------------------------
+    def start_idle(self, timeout: float = BOOT_TIMEOUT) -> dict:
+        """Restored from the template for no pod yet (a warm pool's): this PodVm was made
+        without a tap, netns or MAC, its bundles share an empty directory of its own."""
+        if self.template_dir is None or self.spec.tap or self.spec.netns:
+            raise VmError("a pooled VM is restored from a template, with no network yet")
+        base = self.ensure_template()
+        bundles = self._bundles_share().path
+        os.makedirs(bundles, exist_ok=True)
+        spec = template.template_spec(base, vm_dir=self.spec.vm_dir,
+                                      agent_socket=self.spec.agent_socket, bundles_dir=bundles,
+                                      memory_file=self.template.ram, clone=True)
+        return self._come_up(spec, timeout, "restore",
+                             after_start=lambda: template.restore(self.vm, self.template),
+                             after_ping=lambda: self._adopt(timeout, bundles))
+
+    def relocate(self, old_dir: str, new_dir: str) -> None:
+        """The directory holding this VM's files was renamed (a pooled VM's shim claimed
+        for a pod): every path under it follows; QEMU's open files already do."""
+        def moved(path):
+            if path and (path == old_dir or path.startswith(old_dir + "/")):
+                return new_dir + path[len(old_dir):]
+            return path
+
+        for spec in {id(self.spec): self.spec, id(self.vm.spec): self.vm.spec}.values():
+            for name in ("vm_dir", "agent_socket", "qmp_socket"):
+                setattr(spec, name, moved(getattr(spec, name)))
+            for share in spec.shares:
+                share.path = moved(share.path)
+
+    def claim(self, *, bundles_dir: str, netns: str, mac: str | None,
+              timeout: float = BOOT_TIMEOUT) -> dict:
+        """A VM from `start_idle` becomes a pod's: its share directory (which QEMU holds
+        open) renamed to the pod's `bundles_dir`, the netns's tap (network.connect_tap
+        made it) joined to the NIC, then adopted with the MAC and the share mounted."""
+        if self.vm.poll() is not None:
+            raise VmError("the pooled VM has ended")
+        started = time.monotonic()
+        share = self._bundles_share()
+        if os.path.isdir(bundles_dir):
+            os.rmdir(bundles_dir)  # corrald's, still empty: QEMU's directory takes its place
+        os.rename(share.path, bundles_dir)
+        for spec in {id(self.spec): self.spec, id(self.vm.spec): self.vm.spec}.values():
+            for each in spec.shares:
+                if each.tag == template.BUNDLES_TAG:
+                    each.path = bundles_dir
+        fd = network.open_tap(netns)
+        try:
+            monitor = qmp.Qmp(self.vm.spec.qmp_socket, alive=lambda: self.vm.poll() is None)
+            try:
+                monitor.execute("getfd", send_fd=fd, fdname="tap")
+                monitor.execute("netdev_add", type="tap", id="tap0", fd="tap", vhost=False)
+                # the NIC is on hub 0 (template.py): a second port there joins the tap
+                monitor.execute("netdev_add", type="hubport", id="net1", hubid=0,
+                                netdev="tap0")
+            finally:
+                monitor.close()
+        finally:
+            os.close(fd)
+        self.spec.mac, self.spec.netns = mac, netns
+        adopted = self._adopt(timeout, bundles_dir)
+        self.boot_seconds = time.monotonic() - started
+        return adopted
+
+    def _bundles_share(self) -> qemu.Share:
+        share = next((s for s in self.spec.shares if s.tag == template.BUNDLES_TAG), None)
+        if share is None:
+            share = qemu.Share(template.BUNDLES_TAG, os.path.join(self.spec.vm_dir, "bundles"),
+                               readonly=False)
+            self.spec.shares.append(share)
+        return share
 
     def boot(self, timeout: float = BOOT_TIMEOUT) -> dict:
         """Start the VM and wait for the agent's answer to a ping; that answer."""

@@ -6,6 +6,7 @@ One command at a time; asynchronous events that arrive between are skipped.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 
@@ -16,6 +17,19 @@ class QmpError(VmError):
     pass
 
 
+def _connect(sock: socket.socket, path: str) -> None:
+    """connect(2) to a socket whose path may be over sun_path's 108 bytes (a pooled VM's,
+    whose directory was renamed into a pod's, deeper): through its directory's fd."""
+    if len(path.encode()) < 108:
+        sock.connect(path)
+        return
+    directory = os.open(os.path.dirname(path), os.O_PATH | os.O_CLOEXEC)
+    try:
+        sock.connect(f"/proc/self/fd/{directory}/{os.path.basename(path)}")
+    finally:
+        os.close(directory)
+
+
 class Qmp:
     def __init__(self, path: str, timeout: float = 10.0, alive=lambda: True):
         """Connect (QEMU makes the socket shortly after it starts) and leave the
@@ -24,7 +38,7 @@ class Qmp:
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             try:
-                sock.connect(path)
+                _connect(sock, path)
                 break
             except OSError:
                 sock.close()
@@ -39,11 +53,17 @@ class Qmp:
             raise QmpError(f"QMP socket {path}: not a QMP greeting")
         self.execute("qmp_capabilities")
 
-    def execute(self, command: str, **arguments) -> dict:
+    def execute(self, command: str, send_fd: int | None = None, **arguments) -> dict:
+        """`send_fd`: sent with the command (SCM_RIGHTS), as `getfd` and `add-fd` take one."""
         request = {"execute": command}
         if arguments:
             request["arguments"] = arguments
-        self.sock.sendall(json.dumps(request).encode() + b"\n")
+        data = json.dumps(request).encode() + b"\n"
+        if send_fd is None:
+            self.sock.sendall(data)
+        else:
+            sent = socket.send_fds(self.sock, [data], [send_fd])
+            self.sock.sendall(data[sent:])
         while True:
             reply = self._message()
             if "return" in reply:

@@ -130,6 +130,14 @@ class Handler:
     def stop_pod(self) -> None:
         """End the pod's sandbox; every container has been deleted."""
 
+    def prepare_sandbox(self) -> dict:
+        """Make the sandbox before its pod exists (a shim of corrald's warm pool);
+        `start_pod` then gives it to the pod.  Only handlers with a sandbox can."""
+        raise Unsupported(f"the {self.spec.get('type')} runtime handler has no warm pool")
+
+    def relocate(self, old_dir: str, new_dir: str) -> None:
+        """The shim's directory was renamed from `old_dir` (its pooled shim claimed)."""
+
     def create(self, container_id: str, bundle: str, stdio: tuple[int, int, int],
                console_socket: str | None = None) -> HandledContainer:
         raise NotImplementedError

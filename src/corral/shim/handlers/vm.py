@@ -261,11 +261,73 @@ class VmHandler(Handler):
         self._wake: tuple[int, int] | None = None
 
     # --- the pod -------------------------------------------------------------------------------
+    def _pod_vm(self, **network):
+        from corral.vm.pod import PodVm
+        from corral.vm.qemu import socket_path
+
+        options = self.options
+        vm_dir = os.path.join(self.services.dir, "vm")
+        os.makedirs(vm_dir, mode=0o700, exist_ok=True)
+        return PodVm(
+            cache_dir=options.get("cache_dir") or VM_CACHE_DIR, vm_dir=vm_dir,
+            agent_socket=socket_path(vm_dir, "agent.sock"), memory_mib=vm_memory_mib(options),
+            cpus=int(options.get("cpus") or 1), fstype=options.get("fstype") or "9p",
+            kernel_version=options.get("kernel") or None,
+            template_dir=(options.get("template_dir") or VM_TEMPLATE_DIR)
+            if options.get("templates", True) else None, **network)
+
+    def prepare_sandbox(self) -> dict:
+        """A warm pool's VM (corrald's pool of shims): restored from the template before
+        any pod asks, and run once through a throwaway container, so that QEMU has
+        already translated the code a pod's first create runs (TCG's cache is per QEMU
+        process: a fresh clone pays it again).  `start_pod` then claims it."""
+        from corral.vm.errors import VmError
+
+        if not self.options.get("templates", True):
+            raise Unsupported("a pool of vm pods needs templates")
+        self.pod_vm = self._pod_vm()
+        try:
+            self.pod_vm.start_idle(float(self.options.get("boot_timeout") or 60))
+            self.client = self.pod_vm.client
+            self._warm_up()
+        except VmError as e:
+            self._end_vm()
+            raise ShimError("failed", f"pooled VM: {e}") from None
+        except BaseException:
+            self._end_vm()
+            raise
+        return {"vm": {"pid": self.pod_vm.vm.pid, "template": self.pod_vm.template.key}}
+
+    def _warm_up(self) -> None:
+        """One container created, run and deleted in the pooled VM, through the share its
+        pod's containers will use."""
+        from corral.spec.defaults import default_config
+
+        bundle = os.path.join(self.pod_vm._bundles_share().path, ".warm-up")
+        os.makedirs(os.path.join(bundle, "rootfs", "bin"))
+        try:
+            shutil.copy2(shutil.which("busybox") or "/bin/busybox",
+                         os.path.join(bundle, "rootfs", "bin", "busybox"))
+            config = default_config(args=["/bin/busybox", "true"], terminal=False)
+            config["root"]["path"] = "rootfs"
+            self.client.call("create", container=".warm-up", bundle=bundle, config=config,
+                             stdin=False, timeout=60)
+            self.client.call("start", container=".warm-up", timeout=60)
+            self.client.wait_event(lambda e: e.get("event") == "exit"
+                                   and e.get("container") == ".warm-up", timeout=60)
+            self.client.call("delete", container=".warm-up", force=True, timeout=60)
+            self.client.events()  # its output: nobody's
+        finally:
+            shutil.rmtree(bundle, ignore_errors=True)
+
+    def relocate(self, old_dir: str, new_dir: str) -> None:
+        """The shim's directory was renamed (a pooled shim claimed for a pod)."""
+        if self.pod_vm is not None:
+            self.pod_vm.relocate(old_dir, new_dir)
+
     def start_pod(self, pod: dict) -> dict:
         from corral.vm import network
         from corral.vm.errors import VmError
-        from corral.vm.pod import PodVm
-        from corral.vm.qemu import socket_path
 
         netns = (pod.get("namespaces") or {}).get("net")
         if not netns:
@@ -277,25 +339,29 @@ class VmHandler(Handler):
                                             or os.path.join(self.pod_dir, "containers"))
         self.pod_dir = os.path.dirname(self.bundles_dir)
         os.makedirs(self.bundles_dir, mode=0o711, exist_ok=True)
-        vm_dir = os.path.join(self.services.dir, "vm")
-        os.makedirs(vm_dir, mode=0o700, exist_ok=True)
         try:
             guest = network.connect_tap(netns)
         except network.NetworkError as e:
             raise ShimError("failed", f"vm pod network: {e}") from None
         self.netns = netns
+        mac = guest["interfaces"][0]["mac"] if guest["interfaces"] else None
+        timeout = float(options.get("boot_timeout") or 60)
+        pooled, self.pod_vm = self.pod_vm, None
         try:
-            self.pod_vm = PodVm(
-                cache_dir=options.get("cache_dir") or VM_CACHE_DIR, vm_dir=vm_dir,
-                agent_socket=socket_path(vm_dir, "agent.sock"), bundles_dir=self.bundles_dir,
-                memory_mib=vm_memory_mib(options),
-                cpus=int(options.get("cpus") or 1), tap=network.TAP,
-                mac=guest["interfaces"][0]["mac"] if guest["interfaces"] else None,
-                netns=netns, fstype=options.get("fstype") or "9p",
-                kernel_version=options.get("kernel") or None,
-                template_dir=(options.get("template_dir") or VM_TEMPLATE_DIR)
-                if options.get("templates", True) else None)
-            ping = self.pod_vm.start(float(options.get("boot_timeout") or 60))
+            if pooled is not None:
+                try:
+                    pooled.claim(bundles_dir=self.bundles_dir, netns=netns, mac=mac,
+                                 timeout=timeout)
+                    self.pod_vm = pooled
+                except (VmError, network.NetworkError, OSError) as e:
+                    print(f"pod {self.services.pod_id}: the pooled VM could not be used "
+                          f"({e}): restoring one", file=sys.stderr, flush=True)
+                    pooled.stop()
+                    os.makedirs(self.bundles_dir, mode=0o711, exist_ok=True)
+            if self.pod_vm is None:
+                self.pod_vm = self._pod_vm(bundles_dir=self.bundles_dir, tap=network.TAP,
+                                           mac=mac, netns=netns)
+                self.pod_vm.start(timeout)
             if self.pod_vm.fallback:
                 print(f"pod {self.services.pod_id}: booted cold, the VM template failed: "
                       f"{self.pod_vm.fallback}", file=sys.stderr, flush=True)
@@ -317,8 +383,9 @@ class VmHandler(Handler):
         self._client_wfd = os.dup(self._client_fd)
         self.services.watch(self._client_fd, self._on_readable)
         self._want_writable()
-        return {"vm": {"pid": self.pod_vm.vm.pid, "kernel": ping.get("kernel"),
-                       "template": ping.get("template", ""),
+        return {"vm": {"pid": self.pod_vm.vm.pid, "kernel": self.pod_vm.kernel.version,
+                       "template": self.pod_vm.template.key if self.pod_vm.template else "",
+                       "pooled": self.pod_vm is pooled,
                        "boot_seconds": round(self.pod_vm.boot_seconds, 3),
                        "accelerator": self.pod_vm.accelerator.name,
                        "warning": self.pod_vm.warning}}
