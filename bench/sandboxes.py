@@ -1,7 +1,11 @@
 """Strong sandboxes side by side: corrald's native, runsc and vm handlers, containerd + runc.
 
 `vm` restores each pod's VM from a template (the default); `vm-cold`, a handler the
-bench adds to corrald's config (`templates = false`), boots each one.
+bench adds to corrald's config (`templates = false`), boots each one; `vm-pool`, another
+(`pool = N`, --pool), takes each pod's VM from a warm pool (sandbox/pool.py: restored
+and run once before the pod asks).  Each of its pods starts with the pool full, and
+nothing else is measured until the pool has refilled (its refill is CPU work that
+would slow whatever runs beside it); its memory is the pods', the idle pool apart.
 
 1. Pod ready: RunPodSandbox (with the CRI `runtime_handler`) → CreateContainer
    (busybox `sleep 3600`) → StartContainer → ContainerStatus polled every 2 ms
@@ -31,7 +35,8 @@ process still carrying a daemon's temp dir in its command line (QEMU, runsc)
 and the VM agent sockets they named.
 
     .venv/bin/python bench/sandboxes.py [-n 10] [--vm-n 5] [--pods 5] [--vm-pods 1,5,10]
-                                        [--handlers native,runsc,vm,vm-cold] [--json]
+                                        [--handlers native,runsc,vm,vm-cold,vm-pool]
+                                        [--pool 10] [--json]
 """
 
 from __future__ import annotations
@@ -67,7 +72,7 @@ from cri import (
 from cri_api.v1 import api_pb2
 from tests.integration.corrald import kill_pids, short_base  # the test harness, as cri.py
 
-HANDLERS = ("native", "runsc", "vm", "vm-cold")  # vm: from a template; vm-cold: booted
+HANDLERS = ("native", "runsc", "vm", "vm-cold", "vm-pool")  # template, boot, warm pool
 REFERENCE = "containerd+runc"
 STEPS = ("run_pod", "create", "start", "running")
 POLL = 0.002
@@ -75,8 +80,11 @@ POLL = 0.002
 # goal is at 10 pods: --vm-pods 10), runsc.
 GOALS = {"vm-cold": {"ready_ms": 3500, "pss_mb": 240},
          "vm": {"ready_ms": 250, "pss_mb": 40, "burst_ms": 2000},
+         "vm-pool": {"ready_ms": 250, "pss_mb": 40, "burst_ms": 2000},
          "runsc": {"ready_ms": 250}}
 COLD_VM = '[runtimes.vm-cold]\ntype = "vm"\ntemplates = false\n'  # corrald's config, added
+POOLED_VM = '[runtimes.vm-pool]\ntype = "vm"\npool = {size}\n'
+POOL_FILL_TIMEOUT = 900.0
 RUNSC_SHIM = "containerd-shim-runsc-v1"
 VM_SOCKET = re.compile(r"path=(/run/corral-vm/[0-9a-f]+\.sock)")
 
@@ -103,6 +111,21 @@ class Subject:
     @property
     def alive(self) -> bool:
         return not self.error and not self.skipped
+
+    def pool(self) -> dict | None:
+        """This handler's warm pool as Status reports it ({"size", "ready"}), if any."""
+        if isinstance(self.daemon, Containerd):
+            return None
+        return offered_handlers(self.daemon)[1].get(self.handler, {}).get("pool")
+
+    def settle(self) -> None:
+        """Wait until this handler's warm pool (if it has one) is full again."""
+        deadline = time.monotonic() + POOL_FILL_TIMEOUT
+        while (pool := self.pool()) and pool["ready"] < pool["size"]:
+            if time.monotonic() > deadline:
+                raise BenchError(f"the {self.handler} pool is at {pool['ready']} of "
+                                 f"{pool['size']} after {POOL_FILL_TIMEOUT:.0f} s")
+            time.sleep(0.2)
 
     def fail(self, phase: str, error: Exception, clean: bool = True) -> None:
         message = error.details() if isinstance(error, grpc.RpcError) else str(error)
@@ -154,6 +177,7 @@ def burst(subject: Subject, n: int) -> dict:
     median of each one's own pod ready; they are removed afterwards."""
     import threading
 
+    subject.settle()
     go = threading.Event()
     results: list = [None] * n
     errors: list[Exception] = []
@@ -184,18 +208,21 @@ def burst(subject: Subject, n: int) -> dict:
         for result in results:
             if result:
                 remove_pod(subject, result[0])
+        subject.settle()
 
 
 def pod_life(subject: Subject, name: str) -> dict[str, float]:
+    subject.settle()
     pod_id, times = pod_ready(subject, name)
     times["remove"] = remove_pod(subject, pod_id)
+    subject.settle()
     return times
 
 
 def shims_of(daemon, table: dict[int, tuple[int, str]]) -> set[int]:
     if isinstance(daemon, Containerd):
         return daemon.shim_pids(table)
-    return set(daemon.shim_pids())
+    return set(daemon.shim_pids(pooled=False))
 
 
 def accounting(daemon) -> dict[str, set[int]]:
@@ -206,11 +233,13 @@ def accounting(daemon) -> dict[str, set[int]]:
     shims = shims_of(daemon, table)
     pods = with_descendants(shims, table) - own
     payloads = {pid for pid in pods if table[pid][1].split() == PAYLOAD_ARGS}
+    pool = with_descendants(set(daemon.pool_shim_pids()), table) - own \
+        if isinstance(daemon, BenchCorrald) else set()
     base = str(daemon.base)
     strays = {pid for pid, (_, cmdline) in table.items() if base in cmdline} \
-        - own - pods - {os.getpid()}
+        - own - pods - pool - {os.getpid()}
     return {"daemon": own, "shims": shims, "pods": pods - payloads, "payloads": payloads,
-            "strays": strays}
+            "pool": pool, "strays": strays}
 
 
 def tcg_code_kib(pid: int) -> int:
@@ -234,7 +263,9 @@ def memory(subject: Subject, settle: float, k: int) -> dict:
     """PSS with `k` idle pods; they are removed afterwards."""
     daemon = subject.daemon
     try:
+        subject.settle()
         pods = [pod_ready(subject, f"mem{i}")[0] for i in range(k)]
+        subject.settle()
         time.sleep(settle)  # start-up garbage freed, a VM's freed pages reported back
         found = accounting(daemon)
         if len(found["shims"]) != k:
@@ -254,11 +285,14 @@ def memory(subject: Subject, settle: float, k: int) -> dict:
         per_pod_kib = sum(by_process.values())
         daemon_kib = sum(pss_kib(pid) for pid in found["daemon"])
         strays_kib = sum(pss_kib(pid) for pid in found["strays"])
+        own_pool = subject.pool()  # another handler's pool is not this subject's
+        pool_kib = sum(pss_kib(pid) for pid in found["pool"]) if own_pool else 0.0
         for pod_id in pods:
             remove_pod(subject, pod_id)
     finally:
         daemon.remove_all_pods()
     return {"pods": k, "per_pod_kib": per_pod_kib, "daemon_kib": daemon_kib,
+            "pool_kib": pool_kib, "pool_size": (own_pool or {}).get("size", 0),
             "tcg_code_kib": tcg_kib,
             "processes_per_pod": len(found["pods"]) / k,
             "per_pod_by_process_kib": dict(sorted(by_process.items(), key=lambda kv: -kv[1])),
@@ -401,7 +435,8 @@ def summarize(subjects: list[Subject], versions: dict[str, str], notes: list[str
                 k: round(v, 1) for k, v in subject.memory["per_pod_by_process_kib"].items()}
             entry["memory_curve"] = [
                 {"pods": m["pods"], "per_pod_kib": round(m["per_pod_kib"], 1),
-                 "tcg_code_kib": round(m["tcg_code_kib"], 1)} for m in subject.memory_curve]
+                 "tcg_code_kib": round(m["tcg_code_kib"], 1),
+                 "pool_kib": round(m["pool_kib"], 1)} for m in subject.memory_curve]
         report["subjects"][subject.name] = entry
     reference = report["subjects"].get(REFERENCE, {})
     for entry in report["subjects"].values():
@@ -467,6 +502,9 @@ def format_table(report: dict) -> str:
             lines.append(f"    skipped: {entry['skipped']}")
         if entry["error"]:
             lines.append(f"    FAILED at {entry['error'].strip().splitlines()[0][:300]}")
+        if mem and mem.get("pool_kib"):
+            lines.append(f"    besides: its warm pool, {mem['pool_size']} idle VMs refilled, "
+                         f"{mem['pool_kib'] / 1024:.1f} MiB PSS in all (not counted above)")
         if mem and mem["strays"]:
             lines.append(f"    warning: {mem['strays']} process(es) naming the daemon's dir "
                          f"outside its and the shims' trees ({mem['strays_kib'] / 1024:.1f} MiB, "
@@ -552,8 +590,12 @@ def parse(argv: list[str] | None):
                         help=f"corrald's handlers to measure (default {','.join(HANDLERS)})")
     parser.add_argument("--burst", type=int, default=10,
                         help="pods asked for at once, after the rest (default 10; 0: none)")
-    parser.add_argument("--burst-handlers", default=f"vm,native,{REFERENCE}",
-                        help=f"which rows get the burst (default vm,native,{REFERENCE})")
+    parser.add_argument("--burst-handlers", default=f"vm,vm-pool,native,{REFERENCE}",
+                        help=f"which rows get the burst (default vm,vm-pool,native,"
+                             f"{REFERENCE})")
+    parser.add_argument("--pool", type=int, default=10,
+                        help="the vm-pool handler's pool size (default 10: a burst of 10 "
+                             "from the pool)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     opts = parser.parse_args(argv)
     opts.handlers = [h for h in opts.handlers.split(",") if h]
@@ -581,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         corrald = BenchCorrald(short_base(), "corralb4", "10.99.54.0/24")
         with open(corrald.config, "a") as f:
-            f.write(COLD_VM)
+            f.write(COLD_VM + POOLED_VM.format(size=opts.pool))
         daemons.append(corrald)
         containerd = Containerd(short_base(), "corralb5", "10.99.55.0/24")
         daemons.append(containerd)

@@ -216,9 +216,14 @@ class Corrald:
 
     def shim_pids(self, pooled: bool = True) -> list[int]:
         """The pods' shims, and the warm pool's (sandbox/pool.py) unless not `pooled`."""
+        return self._shims("pods") + (self.pool_shim_pids() if pooled else [])
+
+    def pool_shim_pids(self) -> list[int]:
+        return self._shims("pool")
+
+    def _shims(self, kind: str) -> list[int]:
         pids = []
-        for pid_file in [*self.state.glob("pods/*/shim/shim.pid"),
-                         *(self.state.glob("pool/*/shim/shim.pid") if pooled else [])]:
+        for pid_file in self.state.glob(f"{kind}/*/shim/shim.pid"):
             try:
                 pid = int(pid_file.read_text())
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
