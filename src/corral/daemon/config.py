@@ -40,7 +40,7 @@
     templates = true                      # pods restored from a saved VM (vm/template.py)
     template_dir = "/run/corral/vm-templates"  # tmpfs; removed when corrald stops
     template_at_start = false             # true: built when corrald starts, not at the first pod
-    pool = 0                              # VMs restored and warmed before pods ask (sandbox/pool.py)
+    pool = 0                              # VMs made ready before pods ask (sandbox/pool.py)
     overhead = { memory = "256MiB", cpu = 0.25 }
 
 A handler whose binary (or QEMU and a guest kernel, for vm) is not on the host

@@ -59,11 +59,14 @@ class Qmp:
         if arguments:
             request["arguments"] = arguments
         data = json.dumps(request).encode() + b"\n"
-        if send_fd is None:
-            self.sock.sendall(data)
-        else:
-            sent = socket.send_fds(self.sock, [data], [send_fd])
-            self.sock.sendall(data[sent:])
+        try:
+            if send_fd is None:
+                self.sock.sendall(data)
+            else:
+                sent = socket.send_fds(self.sock, [data], [send_fd])
+                self.sock.sendall(data[sent:])
+        except OSError as e:  # QEMU exited (a template that cannot restore): a VmError
+            raise QmpError(f"QMP {command}: {e}") from None
         while True:
             reply = self._message()
             if "return" in reply:
