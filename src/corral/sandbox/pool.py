@@ -109,7 +109,8 @@ class SandboxPool:
             self._changed.notify_all()
         for slot in slots + ([preparing] if preparing else []):
             _end_slot(slot)
-        self._thread.join(10.0)
+        if self._thread.ident is not None:  # started (a Context may close unstarted)
+            self._thread.join(10.0)
 
     def _fill(self) -> None:
         while True:
