@@ -50,6 +50,10 @@ def test_explicit_cni_cache_dir(tmp_path):
     ("[runtimes.x]\ntype = 'oci'", "absolute path"),
     ("default_runtime = 'nope'", "default_runtime"),
     ("[cni]\nbin_dirs = '/usr/lib/cni'", "list of strings"),
+    ("[runtimes.vm]\npool = -1", "pool must be a number of VMs"),
+    ("[runtimes.vm]\npool = true", "pool must be a number of VMs"),
+    ("[runtimes.vm]\npool = '3'", "pool must be a number of VMs"),
+    ("[runtimes.runc]\npool = 2", "vm handlers only"),
 ])
 def test_bad_config(tmp_path, text, message):
     path = tmp_path / "corrald.toml"
@@ -78,3 +82,9 @@ def test_handlers_by_type_with_their_overhead(tmp_path):
     assert sandboxed.unavailable() == "/opt/runsc is not installed"
     assert "sandboxed" not in [h.name for h in config.offered()]
     assert config.handler("runsc").options["platform"] == "ptrace"  # out of the box
+
+
+def test_a_vm_pool_size(tmp_path):
+    path = tmp_path / "corrald.toml"
+    path.write_text("[runtimes.vm]\npool = 3\n")
+    assert load(str(path)).runtimes["vm"].options["pool"] == 3
